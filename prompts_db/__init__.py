@@ -1,0 +1,1 @@
+"""prompts_db package."""

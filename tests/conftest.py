@@ -1,0 +1,26 @@
+"""Shared test setup: offline, deterministic, CPU-only, nothing written outside tmp dirs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Never reach a model hub or any network service from tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+# No real LLM endpoint or key leaks in from the developer's shell.
+for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "METASEG_LLM_MODEL"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    """Point the prompt store and caches at a per-test temporary folder."""
+    monkeypatch.setenv("METASEG_DB", str(tmp_path / "metaseg.sqlite"))
+    monkeypatch.setenv("METASEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    yield
