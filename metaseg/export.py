@@ -1,0 +1,232 @@
+"""Write predicted class masks to disk: georeferenced GeoTIFF or palette PNG.
+
+Torch-free. Masks are ``uint8`` H×W class indices; the ignore value (255, nodata) is kept
+as is and coloured black in the embedded colour map / palette.
+
+Format choice of :func:`write_mask` (by the output path's extension):
+
+* ``.tif`` / ``.tiff`` → single-band GeoTIFF. When the source tile is georeferenced
+  (``tile_info.crs`` and ``tile_info.transform`` set) the mask gets the same CRS and transform,
+  so it lies exactly on the tile in any GIS; otherwise a plain (non-georeferenced) GeoTIFF is
+  written, still with colour map and class tags.
+* ``.png`` → palette ('P' mode) PNG with the class colours; any georeference is dropped
+  (PNG cannot carry it).
+* any other extension → :class:`~metaseg.errors.MetasegError` naming the two choices.
+
+GeoTIFF details: deflate-compressed, tiled 256×256 when both sides are at least 256 px (else
+striped), ``nodata=255``, embedded colour map (255 black; GDAL stores the nodata entry with alpha 0), band description listing the classes, and tags
+``CLASS_SET`` (set name), ``CLASS_NAMES`` (JSON list in index order), ``CLASS_<i>`` (name of
+class ``i``) and ``IGNORE_VALUE``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from metaseg.errors import MetasegError
+
+logger = logging.getLogger(__name__)
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+PNG_SUFFIXES = (".png",)
+BLOCK_SIZE = 256
+
+
+def _check_mask(index: np.ndarray) -> np.ndarray:
+    index = np.asarray(index)
+    if index.ndim != 2 or index.size == 0:
+        raise ValueError(f"mask must be a non-empty 2-D (H, W) array, got shape {index.shape}")
+    if index.dtype != np.uint8:
+        if index.min() < 0 or index.max() > 255:
+            raise ValueError("mask values must fit in uint8 (0..255)")
+        index = index.astype(np.uint8)
+    return np.ascontiguousarray(index)
+
+
+def _ignore_index(class_set: Any) -> int:
+    return int(getattr(class_set, "ignore_index", 255))
+
+
+def colormap(class_set: Any) -> dict[int, tuple[int, int, int, int]]:
+    """RGBA colour map for a mask: class colours, ignore value black, every other entry black."""
+    cmap = {i: (0, 0, 0, 255) for i in range(256)}
+    for i, (r, g, b) in enumerate(class_set.colors):
+        cmap[i] = (int(r), int(g), int(b), 255)
+    cmap[_ignore_index(class_set)] = (0, 0, 0, 255)
+    return cmap
+
+
+def _to_affine(transform: Any):
+    from rasterio.transform import Affine
+
+    if transform is None:
+        return None
+    if isinstance(transform, Affine):
+        return transform
+    values = tuple(float(v) for v in transform)
+    if len(values) == 6:  # GDAL order: x0, dx, rx, y0, ry, dy (the TileInfo convention)
+        return Affine.from_gdal(*values)
+    if len(values) == 9:  # a full 3x3 affine matrix, row-major
+        return Affine(*values[:6])
+    raise ValueError(f"transform must be an Affine or 6 GDAL-order numbers, got {len(values)} values")
+
+
+def write_mask_geotiff(
+    path: str | Path,
+    index: np.ndarray,
+    class_set: Any,
+    crs: Any = None,
+    transform: Any = None,
+) -> Path:
+    """Write a class mask as a single-band ``uint8`` GeoTIFF.
+
+    Args:
+        path: output file.
+        index: class indices ``uint8`` H×W (255 = ignore / nodata).
+        class_set: the :class:`metaseg.classes.ClassSet` of the mask (names and colours).
+        crs: CRS of the source tile (anything rasterio accepts, e.g. ``"EPSG:32621"`` or WKT);
+            ``None`` writes a non-georeferenced GeoTIFF.
+        transform: the source tile's geotransform (``Affine`` or 6 GDAL-order numbers);
+            ``None`` for a non-georeferenced file.
+
+    Returns:
+        The written path.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    index = _check_mask(index)
+    path = Path(path)
+    height, width = index.shape
+    names = [str(n) for n in class_set.names]
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": _ignore_index(class_set),
+        "compress": "deflate",
+        "photometric": "palette",
+    }
+    if width >= BLOCK_SIZE and height >= BLOCK_SIZE:
+        profile.update(tiled=True, blockxsize=BLOCK_SIZE, blockysize=BLOCK_SIZE)
+    affine = _to_affine(transform)
+    if crs is not None:
+        profile["crs"] = crs
+    if affine is not None:
+        profile["transform"] = affine
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(index, 1)
+            dst.write_colormap(1, colormap(class_set))
+            dst.update_tags(
+                CLASS_SET=str(getattr(class_set, "name", "")),
+                CLASS_NAMES=json.dumps(names),
+                IGNORE_VALUE=str(_ignore_index(class_set)),
+                **{f"CLASS_{i}": n for i, n in enumerate(names)},
+            )
+            dst.set_band_description(
+                1, "class index: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
+                + f", {_ignore_index(class_set)}=no data"
+            )
+    logger.info("wrote %dx%d mask GeoTIFF %s (crs=%s)", width, height, path, crs)
+    return path
+
+
+def palette_bytes(class_set: Any) -> list[int]:
+    """A 256-entry RGB palette (768 ints) for a 'P' mode image: class colours, the rest black."""
+    cmap = colormap(class_set)
+    return [c for i in range(256) for c in cmap[i][:3]]
+
+
+def write_mask_png(path: str | Path, index: np.ndarray, class_set: Any) -> Path:
+    """Write a class mask as a palette ('P' mode) PNG.
+
+    Pixel values are the class indices themselves (255 = ignore), so reading the PNG back
+    with Pillow gives the mask exactly; viewers show the class colours.
+
+    Returns:
+        The written path.
+    """
+    index = _check_mask(index)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
+    img.putpalette(palette_bytes(class_set))
+    img.save(path, format="PNG", optimize=False)
+    logger.info("wrote %dx%d mask PNG %s", index.shape[1], index.shape[0], path)
+    return path
+
+
+def _is_georeferenced(tile_info: Any) -> bool:
+    return (
+        tile_info is not None
+        and getattr(tile_info, "crs", None) is not None
+        and getattr(tile_info, "transform", None) is not None
+    )
+
+
+def write_mask(
+    path: str | Path,
+    index: np.ndarray,
+    class_set: Any,
+    tile_info: Any = None,
+) -> Path:
+    """Write a mask in the format its extension asks for (see the module docstring).
+
+    Args:
+        path: ``.tif``/``.tiff`` (GeoTIFF, georeferenced when ``tile_info`` is) or ``.png``.
+        index: class indices ``uint8`` H×W.
+        class_set: the class set of the mask.
+        tile_info: the :class:`metaseg.geo.TileInfo` of the source tile, or ``None``.
+
+    Raises:
+        MetasegError: unsupported extension, or a mask whose size differs from the tile's.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    index = _check_mask(index)
+    if tile_info is not None:
+        w, h = getattr(tile_info, "width", None), getattr(tile_info, "height", None)
+        if w is not None and h is not None and (int(h), int(w)) != index.shape:
+            raise MetasegError(
+                f"mask is {index.shape[1]}x{index.shape[0]} but the tile is {w}x{h}; cannot georeference it"
+            )
+    if suffix in GEOTIFF_SUFFIXES:
+        if _is_georeferenced(tile_info):
+            return write_mask_geotiff(path, index, class_set, tile_info.crs, tile_info.transform)
+        logger.info("tile has no georeference: writing a plain GeoTIFF without CRS")
+        return write_mask_geotiff(path, index, class_set)
+    if suffix in PNG_SUFFIXES:
+        if _is_georeferenced(tile_info):
+            logger.info("PNG output drops the tile's georeference; use .tif to keep it")
+        return write_mask_png(path, index, class_set)
+    raise MetasegError(
+        f"cannot write a mask as {path.name!r}: use a .tif/.tiff (GeoTIFF) or .png output path"
+    )
+
+
+def supported_suffixes() -> Sequence[str]:
+    """Output extensions :func:`write_mask` understands."""
+    return GEOTIFF_SUFFIXES + PNG_SUFFIXES
+
+
+__all__ = [
+    "colormap",
+    "palette_bytes",
+    "supported_suffixes",
+    "write_mask",
+    "write_mask_geotiff",
+    "write_mask_png",
+]
