@@ -1,0 +1,189 @@
+"""``python -m prompts_db``: list, show, generate, edit, history, restore and export prompts.
+
+With ``--json`` a prompt prints as one object with keys ``id, zone, class_set, text, source,
+parent_id, token_count, created_at``; ``list`` and ``history`` print a JSON list of them. User
+mistakes (unknown id, zone or class set, bad arguments, unreadable file, LLM not configured)
+print one line on stderr and exit 2. The database is ``--db`` or ``$METASEG_DB`` or
+``data/metaseg.sqlite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from metaseg.errors import MetasegError
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m prompts_db", description="Versioned geographic text prompts (SQLite).")
+    p.add_argument("--db", help="database file (default: $METASEG_DB or data/metaseg.sqlite)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("list", help="list prompt versions")
+    c.add_argument("--zone", help="Köppen code, 'generic' or 'none'")
+    c.add_argument("--class-set", help="openearthmap | loveda | potsdam")
+    c.add_argument("--latest", action="store_true", help="only the newest version per (zone, class set)")
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("show", help="show one prompt version")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("generate", help="new version from offline knowledge (or the LLM with --llm)")
+    c.add_argument("--zone", required=True)
+    c.add_argument("--class-set", required=True)
+    c.add_argument("--llm", action="store_true", help="ask the OpenAI-compatible LLM (see OPENAI_* env)")
+    c.add_argument("--model", help="LLM model (default $METASEG_LLM_MODEL or gpt-4o-mini)")
+    c.add_argument("--timeout", type=float, help="seconds per LLM request")
+    c.add_argument("--author")
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("edit", help="save edited text as a new version whose parent is ID")
+    c.add_argument("id", type=int)
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--file", help="read the text from a UTF-8 file ('-' for stdin)")
+    c.add_argument("--author")
+    c.add_argument("--notes")
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("history", help="all versions of ID's (zone, class set), newest first")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("restore", help="new version copying the text of version ID")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("export", help="export a table as CSV or JSON")
+    c.add_argument("--format", choices=("csv", "json"), default="json")
+    c.add_argument("--table", default="prompts", help="prompts | qa | prompt_qa | runs | labels")
+    c.add_argument("--out", help="output file (default: stdout)")
+    return p
+
+
+def _line(rec: Any) -> str:
+    preview = " ".join(rec.text.split())
+    preview = preview[:70] + ("…" if len(preview) > 70 else "")
+    return (
+        f"{rec.id:>5}  {rec.zone:<7} {rec.class_set:<12} v{rec.version:<3} {rec.source:<20} "
+        f"{rec.token_count:>3} tok  {preview}"
+    )
+
+
+def _show(rec: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rec.to_dict(), ensure_ascii=False))
+        return
+    from prompts_db.tokens import TOKEN_BUDGET
+
+    print(f"id {rec.id}  zone {rec.zone}  class set {rec.class_set}  version {rec.version}")
+    print(f"source {rec.source}  parent {rec.parent_id}  tokens {rec.token_count}/{TOKEN_BUDGET}")
+    print(f"created {rec.created_at}  author {rec.author or '-'}  notes {rec.notes or '-'}")
+    print()
+    print(rec.text if rec.text else "(no text: run without a prompt)")
+
+
+def _read_text(path: str) -> str:
+    from prompts_db.errors import PromptTextError
+
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptTextError(f"cannot read prompt text from {path}: {err.__class__.__name__}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed command; returns the exit code."""
+    from prompts_db.store import PromptStore
+
+    store = PromptStore(args.db)
+    try:
+        if args.command == "list":
+            recs = store.list(zone=args.zone, class_set=args.class_set, latest_only=args.latest)
+            if args.json:
+                print(json.dumps([r.to_dict() for r in recs], ensure_ascii=False))
+            else:
+                for r in recs:
+                    print(_line(r))
+        elif args.command == "show":
+            _show(store.get(args.id), args.json)
+        elif args.command == "generate":
+            rec = (
+                store.generate(
+                    args.zone,
+                    args.class_set,
+                    llm=args.llm,
+                    author=args.author,
+                    model=args.model,
+                    timeout=args.timeout,
+                )
+                if args.llm
+                else store.generate(args.zone, args.class_set, author=args.author)
+            )
+            _show(rec, args.json)
+        elif args.command == "edit":
+            old = store.get(args.id)
+            text = args.text if args.text is not None else _read_text(args.file)
+            rec = store.save(
+                old.zone,
+                old.class_set,
+                text,
+                source="user",
+                parent_id=old.id,
+                author=args.author,
+                notes=args.notes,
+            )
+            _show(rec, args.json)
+        elif args.command == "history":
+            recs = store.history(args.id)
+            if args.json:
+                print(json.dumps([r.to_dict() for r in recs], ensure_ascii=False))
+            else:
+                for r in recs:
+                    print(_line(r))
+        elif args.command == "restore":
+            _show(store.restore(args.id), args.json)
+        elif args.command == "export":
+            data = store.export(args.format, table=args.table)
+            if args.out:
+                try:
+                    Path(args.out).write_text(data, encoding="utf-8")
+                except OSError as err:
+                    raise MetasegError(f"cannot write {args.out}: {err.strerror or err}") from None
+            else:
+                sys.stdout.write(data if data.endswith("\n") else data + "\n")
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run; MetasegError → one stderr line, exit 2."""
+    from sqlalchemy.exc import OperationalError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except MetasegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OperationalError as err:
+        print(f"error: cannot use the prompt database: {err.orig}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0
