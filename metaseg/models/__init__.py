@@ -1,27 +1,42 @@
 """MetaSegNet models: image/text encoders, CAFDecoder, FPN head, baseline, losses and registry.
 
-Importing this package imports torch, timm and transformers (several seconds).
+Exports are resolved lazily, so ``from metaseg.models.registry import list_variants`` (or
+``metaseg.models.config``) does not import torch; touching ``create_model``, ``SegModel`` etc.
+imports torch, timm and transformers (several seconds).
 """
 
-from metaseg.models.config import MetaSegNetConfig
-from metaseg.models.losses import MetaSegNetLoss, ce_loss, compute_losses, dice_loss
-from metaseg.models.registry import VARIANTS, build_model, create_model, list_variants, variant_config
-from metaseg.models.segmodel import SegModel, SegOutput
-from metaseg.models.text_encoder import TextEncoder, TextFeatures
+from __future__ import annotations
 
-__all__ = [
-    "VARIANTS",
-    "MetaSegNetConfig",
-    "MetaSegNetLoss",
-    "SegModel",
-    "SegOutput",
-    "TextEncoder",
-    "TextFeatures",
-    "build_model",
-    "ce_loss",
-    "compute_losses",
-    "create_model",
-    "dice_loss",
-    "list_variants",
-    "variant_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MetaSegNetConfig": "config",
+    "MetaSegNetLoss": "losses",
+    "ce_loss": "losses",
+    "compute_losses": "losses",
+    "dice_loss": "losses",
+    "VARIANTS": "registry",
+    "build_model": "registry",
+    "create_model": "registry",
+    "list_variants": "registry",
+    "variant_config": "registry",
+    "SegModel": "segmodel",
+    "SegOutput": "segmodel",
+    "TextEncoder": "text_encoder",
+    "TextFeatures": "text_encoder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'metaseg.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"metaseg.models.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

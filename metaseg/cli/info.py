@@ -1,0 +1,81 @@
+"""``python -m metaseg info``: list model variants or count a model's parameters.
+
+* ``info --list`` prints the variant names, one per line (torch is not imported).
+* ``info --model NAME [--checkpoint PATH] [--json]`` builds the model offline (random Swin,
+  package Lite0 weights, local text encoder) and reports ``total_params``, ``trainable_params``,
+  ``frozen_params``, ``components`` (per component ``{"total", "trainable"}``), ``input_size``
+  and ``class_set``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("info", help="list model variants or show a model's parameter counts")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--list", action="store_true", help="print variant names, one per line")
+    group.add_argument("--model", metavar="NAME", help="variant name (see --list)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="checkpoint (.safetensors/.json/stem or org/name)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """Parameter counts of a SegModel, split by component."""
+    parts = {"image_encoder": model.image_encoder, "text_encoder": model.text_encoder,
+             "decoder": model.decoder, "neck": model.neck, "head": model.head}
+    components = {}
+    for key, module in parts.items():
+        params = list(module.parameters()) if module is not None else []
+        components[key] = {"total": sum(p.numel() for p in params),
+                           "trainable": sum(p.numel() for p in params if p.requires_grad)}
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cfg = model.config
+    return {
+        "model": cfg.name,
+        "uses_text": bool(model.uses_text),
+        "encoder": cfg.encoder,
+        "text_encoder": cfg.text_encoder if model.uses_text else None,
+        "total_params": total,
+        "trainable_params": trainable,
+        "frozen_params": total - trainable,
+        "components": components,
+        "input_size": [cfg.image_size, cfg.image_size],
+        "class_set": cfg.class_set,
+        "num_classes": cfg.num_classes,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from metaseg.cli import print_json
+    from metaseg.models.registry import list_variants, variant_config
+
+    if args.list:
+        for name in list_variants():
+            print(name)
+        return 0
+    variant_config(args.model)  # unknown name -> UnknownNameError (exit 2) before importing torch
+    if args.checkpoint:
+        from metaseg.checkpoints import load_checkpoint
+
+        model, _meta = load_checkpoint(args.checkpoint, expected_name=args.model)
+    else:
+        from metaseg.models.registry import create_model
+
+        model = create_model(args.model)
+    info = model_info(model)
+    if args.json:
+        print_json(info)
+    else:
+        print(f"{info['model']}: {info['total_params'] / 1e6:.1f}M parameters "
+              f"({info['trainable_params'] / 1e6:.1f}M trainable, {info['frozen_params'] / 1e6:.1f}M frozen)")
+        for key, c in info["components"].items():
+            print(f"  {key:14s} {c['total'] / 1e6:8.2f}M  ({c['trainable'] / 1e6:.2f}M trainable)")
+        print(f"  input {info['input_size'][0]}x{info['input_size'][1]}, class set {info['class_set']} "
+              f"({info['num_classes']} classes)")
+    return 0
