@@ -1,0 +1,494 @@
+"""Tile inference: :class:`Predictor` turns an RGB tile of any size into a class mask.
+
+Pipeline of :meth:`Predictor.predict`:
+
+1. **Text features once.** For a text model the prompt is encoded once
+   (``model.encode_text``, which caches per exact text; the predictor also keeps the features
+   expanded to each batch size) and the same features are reused by every window.
+2. **Windows.** A tile that fits one window (both sides ≤ the window) is run in one pass
+   (the model pads to its stride itself). A larger tile is covered by a grid of windows
+   ``window × window`` (clipped to the tile) whose starts are ``stride = window·(1-overlap)``
+   apart; the last window of a row/column is aligned to the tile edge, so every pixel is
+   covered and no window hangs over the tile.
+3. **Blending.** Each window's softmax probabilities are multiplied by a 2-D weight, the outer
+   product of ``eps + (1-eps)·sin²(π(i+½)/n)`` (a Hann window lifted by ``eps = 0.001``), and
+   summed; the sum is divided by the summed weights. Window centres dominate overlaps, so the
+   zero-padding artefacts at window borders do not leave seams, while the ``eps`` floor keeps
+   tile-border pixels (covered by window borders only) well defined.
+4. **Bounded memory (band scheme).** Windows are visited row by row. Only one *band* of
+   ``window_h`` rows is held: an accumulator ``K × window_h × W`` (float32) plus a weight sum
+   ``window_h × W``. When the next window row starts ``d`` rows lower, the top ``d`` rows of the
+   band can receive no more contributions: they are normalised, argmax-ed into the ``uint8``
+   output (and, if asked, written to the float16 probability output) and the band is shifted
+   up by ``d``. Peak extra memory is therefore ``O(K · window_h · W)`` instead of
+   ``O(K · H · W)``: about 130 MB for an 8000-px-wide tile with K=8 and 512-px windows, versus
+   2 GB for a full float32 ``H × W × K`` array. The only full-size arrays are the ``uint8``
+   mask and, when ``return_probs=True``, the requested ``K × H × W`` float16 probabilities.
+5. **Batches and TTA.** Windows are run ``batch_size`` at a time under ``torch.inference_mode``
+   (bf16 autocast on CUDA). With ``tta=True`` each batch also runs horizontally and vertically
+   flipped copies (3 views, as the paper flips at test time); their un-flipped probabilities
+   are averaged before blending.
+6. **Nodata.** Pixels with ``valid == False`` get the ignore value 255; windows without any
+   valid pixel are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaseg.errors import CheckpointError, MetasegError
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+#: Floor of the 1-D blending weight (relative to the window centre's 1.0).
+BLEND_EPS = 1e-3
+DEFAULT_WINDOW = 512
+DEFAULT_BATCH_SIZE = 4
+
+ProgressFn = Callable[[int, int], Any]
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`Predictor.predict`.
+
+    Attributes:
+        index: H×W ``uint8`` class indices; 255 where the input was nodata.
+        probs: K×H×W ``float16`` softmax probabilities (blended, TTA-averaged) when
+            ``return_probs=True``, else ``None``. Nodata pixels hold zeros.
+        seconds: wall time of the prediction (text encoding included, model loading excluded).
+        windows: number of windows the tile was split into (1 = single pass).
+        window: (height, width) of the windows actually used.
+        tta: whether flip test-time augmentation was used.
+        prompt: the prompt the model saw (``None`` for text-free models).
+        device: device the model ran on.
+        accumulator_bytes: size of the band accumulator held during sliding-window inference
+            (0 for a single pass) — the memory bound of step 4 above.
+    """
+
+    index: np.ndarray
+    probs: np.ndarray | None
+    seconds: float
+    windows: int = 1
+    window: tuple[int, int] = (0, 0)
+    tta: bool = False
+    prompt: str | None = None
+    device: str = "cpu"
+    accumulator_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` → CUDA when available, else CPU. Asking for CUDA without one is a user error."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MetasegError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise MetasegError(f"unsupported device {str(device)!r}; use cpu or cuda")
+    return dev
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets covering ``[0, size)`` with windows of ``window`` px, the last one flush with the end."""
+    if window >= size:
+        return [0]
+    starts = list(range(0, size - window, max(1, stride)))
+    starts.append(size - window)
+    return starts
+
+
+def blend_weight(height: int, width: int, eps: float = BLEND_EPS) -> np.ndarray:
+    """2-D blending weight ``height × width`` float32, 1 at the centre, ≥ ``eps²`` at the corners."""
+
+    def one_d(n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float64)
+        return eps + (1.0 - eps) * np.sin(np.pi * (i + 0.5) / n) ** 2
+
+    return np.outer(one_d(height), one_d(width)).astype(np.float32)
+
+
+def _as_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image (read tiles with metaseg.geo.read_tile), got {rgb.dtype}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError("image is empty")
+    return rgb[..., :3]
+
+
+def _window_size(window: int | tuple[int, int] | None, default: int) -> tuple[int, int]:
+    if window is None:
+        return default, default
+    if isinstance(window, int):
+        wh = ww = window
+    else:
+        wh, ww = (int(v) for v in window)
+    if wh < 16 or ww < 16:
+        raise ValueError(f"window must be at least 16 px, got {wh}x{ww}")
+    return wh, ww
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+class Predictor:
+    """Runs a segmentation model on tiles of any size (see the module docstring).
+
+    Args:
+        model: a :class:`metaseg.models.SegModel` (or any module with ``uses_text``,
+            ``encode_text`` and ``forward(images_0_1, text=...)`` returning logits or an object
+            with ``.logits`` B×K×H×W).
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        window: default window side in px (default: ``model.config.image_size`` or 512).
+        batch_size: windows per forward pass.
+        meta: checkpoint metadata (kept for callers, e.g. the prompt used in training).
+        channels_last: convert the model and inputs to channels-last memory format (faster
+            convolutions on CPU for the CNN encoders).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        *,
+        window: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        meta: dict[str, Any] | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        config = getattr(model, "config", None)
+        self.window = int(window or getattr(config, "image_size", None) or DEFAULT_WINDOW)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.meta = dict(meta or {})
+        self._text_cache: dict[str, Any] = {}
+        self._expanded: dict[tuple[str, int], Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path_or_hub_id: str | Path, device: str | torch.device | None = None,
+                        **kwargs: Any) -> Predictor:
+        """Load a checkpoint (local path or hub id) through :func:`metaseg.checkpoints.load_checkpoint`."""
+        from metaseg.checkpoints import load_checkpoint
+
+        dev = resolve_device(device)
+        model, meta = load_checkpoint(path_or_hub_id, dev)
+        return cls(model, dev, meta=meta, **kwargs)
+
+    @classmethod
+    def from_name(cls, name: str, device: str | torch.device | None = None, **kwargs: Any) -> Predictor:
+        """Load the weights that ship with the project for a ``*_demo`` variant.
+
+        Raises:
+            CheckpointError: the variant has no shipped weights (yet), with what to do instead.
+        """
+        from metaseg.checkpoints import demo_checkpoint_path
+
+        try:
+            path = demo_checkpoint_path(name)
+        except CheckpointError:
+            raise
+        except (KeyError, LookupError, FileNotFoundError) as exc:
+            raise CheckpointError(
+                f"model {name!r} has no shipped weights; pass a checkpoint (--checkpoint PATH): {exc}"
+            ) from None
+        if path is None or not Path(path).exists():
+            raise CheckpointError(
+                f"the shipped weights of {name!r} are missing ({path}); pass a checkpoint with --checkpoint PATH"
+            )
+        return cls.from_checkpoint(path, device, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def uses_text(self) -> bool:
+        return bool(getattr(self.model, "uses_text", False))
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.config, "name", type(self.model).__name__))
+
+    @property
+    def class_set(self) -> Any:
+        """The :class:`metaseg.classes.ClassSet` named in the model config (``None`` if unknown)."""
+        from metaseg.classes import get_class_set
+        from metaseg.errors import UnknownNameError
+
+        name = getattr(self.config, "class_set", None) or self.meta.get("class_set")
+        if not name:
+            return None
+        try:
+            return get_class_set(str(name))
+        except UnknownNameError:
+            return None
+
+    # ------------------------------------------------------------------ text
+    def text_features(self, prompt: str) -> Any:
+        """Encoded features of one prompt (computed once, then cached here and in the model)."""
+        feats = self._text_cache.get(prompt)
+        if feats is None:
+            with torch.inference_mode():
+                feats = self.model.encode_text([prompt])
+            if hasattr(feats, "to"):
+                feats = feats.to(self.device)
+            if len(self._text_cache) >= 16:
+                self._text_cache.clear()
+                self._expanded.clear()
+            self._text_cache[prompt] = feats
+        return feats
+
+    def _text_for_batch(self, prompt: str, batch: int) -> Any:
+        key = (prompt, batch)
+        cached = self._expanded.get(key)
+        if cached is not None:
+            return cached
+        feats = self.text_features(prompt)
+        out = feats
+        if batch > 1 and dataclasses.is_dataclass(feats) and len(feats) == 1:
+            values = {}
+            for f in dataclasses.fields(feats):
+                v = getattr(feats, f.name)
+                values[f.name] = v.expand(batch, *v.shape[1:]) if isinstance(v, torch.Tensor) else v
+            out = type(feats)(**values)
+        self._expanded[key] = out
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def _forward_probs(self, x: torch.Tensor, prompt: str | None, tta: bool) -> torch.Tensor:
+        """Softmax probabilities B×K×h×w (float32) of a batch of windows B×3×h×w in [0, 1]."""
+        views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
+        batch = torch.cat(views, 0) if tta else x
+        text = self._text_for_batch(prompt, batch.shape[0]) if prompt is not None else None
+        autocast = self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            logits = _logits_of(self.model(batch, text=text) if text is not None else self.model(batch))
+        probs = torch.softmax(logits.float(), dim=1)
+        if not tta:
+            return probs
+        p = probs.chunk(3, 0)
+        return (p[0] + p[1].flip(-1) + p[2].flip(-2)) / 3.0
+
+    def _to_tensor(self, crops: np.ndarray) -> torch.Tensor:
+        """B×h×w×3 uint8 → B×3×h×w float32 in [0, 1] (channels-last strides, one copy)."""
+        t = torch.from_numpy(crops).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        t = t.float().div_(255.0)
+        return t if self.channels_last else t.contiguous()
+
+    # ------------------------------------------------------------------ predict
+    def predict(
+        self,
+        rgb: np.ndarray,
+        prompt: str | None = None,
+        *,
+        window: int | tuple[int, int] | None = None,
+        overlap: float = 0.25,
+        tta: bool = False,
+        return_probs: bool = False,
+        progress: ProgressFn | None = None,
+        valid: np.ndarray | None = None,
+        batch_size: int | None = None,
+    ) -> Prediction:
+        """Segment one tile.
+
+        Args:
+            rgb: H×W×3 ``uint8`` RGB tile (any size).
+            prompt: text prompt for text models (required by them; ignored by the baseline).
+            window: window side (or (h, w)); default the predictor's window.
+            overlap: fraction of a window shared with its neighbour, in [0, 0.9].
+            tta: average over horizontal and vertical flips too.
+            return_probs: also return K×H×W float16 probabilities.
+            progress: called as ``progress(done, total)`` after each window.
+            valid: H×W bool, False = nodata (output 255).
+            batch_size: windows per forward pass (default the predictor's).
+
+        Returns:
+            A :class:`Prediction`.
+        """
+        start = time.perf_counter()
+        rgb = _as_rgb(rgb)
+        height, width = rgb.shape[:2]
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            if valid.shape != (height, width):
+                raise ValueError(f"valid mask shape {valid.shape} differs from the image's {(height, width)}")
+            if valid.all():
+                valid = None
+        if not 0.0 <= overlap <= 0.9:
+            raise ValueError(f"overlap must be in [0, 0.9], got {overlap}")
+        if self.uses_text:
+            if prompt is None or not str(prompt).strip():
+                raise MetasegError(f"model {self.name!r} needs a text prompt")
+            prompt = str(prompt)
+            self.text_features(prompt)  # encode once, before any window runs
+        else:
+            prompt = None
+        wh, ww = _window_size(window, self.window)
+        wh, ww = min(wh, height), min(ww, width)
+        bs = int(batch_size or self.batch_size)
+
+        with torch.inference_mode():
+            if wh == height and ww == width:
+                index, probs = self._single_pass(rgb, prompt, tta, return_probs)
+                windows, acc_bytes = 1, 0
+                if progress is not None:
+                    progress(1, 1)
+            else:
+                index, probs, windows, acc_bytes = self._sliding(
+                    rgb, prompt, (wh, ww), overlap, tta, return_probs, progress, valid, bs
+                )
+        if valid is not None:
+            index[~valid] = IGNORE_INDEX
+            if probs is not None:
+                probs[:, ~valid] = 0
+        seconds = time.perf_counter() - start
+        logger.debug("predicted %dx%d in %.3fs (%d windows)", width, height, seconds, windows)
+        return Prediction(
+            index=index, probs=probs, seconds=seconds, windows=windows, window=(wh, ww), tta=tta,
+            prompt=prompt, device=str(self.device), accumulator_bytes=acc_bytes,
+        )
+
+    def _single_pass(self, rgb: np.ndarray, prompt: str | None, tta: bool,
+                     return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        x = self._to_tensor(np.ascontiguousarray(rgb)[None])
+        if not tta and not return_probs:  # fastest path: argmax of the logits on the device
+            text = self._text_for_batch(prompt, 1) if prompt is not None else None
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                logits = _logits_of(self.model(x, text=text) if text is not None else self.model(x))
+            return logits[0].argmax(0).to(torch.uint8).cpu().numpy(), None
+        probs = self._forward_probs(x, prompt, tta)[0]
+        index = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        return index, (probs.half().cpu().numpy() if return_probs else None)
+
+    def _sliding(
+        self,
+        rgb: np.ndarray,
+        prompt: str | None,
+        win: tuple[int, int],
+        overlap: float,
+        tta: bool,
+        return_probs: bool,
+        progress: ProgressFn | None,
+        valid: np.ndarray | None,
+        batch_size: int,
+    ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+        height, width = rgb.shape[:2]
+        wh, ww = win
+        ys = window_starts(height, wh, int(math.floor(wh * (1.0 - overlap))))
+        xs = window_starts(width, ww, int(math.floor(ww * (1.0 - overlap))))
+        boxes = [(y, x) for y in ys for x in xs]
+        total = len(boxes)
+        weight = blend_weight(wh, ww)
+        index = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
+        probs_out = None
+        k: int | None = None
+        acc = wsum = None
+        top = 0  # first tile row held in the band
+
+        def flush(until: int) -> None:
+            """Finish tile rows [top, until): normalise, argmax, shift the band up."""
+            nonlocal top
+            d = until - top
+            if d <= 0:
+                return
+            if acc is None:  # nothing run yet (all-nodata windows): rows stay 255
+                top = until
+                return
+            ws = wsum[:d]
+            # argmax of the weighted sum == argmax of the blended probabilities (the weight sum
+            # is a positive per-pixel factor); a running max over classes avoids the K×d×W
+            # temporaries numpy's argmax(axis=0) would allocate.
+            rows = np.zeros((d, width), dtype=np.uint8)
+            best = acc[0, :d].copy()
+            for c in range(1, acc.shape[0]):
+                better = acc[c, :d] > best
+                rows[better] = c
+                np.maximum(best, acc[c, :d], out=best)
+            rows[ws <= 0] = IGNORE_INDEX
+            index[top:until] = rows
+            if probs_out is not None:
+                inv = 1.0 / np.maximum(ws, 1e-12)
+                for c in range(acc.shape[0]):
+                    probs_out[c, top:until] = acc[c, :d] * inv
+            keep = wh - d
+            if keep > 0:  # per class: overlapping copies make numpy buffer the source
+                for c in range(acc.shape[0]):
+                    acc[c, :keep] = acc[c, d:]
+                wsum[:keep] = wsum[d:]
+            acc[:, max(keep, 0):] = 0
+            wsum[max(keep, 0):] = 0
+            top = until
+
+        done = 0
+        for b0 in range(0, total, batch_size):
+            chunk = boxes[b0:b0 + batch_size]
+            run = [bx for bx in chunk if valid is None or valid[bx[0]:bx[0] + wh, bx[1]:bx[1] + ww].any()]
+            out = None
+            if run:
+                crops = np.stack([rgb[y:y + wh, x:x + ww] for y, x in run])
+                out = self._forward_probs(self._to_tensor(crops), prompt, tta)
+                out = out.mul_(torch.from_numpy(weight).to(out.device)).cpu().numpy()
+                if k is None:
+                    k = out.shape[1]
+                    acc = np.zeros((k, wh, width), dtype=np.float32)
+                    wsum = np.zeros((wh, width), dtype=np.float32)
+                    if return_probs:
+                        probs_out = np.zeros((k, height, width), dtype=np.float16)
+            j = 0
+            for y, x in chunk:
+                if y > top:
+                    flush(y)
+                if j < len(run) and run[j] == (y, x):
+                    r = y - top
+                    acc[:, r:r + wh, x:x + ww] += out[j]
+                    wsum[r:r + wh, x:x + ww] += weight
+                    j += 1
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        if acc is not None:
+            flush(height)
+        acc_bytes = 0 if acc is None else int(acc.nbytes + wsum.nbytes)
+        return index, probs_out, total, acc_bytes
+
+
+def predict_tile(predictor: Predictor, tile: Any, prompt: str | None = None, **kwargs: Any) -> Prediction:
+    """Convenience: run ``predictor`` on a :class:`metaseg.geo.Tile` (uses its ``valid`` mask)."""
+    return predictor.predict(tile.rgb, prompt, valid=getattr(tile, "valid", None), **kwargs)
+
+
+__all__ = [
+    "BLEND_EPS",
+    "Prediction",
+    "Predictor",
+    "blend_weight",
+    "predict_tile",
+    "resolve_device",
+    "window_starts",
+]

@@ -1,0 +1,231 @@
+"""metaseg.inference.Predictor: single pass, sliding windows with blending, memory bound, TTA, text cache."""
+
+from __future__ import annotations
+
+import tracemalloc
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metaseg.errors import MetasegError
+from metaseg.inference import BLEND_EPS, Predictor, blend_weight, window_starts
+
+torch.manual_seed(0)
+
+
+@dataclass
+class FakeText:
+    tokens: torch.Tensor
+
+    def to(self, device):
+        return FakeText(self.tokens.to(device))
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+class StandIn(nn.Module):
+    """Same interface as SegModel: uses_text, config, encode_text, forward(images, text=) -> .logits."""
+
+    def __init__(self, k: int = 4, kernel: int = 1, uses_text: bool = False, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, k, kernel, padding=kernel // 2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 3)
+            self.conv.bias.copy_(torch.randn(k, generator=g) * 0.3)
+        self.uses_text = uses_text
+        self.config = SimpleNamespace(name="standin", image_size=64, class_set="openearthmap")
+        self.encode_calls = 0
+        self.forward_batches: list[int] = []
+
+    def encode_text(self, texts):
+        self.encode_calls += 1
+        return FakeText(torch.tensor([[float(len(t) % 7)] for t in texts]))
+
+    def forward(self, images, text=None):
+        self.forward_batches.append(images.shape[0])
+        logits = self.conv(images)
+        if text is not None:
+            assert len(text) == images.shape[0]
+            logits = logits + text.tokens.view(-1, 1, 1, 1) * torch.linspace(-1, 1, logits.shape[1]).view(1, -1, 1, 1)
+        return SimpleNamespace(logits=logits)
+
+
+def _full_pass(model: nn.Module, rgb: np.ndarray, prompt: str | None = None) -> torch.Tensor:
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        text = model.encode_text([prompt]) if prompt is not None else None
+        return torch.softmax(model(x, text=text).logits, 1)[0]
+
+
+def _rgb(h: int, w: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]  # blocky, like fields
+    noise = rng.integers(0, 30, size=(h, w, 3), dtype=np.uint8)
+    return (img // 2 + noise).astype(np.uint8)
+
+
+def test_window_starts_cover_and_end_flush():
+    assert window_starts(100, 128, 96) == [0]
+    assert window_starts(1024, 512, 384) == [0, 384, 512]
+    s = window_starts(1000, 128, 96)
+    assert s[0] == 0 and s[-1] == 1000 - 128 and all(b - a <= 96 for a, b in zip(s, s[1:], strict=False))
+
+
+def test_blend_weight_positive_and_peaked():
+    w = blend_weight(64, 32)
+    assert w.shape == (64, 32) and w.min() >= BLEND_EPS**2 * 0.99
+    assert w[32, 16] == pytest.approx(1.0, abs=1e-2) and w[0, 0] < 0.01
+
+
+def test_single_window_equals_full_pass():
+    model = StandIn(kernel=3)
+    rgb = _rgb(50, 60)
+    pred = Predictor(model, "cpu").predict(rgb, window=64, return_probs=True)
+    full = _full_pass(model, rgb)
+    assert pred.windows == 1 and pred.index.dtype == np.uint8 and pred.index.shape == (50, 60)
+    np.testing.assert_array_equal(pred.index, full.argmax(0).numpy())
+    np.testing.assert_allclose(pred.probs.astype(np.float32), full.numpy(), atol=2e-3)
+    fast = Predictor(model, "cpu").predict(rgb, window=64)
+    np.testing.assert_array_equal(fast.index, pred.index)
+
+
+def test_sliding_equals_full_pass_for_pointwise_model():
+    model = StandIn(kernel=1)
+    rgb = _rgb(150, 230)
+    pred = Predictor(model, "cpu", batch_size=3).predict(rgb, window=64, overlap=0.25, return_probs=True)
+    full = _full_pass(model, rgb)
+    assert pred.windows > 6
+    np.testing.assert_allclose(pred.probs.astype(np.float32), full.numpy(), atol=2e-3)
+    np.testing.assert_array_equal(pred.index, full.argmax(0).numpy())
+
+
+def test_sliding_matches_full_pass_for_conv_model():
+    model = StandIn(kernel=5, seed=3)  # translation-equivariant up to its zero padding
+    rgb = _rgb(140, 200, seed=5)
+    pred = Predictor(model, "cpu").predict(rgb, window=64, overlap=0.25, return_probs=True)
+    full = _full_pass(model, rgb)
+    agree = (pred.index == full.argmax(0).numpy()).mean()
+    assert pred.windows == 3 * 4
+    assert agree > 0.995
+    diff = np.abs(pred.probs.astype(np.float32) - full.numpy())[:, 2:-2, 2:-2]
+    assert diff.mean() < 2e-3
+
+
+def test_no_seams_on_constant_input():
+    model = StandIn(kernel=5, seed=7)
+    rgb = np.full((150, 170, 3), 120, dtype=np.uint8)
+    pred = Predictor(model, "cpu").predict(rgb, window=48, overlap=0.25, return_probs=True)
+    inner = pred.probs[:, 2:-2, 2:-2].astype(np.float32)
+    assert pred.windows > 9
+    # constant inside the tile: the blend hides the windows' zero-padded borders
+    assert np.abs(inner - inner[:, :1, :1]).max() < 0.01
+    assert len(np.unique(pred.index[2:-2, 2:-2])) == 1
+
+
+def test_memory_stays_bounded_on_large_tile():
+    k, h, w = 8, 900, 1500
+    model = StandIn(k=k, kernel=1)
+    rgb = _rgb(h, w)
+    predictor = Predictor(model, "cpu", batch_size=8)
+    tracemalloc.start()
+    try:
+        pred = predictor.predict(rgb, window=128, overlap=0.25)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full_bytes = k * h * w * 4  # a full float32 H x W x K array
+    assert pred.accumulator_bytes == (k + 1) * 128 * w * 4
+    assert pred.accumulator_bytes < full_bytes / 5
+    assert peak < full_bytes / 3, (peak, full_bytes)
+    assert pred.probs is None and pred.index.shape == (h, w)
+    # still correct (pointwise model): every pixel equals the full pass
+    np.testing.assert_array_equal(pred.index[::7, ::7], _full_pass(model, rgb).argmax(0).numpy()[::7, ::7])
+
+
+def test_tta_on_flip_equivariant_model_changes_nothing():
+    model = StandIn(kernel=1)
+    rgb = _rgb(100, 120)
+    p = Predictor(model, "cpu")
+    a = p.predict(rgb, window=48, return_probs=True)
+    b = p.predict(rgb, window=48, tta=True, return_probs=True)
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_allclose(a.probs.astype(np.float32), b.probs.astype(np.float32), atol=2e-3)
+    assert b.tta and 3 * 4 in model.forward_batches  # flips run in the same batch
+
+
+class Ramp(StandIn):
+    """Not flip-equivariant: logits follow the x and y coordinate."""
+
+    def forward(self, images, text=None):
+        b, _, h, w = images.shape
+        xx = torch.linspace(-2, 2, w).view(1, 1, 1, w).expand(b, 1, h, w)
+        yy = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(b, 1, h, w)
+        return SimpleNamespace(logits=torch.cat([xx, -xx, yy + images[:, :1]], 1))
+
+
+def test_tta_averages_unflipped_views():
+    model = Ramp()
+    rgb = _rgb(40, 50)
+    pred = Predictor(model, "cpu").predict(rgb, window=64, tta=True, return_probs=True)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        sm = lambda t: torch.softmax(model(t).logits, 1)  # noqa: E731
+        manual = (sm(x) + sm(x.flip(-1)).flip(-1) + sm(x.flip(-2)).flip(-2))[0] / 3
+    np.testing.assert_allclose(pred.probs.astype(np.float32), manual.numpy(), atol=2e-3)
+    plain = Predictor(model, "cpu").predict(rgb, window=64, return_probs=True)
+    assert np.abs(plain.probs.astype(np.float32) - manual.numpy()).max() > 0.05
+
+
+def test_text_encoded_once_and_batched():
+    model = StandIn(kernel=1, uses_text=True)
+    rgb = _rgb(120, 130)
+    p = Predictor(model, "cpu", batch_size=4)
+    a = p.predict(rgb, "a temperate prompt", window=48)
+    p.predict(rgb, "a temperate prompt", window=48, tta=True)
+    assert model.encode_calls == 1
+    assert a.prompt == "a temperate prompt" and a.windows == 12
+    p.predict(rgb, "another prompt", window=48)
+    assert model.encode_calls == 2
+    full = _full_pass(model, rgb, "a temperate prompt")
+    np.testing.assert_array_equal(a.index, full.argmax(0).numpy())
+    with pytest.raises(MetasegError, match="prompt"):
+        p.predict(rgb, None)
+
+
+def test_baseline_ignores_prompt():
+    model = StandIn(kernel=1)
+    pred = Predictor(model, "cpu").predict(_rgb(30, 30), "ignored")
+    assert pred.prompt is None and model.encode_calls == 0
+
+
+def test_nodata_and_progress():
+    model = StandIn(kernel=1)
+    rgb = _rgb(100, 200)
+    valid = np.ones((100, 200), bool)
+    valid[:, :100] = False  # left half nodata: its windows are skipped
+    calls = []
+    pred = Predictor(model, "cpu", batch_size=2).predict(
+        rgb, window=48, valid=valid, progress=lambda d, t: calls.append((d, t)), return_probs=True
+    )
+    assert (pred.index[:, :100] == 255).all() and (pred.index[:, 100:] < 4).all()
+    assert (pred.probs[:, :, :100] == 0).all()
+    assert calls[-1] == (pred.windows, pred.windows) and len(calls) == pred.windows
+    assert [c[0] for c in calls] == list(range(1, pred.windows + 1))
+    assert sum(model.forward_batches) < pred.windows  # all-nodata windows never ran
+
+
+def test_bad_inputs():
+    p = Predictor(StandIn(), "cpu")
+    with pytest.raises(ValueError, match="uint8"):
+        p.predict(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="RGB"):
+        p.predict(np.zeros((8, 8, 5), np.uint8))
+    with pytest.raises(ValueError, match="valid"):
+        p.predict(np.zeros((8, 8, 3), np.uint8), valid=np.ones((4, 4), bool))
