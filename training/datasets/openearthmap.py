@@ -17,6 +17,7 @@ zone); tiles without one get the generic prompt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from metaseg.classes import get_class_set
@@ -90,10 +91,15 @@ def OpenEarthMap(  # noqa: N802 - reads like a class, is a factory
     augment: bool = False,
     class_set: str = "openearthmap",
     name: str = "openearthmap",
+    zone_fn: Callable[[str | Path], str | None] | None = None,
 ) -> SegmentationDataset:
-    """OpenEarthMap split as a :class:`~training.datasets.base.SegmentationDataset`."""
+    """OpenEarthMap split as a :class:`~training.datasets.base.SegmentationDataset`.
+
+    ``zone_fn`` replaces the georeference lookup (SynthEarth passes its manifest's zones).
+    """
     cs = get_class_set(class_set)
-    resolver = PromptResolver(cs.name, prompt_mode, store=store, default_zone=cs.default_zone)
+    resolver = PromptResolver(cs.name, prompt_mode, store=store, default_zone=cs.default_zone,
+                              **({"zone_fn": zone_fn} if zone_fn is not None else {}))
     samples = list_samples(Path(root), split, dataset="SynthEarth" if name == "synthearth" else "OpenEarthMap")
     return SegmentationDataset(samples, cs, resolver, image_size=image_size, augment=augment,
                                name=name, split=split)
