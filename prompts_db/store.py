@@ -32,7 +32,6 @@ from prompts_db.knowledge import (
     GENERIC,
     NO_TEXT,
     ZONE_CODES,
-    generic_prompt,
     knowledge_prompt,
     normalize_class_set,
     normalize_zone,
@@ -213,17 +212,22 @@ class PromptStore:
 
         Idempotent and race-safe (one ``BEGIN IMMEDIATE`` transaction). Returns rows added.
         """
-        wanted: list[tuple[str, str, str]] = []
-        for cs in class_sets:
-            wanted += [(zone, cs, knowledge_prompt(zone, cs)) for zone in ZONE_CODES]
-            wanted += [(GENERIC, cs, generic_prompt(cs)), (NO_TEXT, cs, "")]
+        class_sets = [normalize_class_set(cs) for cs in class_sets]
+        pairs = [(z, cs) for cs in class_sets for z in (*ZONE_CODES, GENERIC, NO_TEXT)]
+        with Session(self.engine) as s:  # cheap check first: nothing to do on every later open
+            have = set(s.execute(select(Prompt.zone, Prompt.class_set).distinct()).tuples())
+        missing = [p for p in pairs if p not in have]
+        if not missing:
+            return 0
+        texts = {(z, cs): knowledge_prompt(z, cs) for z, cs in missing}  # computed outside the lock
         added = 0
         with Session(self.engine) as s, s.begin():
-            have = set(s.execute(select(Prompt.zone, Prompt.class_set).distinct()).tuples())
+            have = set(s.execute(select(Prompt.zone, Prompt.class_set).distinct()).tuples())  # re-check
             now = utc_now()
-            for zone, cs, text in wanted:
+            for zone, cs in missing:
                 if (zone, cs) in have:
                     continue
+                text = texts[(zone, cs)]
                 note = "no text: run without a prompt" if zone == NO_TEXT else "offline seed"
                 s.add(
                     Prompt(

@@ -57,6 +57,15 @@ def count_tokens(text: str) -> int:
 
     Empty text counts 0 (the "no text" choice runs without a prompt).
     """
+    return _count_cached(text) if len(text) <= 4096 else _count(text)
+
+
+@lru_cache(maxsize=4096)
+def _count_cached(text: str) -> int:
+    return _count(text)
+
+
+def _count(text: str) -> int:
     if not text:
         return 0
     tok = _tokenizer()
