@@ -121,6 +121,7 @@ class ClimateResult:
 
 
 # code, name, RGB (Beck et al. legend), description -- in legend order.
+# fmt: off
 _TABLE: tuple[tuple[str, str, tuple[int, int, int], str], ...] = (
     ("Af", "Tropical, rainforest", (0, 0, 255),
      "Hot and wet in every month: all monthly means stay at or above 18 °C and even the driest month "
@@ -199,6 +200,7 @@ _TABLE: tuple[tuple[str, str, tuple[int, int, int], str], ...] = (
     ("EF", "Polar, frost", (102, 102, 102),
      "Ice cap: every month averages below 0 °C, so the ground stays frozen or ice-covered all year."),
 )
+# fmt: on
 
 #: All 30 zones in Beck et al. legend order.
 ZONES: dict[str, Zone] = {

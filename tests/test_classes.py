@@ -27,7 +27,14 @@ def test_official_colours():
     assert oem.colors[0] == (0x80, 0, 0) and oem.colors[7] == (0xDE, 0x1F, 0x07)
     assert get_class_set("loveda").colors[4] == (0x9F, 0x81, 0xB7)
     pot = get_class_set("potsdam")
-    assert pot.colors == ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
+    assert pot.colors == (
+        (255, 255, 255),
+        (0, 0, 255),
+        (0, 255, 255),
+        (0, 255, 0),
+        (255, 255, 0),
+        (255, 0, 0),
+    )
     assert pot.legend()[1] == ("building", "#0000FF")
 
 
