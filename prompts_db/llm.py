@@ -235,7 +235,7 @@ def ask(client: Any, cfg: LLMConfig, question: str) -> tuple[str, dict[str, int 
 
 
 def _cached(store: PromptStore, model: str, question: str) -> QA | None:
-    with Session(store.engine) as s:
+    with Session(store.reader) as s:
         row = s.scalars(select(QA).where(QA.model == model, QA.question == question)).first()
         if row is not None:
             s.expunge(row)

@@ -49,6 +49,7 @@ BUSY_TIMEOUT_S = 60.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = REPO_ROOT / "data" / "metaseg.sqlite"
 MODEL_ROLES = ("metasegnet", "baseline")
+READ_ONLY = "prompts_db_read_only"
 
 
 def default_db_path() -> Path:
@@ -172,7 +173,9 @@ def make_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # writers take the write lock up front; read-only sessions (READ_ONLY option) use a
+        # deferred BEGIN, which in WAL mode never waits for a writer
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -189,6 +192,8 @@ class PromptStore:
         self.path = Path(path).expanduser() if path is not None else default_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(self.path)
+        #: same pool, deferred BEGIN: for sessions that only read
+        self.reader = self.engine.execution_options(**{READ_ONLY: True})
         with self.engine.begin() as conn:
             before = upgrade(conn)
         if before:
@@ -214,7 +219,7 @@ class PromptStore:
         """
         class_sets = [normalize_class_set(cs) for cs in class_sets]
         pairs = [(z, cs) for cs in class_sets for z in (*ZONE_CODES, GENERIC, NO_TEXT)]
-        with Session(self.engine) as s:  # cheap check first: nothing to do on every later open
+        with Session(self.reader) as s:  # cheap check first: nothing to do on every later open
             have = set(s.execute(select(Prompt.zone, Prompt.class_set).distinct()).tuples())
         missing = [p for p in pairs if p not in have]
         if not missing:
@@ -258,7 +263,7 @@ class PromptStore:
         ``zone="none"`` gives the "no text" record (empty text).
         """
         zone, class_set = self._key(zone, class_set)
-        with Session(self.engine) as s:
+        with Session(self.reader) as s:
             row = s.scalars(
                 select(Prompt)
                 .where(Prompt.zone == zone, Prompt.class_set == class_set)
@@ -272,7 +277,7 @@ class PromptStore:
 
     def get(self, id: int) -> PromptRecord:  # noqa: A002 - public API name
         """The prompt version with this id (PromptNotFoundError if none)."""
-        with Session(self.engine) as s:
+        with Session(self.reader) as s:
             row = s.get(Prompt, self._id(id))
             if row is None:
                 raise PromptNotFoundError(f"no prompt with id {id}")
@@ -380,7 +385,7 @@ class PromptStore:
                 Prompt.source.startswith(source) if source == "llm:" else Prompt.source == source
             )
         stmt = stmt.order_by(Prompt.zone, Prompt.class_set, Prompt.version.desc())
-        with Session(self.engine) as s:
+        with Session(self.reader) as s:
             rows = [PromptRecord._from_row(r) for r in s.scalars(stmt)]
         if latest_only:
             seen: set[tuple[str, str]] = set()
@@ -491,7 +496,7 @@ class PromptStore:
         stmt = select(Run).order_by(Run.id.desc())
         if tile_hash is not None:
             stmt = stmt.where(Run.tile_hash == tile_hash)
-        with Session(self.engine) as s:
+        with Session(self.reader) as s:
             return [_run_dict(r) for r in s.scalars(stmt)]
 
     def compare_prompt_versions(self, tile_hash: str) -> builtins.list[dict[str, Any]]:
@@ -505,7 +510,7 @@ class PromptStore:
         runs = self.runs(tile_hash)
         baseline = next((r for r in runs if r["model_role"] == "baseline"), None)
         prompt_ids = {r["prompt_id"] for r in runs if r["prompt_id"] is not None}
-        with Session(self.engine) as s:
+        with Session(self.reader) as s:
             prompts = {p.id: p for p in s.scalars(select(Prompt).where(Prompt.id.in_(prompt_ids)))}
         rows = []
         for r in runs:
@@ -566,7 +571,7 @@ class PromptStore:
             stmt = stmt.where(Label.tile_hash == tile_hash)
         if class_set is not None:
             stmt = stmt.where(Label.class_set == normalize_class_set(class_set))
-        with Session(self.engine) as s:
+        with Session(self.reader) as s:
             return [_label_dict(r) for r in s.scalars(stmt)]
 
     # -- export ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import sqlite3
 import subprocess
 import sys
+import time
 from itertools import combinations
 from pathlib import Path
 
@@ -333,3 +334,28 @@ def test_concurrent_first_open_seeds_once(tmp_path):
     assert con.execute("select count(*) from prompts").fetchone()[0] == 96
     assert con.execute("select count(distinct zone || class_set) from prompts").fetchone()[0] == 96
     con.close()
+
+
+def test_readers_do_not_wait_for_a_writer(store):
+    store.current("Cfa", "loveda")
+    con = sqlite3.connect(store.path, timeout=0.1, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        t0 = time.perf_counter()
+        assert store.current("Cfa", "loveda").version == 1
+        assert len(store.history(store.current("Cfa", "loveda").id)) == 1
+        assert time.perf_counter() - t0 < 2.0
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+
+
+def test_threads_share_one_store(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def edit(i: int) -> int:
+        return store.save("Aw", "loveda", f"thread edit {i}").version
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        versions = sorted(pool.map(edit, range(24)))
+    assert versions == list(range(2, 26))

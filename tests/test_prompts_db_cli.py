@@ -97,3 +97,16 @@ def test_real_subprocess_no_traceback():
     )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip() == "error: no prompt with id 424242"
+
+
+def test_generate_llm_through_env_configured_server(capsys, monkeypatch):
+    from tests.fixtures.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-test")
+        code, out, err = run(capsys, "generate", "--zone", "Aw", "--class-set", "potsdam", "--llm", "--json")
+    rec = json.loads(out)
+    assert code == 0 and set(rec) == KEYS and rec["source"] == "llm:gpt-4o-mini"
+    assert len(srv.requests) == 6 and "In Aw the car looks distinctive." in rec["text"]
+    assert "sk-cli-test" not in out + err
