@@ -136,7 +136,7 @@ GROUP_FACTS: dict[str, dict[str, str | None]] = {
         "snow": "seasonal snow whitens fields and roofs in winter",
     },
     "E": {
-        "paved": "gravel pads and compacted yards around sheds",
+        "paved": "gravel pads and compacted yards",
         "tree": "almost no trees, only dwarf shrubs hugging the ground",
         "low": "thin tundra mats of moss, lichen and sedge in olive, brown and rust",
         "soil": "grey rock, gravel and frost-patterned ground",
@@ -351,6 +351,25 @@ NEAR: dict[str, str] = {
     "paved": "around buildings",
 }
 
+#: Group-specific neighbours where the general ones above would be wrong (polar, desert, tropics).
+GROUP_NEAR: dict[str, dict[str, str]] = {
+    "A": {"water": "lined by dense green vegetation"},
+    "B": {
+        "water": "edged by thin strips of green",
+        "low": "between bare patches",
+        "tree": "near wells and houses",
+    },
+    "E": {
+        "soil": "next to snow and ice",
+        "water": "amid tundra or bare rock",
+        "paved": "around huts and stations",
+        "road": "linking a few huts",
+        "low": "between rocks and ponds",
+    },
+}
+
+_ABSENT = ("no ", "almost no", "practically no", "hardly any", "very little", "few ", "rare ", "trees scarce")
+
 _CLASS_TEMPLATES: dict[str, tuple[str, str]] = {
     # normalised class name -> (label, facet)
     "bareland": ("Bare land", "soil"),
@@ -460,10 +479,11 @@ def zone_facets(code: str) -> dict[str, str | None]:
     return facets
 
 
-def _class_sentence(name: str, facets: dict[str, str | None]) -> str:
+def _class_sentence(name: str, facets: dict[str, str | None], group: str = "C") -> str:
     label, facet = _CLASS_TEMPLATES.get(_norm(name), (name.strip().capitalize(), "low"))
     text = facets.get(facet) or "as usual for this climate"
-    near = NEAR.get(facet)
+    absent = text.startswith(_ABSENT)  # "no farmland" has no neighbours worth naming
+    near = None if absent else GROUP_NEAR.get(group, {}).get(facet, NEAR.get(facet))
     return f"{label}: {text}{', ' + near if near else ''}."
 
 
@@ -483,10 +503,10 @@ def knowledge_prompt(zone: str, class_set: str) -> str:
         return ""
     facets = zone_facets(code)
     group = GROUP_NAMES[code[0]]
-    parts = [
-        f"Aerial image in a {ZONE_NAMES[code]} climate (Köppen {code}, {group} group): {facets['intro']}."
-    ]
-    parts += [_class_sentence(n, facets) for n in class_names(class_set)]
+    name = ZONE_NAMES[code]
+    article = "an" if name[0] in "aeiou" else "a"
+    parts = [f"Aerial image in {article} {name} climate (Köppen {code}, {group} group): {facets['intro']}."]
+    parts += [_class_sentence(n, facets, code[0]) for n in class_names(class_set)]
     if facets.get("snow"):
         parts.append(f"Snow: {facets['snow']}.")
     text, truncated = trim_to_budget(" ".join(parts))
