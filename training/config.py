@@ -171,6 +171,13 @@ def _check_types(cfg: TrainConfig) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(cfg):
         value = getattr(cfg, f.name)
+        if isinstance(value, str) and float in typing.get_args(hints[f.name]) + (hints[f.name],):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means
+            try:
+                value = float(value)
+                setattr(cfg, f.name, value)
+            except ValueError:
+                pass
         if not _type_ok(value, hints[f.name]):
             raise ConfigError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
         if hints[f.name] in (float, float | None) and isinstance(value, int):
