@@ -185,5 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OperationalError as err:
         print(f"error: cannot use the prompt database: {err.orig}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. the database folder cannot be created
+        print(f"error: cannot open the prompt database: {err.strerror or err}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
