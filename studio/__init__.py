@@ -1,0 +1,7 @@
+"""MetaSegNet Studio: UI-agnostic helpers behind ``app.py``.
+
+``studio.session`` (per-user state), ``studio.mapview`` (offline Folium map with a click bridge),
+``studio.services`` (models, segmentation, review, labels; calls ``metaseg`` and ``prompts_db``),
+``studio.views`` (escaped HTML snippets, display-size images). Imports flow
+``app.py`` → ``studio`` → ``prompts_db`` → ``metaseg``; nothing here imports gradio.
+"""

@@ -1,0 +1,93 @@
+"""Per-user state of the studio (kept in a ``gr.State``; never shared between users).
+
+Uploaded files are copied into a per-session temporary folder under a fixed name
+(``tile<suffix>``), so two users never see each other's tiles and the uploaded file *name* never
+becomes part of a path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Suffixes the app accepts for tiles (GeoTIFF / PNG / JPEG) and labels.
+TILE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def session_root() -> Path:
+    """Folder that holds every session's folder (``METASEG_SESSION_DIR`` or the system temp dir)."""
+    root = Path(os.environ.get("METASEG_SESSION_DIR") or Path(tempfile.gettempdir()) / "metaseg_sessions")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass
+class PairPrediction:
+    """Masks of one segmentation run of both models on the current tile."""
+
+    metasegnet: np.ndarray  # H×W uint8 class indices
+    baseline: np.ndarray  # H×W uint8 class indices
+    class_set: str
+    prompt_id: int | None
+    prompt_text: str
+    checkpoint_ids: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SessionState:
+    """Everything one browser session knows: tile, location, prompt, predictions, labels."""
+
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tile_path: str | None = None
+    tile_hash: str | None = None
+    tile: Any = None  # metaseg.geo.Tile (rgb, valid, info)
+    location: dict[str, Any] | None = None  # the /locate object
+    class_set: str = "openearthmap"
+    prompt_id: int | None = None
+    prediction: PairPrediction | None = None
+    ground_truth: np.ndarray | None = None  # H×W uint8 indices
+    ground_truth_source: str | None = None  # "upload" | "painted" | "example"
+    example_label_path: str | None = None
+
+    @property
+    def workdir(self) -> Path:
+        path = session_root() / self.session_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def import_file(self, src: str | os.PathLike, stem: str = "tile") -> Path:
+        """Copy a user file into this session's folder as ``<stem><suffix>`` and return the copy.
+
+        Only the (lower-cased, allow-listed) suffix of the original name survives.
+        """
+        src = Path(src)
+        suffix = src.suffix.lower()
+        if suffix not in TILE_SUFFIXES:
+            suffix = ".bin"  # the reader reports the unsupported format
+        dst = self.workdir / f"{stem}-{uuid.uuid4().hex[:8]}{suffix}"
+        shutil.copyfile(src, dst)
+        return dst
+
+    def output_path(self, name: str) -> Path:
+        """A path for a file the app writes for this session (``name`` is app-chosen, never user text)."""
+        return self.workdir / name
+
+    def reset_tile(self) -> None:
+        self.tile_path = None
+        self.tile_hash = None
+        self.tile = None
+        self.prediction = None
+        self.ground_truth = None
+        self.ground_truth_source = None
+        self.example_label_path = None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(session_root() / self.session_id, ignore_errors=True)
