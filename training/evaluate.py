@@ -1,0 +1,448 @@
+"""``python -m training.evaluate``: score a checkpoint on a dataset split (paper eqs 8–12).
+
+Examples::
+
+    python -m training.evaluate --checkpoint runs/oem/best.safetensors --dataset openearthmap \\
+        --root data/OpenEarthMap --split val --tta --json
+    python -m training.evaluate --model metasegnet_demo --dataset synthearth --root data/se \\
+        --split test --prompt-mode wrong
+    python -m training.evaluate --checkpoint runs/oem/best.safetensors --dataset potsdam \\
+        --root data/potsdam_patches --split test \\
+        --class-map training/class_maps/openearthmap_to_potsdam.json      # zero-shot (Table VI)
+
+What is computed:
+
+* Each tile is run whole (dataset tiles are at most 1024²) in batches; tiles of different sizes
+  are never stacked together. ``--tta`` averages the softmax of the tile and its horizontal and
+  vertical flips (the paper flips at test time).
+* MetaSegNet gets each tile's prompt from the dataset reader according to ``--prompt-mode``
+  (``climate``, ``generic``, ``none`` = empty text, ``wrong`` = a mismatched zone); the baseline
+  ignores prompts.
+* Metrics come from one confusion matrix over the whole split (:mod:`metaseg.metrics`):
+  OA over every labelled pixel, per-class IoU/F1/precision/recall, means over the class set's
+  *scored* classes (Potsdam: clutter excluded). Values are reported in **percent** (0–100), as
+  in the paper's tables. Classes absent from both ground truth and prediction are ``null``.
+* ``--class-map FILE`` (zero-shot): a JSON/YAML map from the checkpoint's class names to the
+  dataset's (many-to-one allowed, ``null`` or missing = unmapped). Predictions are translated
+  through it; a pixel predicted as an unmapped class counts as a miss. Ground-truth pixels of
+  dataset classes that no checkpoint class maps to stay in the matrix (so predictions there
+  are false positives of the mapped classes, and OA counts them) but those classes are not
+  scored: means and ``per_class`` cover only the overlapping classes.
+
+JSON keys: ``miou, oa, mf1, precision, recall, per_class`` (scored class → ``{iou, f1,
+precision, recall}``) plus ``f1_of_means, dataset, split, prompt_mode, n_images, n_pixels,
+model, checkpoint, class_set, tta, class_map, units, seconds`` and ``note`` when some classes
+are not scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaseg.errors import CheckpointError, ConfigError, MetasegError
+
+log = logging.getLogger(__name__)
+
+PROMPT_MODES = ("climate", "generic", "none", "wrong")
+DATASETS = ("openearthmap", "loveda", "potsdam", "synthearth")
+CLASS_MAP_DIR = Path(__file__).resolve().parent / "class_maps"
+
+
+# ----------------------------------------------------------------------------- class maps
+
+
+def load_class_map(path: str | Path) -> dict[str, Any]:
+    """Read a class-map file (JSON or YAML).
+
+    Accepted forms: a flat ``{source class: target class | null}`` mapping, or
+    ``{"source": set, "target": set, "map": {...}}`` (``source``/``target`` optional, checked
+    when present). A bare name such as ``openearthmap_to_loveda`` refers to a shipped map.
+
+    Returns:
+        ``{"source": str | None, "target": str | None, "map": {str: str | None}, "path": str}``.
+    """
+    p = Path(path)
+    if not p.exists() and not p.suffix and (CLASS_MAP_DIR / f"{p.name}.json").is_file():
+        p = CLASS_MAP_DIR / f"{p.name}.json"
+    if not p.is_file():
+        raise ConfigError(f"class map {path} not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is a user error here
+        raise ConfigError(f"class map {p} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"class map {p} must be a mapping of class names")
+    if isinstance(data.get("map"), dict):
+        mapping = data["map"]
+    else:  # flat form
+        mapping = {k: v for k, v in data.items() if k not in ("source", "target", "note")}
+    for k, v in mapping.items():
+        if not isinstance(k, str) or not (v is None or isinstance(v, str)):
+            raise ConfigError(
+                f"class map {p}: entries must be 'class name': 'class name' or null, got {k!r}: {v!r}"
+            )
+    return {
+        "source": data.get("source"),
+        "target": data.get("target"),
+        "map": dict(mapping),
+        "path": str(p),
+    }
+
+
+def class_map_lut(
+    class_map: dict[str, Any],
+    source_names: Sequence[str],
+    target_names: Sequence[str],
+    source_set: str | None = None,
+    target_set: str | None = None,
+) -> np.ndarray:
+    """Lookup table ``(256,)`` uint8: checkpoint class index → dataset class index (255 = unmapped).
+
+    Names are matched case-insensitively. Raises ``ConfigError`` for unknown names or when the
+    map's ``source``/``target`` contradict the checkpoint's / dataset's class set.
+    """
+    if class_map.get("source") and source_set and class_map["source"] != source_set:
+        raise ConfigError(
+            f"class map {class_map.get('path')} is for {class_map['source']} checkpoints, "
+            f"this checkpoint predicts {source_set}"
+        )
+    if class_map.get("target") and target_set and class_map["target"] != target_set:
+        raise ConfigError(
+            f"class map {class_map.get('path')} targets {class_map['target']}, the dataset uses {target_set}"
+        )
+    src = {n.lower(): i for i, n in enumerate(source_names)}
+    dst = {n.lower(): i for i, n in enumerate(target_names)}
+    lut = np.full(256, 255, dtype=np.uint8)
+    for s, t in class_map["map"].items():
+        if s.lower() not in src:
+            raise ConfigError(f"class map: {s!r} is not a checkpoint class; valid: {', '.join(source_names)}")
+        if t is None:
+            continue
+        if t.lower() not in dst:
+            raise ConfigError(f"class map: {t!r} is not a dataset class; valid: {', '.join(target_names)}")
+        lut[src[s.lower()]] = dst[t.lower()]
+    if not (lut != 255).any():
+        raise ConfigError(f"class map {class_map.get('path')} maps no class")
+    return lut
+
+
+# ----------------------------------------------------------------------------- model loading
+
+
+def load_model(
+    checkpoint: str | None, model_name: str | None, device: Any
+) -> tuple[Any, dict[str, Any], str]:
+    """``(model in eval mode, checkpoint metadata, checkpoint path)`` from the CLI choices."""
+    from metaseg.checkpoints import demo_checkpoint_path, load_checkpoint
+
+    if checkpoint:
+        model, meta = load_checkpoint(checkpoint, device, expected_name=model_name)
+        return model, meta, str(checkpoint)
+    if not model_name:
+        raise ConfigError("pass --checkpoint PATH or --model NAME")
+    path = demo_checkpoint_path(model_name)
+    model, meta = load_checkpoint(path, device, expected_name=model_name)
+    return model, meta, str(path)
+
+
+def resolve_device(name: str | None) -> Any:
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- evaluation loop
+
+
+def _predict(model: Any, images: Any, prompts: list[str], tta: bool) -> Any:
+    """Class indices B×H×W (torch, on the model's device) of a batch of same-size tiles."""
+    import torch
+
+    dev = images.device
+    text = list(prompts) if model.uses_text else None
+    views = [images, images.flip(-1), images.flip(-2)] if tta else [images]
+    batch = torch.cat(views, 0)
+    if text is not None:
+        text = text * len(views)
+    ctx = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dev.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    with ctx:
+        out = model(batch, text=text) if text is not None else model(batch)
+    logits = getattr(out, "logits", out).float()
+    if not tta:
+        return logits.argmax(1)
+    p = torch.softmax(logits, 1).chunk(len(views), 0)
+    probs = (p[0] + p[1].flip(-1) + p[2].flip(-2)) / 3.0
+    return probs.argmax(1)
+
+
+def evaluate_dataset(
+    model: Any,
+    dataset: Any,
+    *,
+    class_set: Any,
+    lut: np.ndarray | None = None,
+    scored: Sequence[int] | None = None,
+    tta: bool = False,
+    batch_size: int = 2,
+    device: Any = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[Any, int]:
+    """Run ``model`` over ``dataset`` and accumulate a confusion matrix.
+
+    Args:
+        model: a ``SegModel`` in eval mode (on ``device``).
+        dataset: items ``{"image": 3×H×W float [0,1], "label": H×W int64, "prompt": str, ...}``.
+        class_set: the dataset's :class:`metaseg.classes.ClassSet`.
+        lut: optional checkpoint → dataset class lookup (zero-shot); 255 = unmapped.
+        scored: classes entering the means (default ``class_set.scored``).
+        tta: flip test-time augmentation.
+        batch_size: tiles per forward pass.
+        device: torch device (default: the model's).
+        limit: only the first ``limit`` tiles.
+        progress: tqdm bar on stderr.
+
+    Returns:
+        ``(SegMetrics, number of tiles)``.
+    """
+    import torch
+
+    from metaseg.metrics import ConfusionMatrix
+
+    if device is None:
+        device = next(model.parameters()).device
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    cm = ConfusionMatrix(class_set.num_classes, ignore_index=class_set.ignore_index)
+    lut_t = torch.as_tensor(lut.astype(np.int64), device=device) if lut is not None else None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="evaluate", unit="tile", file=sys.stderr)
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for item in pending:
+            groups.setdefault(tuple(item["image"].shape), []).append(item)
+        for items in groups.values():
+            images = torch.stack([it["image"] for it in items]).to(device)
+            pred = _predict(model, images, [it["prompt"] or "" for it in items], tta)
+            if lut_t is not None:
+                pred = lut_t[pred]
+            labels = torch.stack([it["label"] for it in items]).to(device)
+            cm.update(labels, pred)
+        if bar is not None:
+            bar.update(len(pending))
+        pending.clear()
+
+    with torch.inference_mode():
+        for i in range(n):
+            pending.append(dataset[i])
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
+    if bar is not None:
+        bar.close()
+    return cm.compute(scored=class_set.scored if scored is None else scored, class_names=class_set.names), n
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else round(100.0 * x, 2)
+
+
+def build_report(metrics: Any, class_set: Any, scored: Sequence[int], **info: Any) -> dict[str, Any]:
+    """The ``--json`` object (values in percent)."""
+    raw = metrics.to_dict()
+    per_class = {name: {k: _pct(v) for k, v in vals.items()} for name, vals in raw["per_class"].items()}
+    report: dict[str, Any] = {
+        "miou": _pct(raw["miou"]),
+        "oa": _pct(raw["oa"]),
+        "mf1": _pct(raw["mf1"]),
+        "precision": _pct(raw["precision"]),
+        "recall": _pct(raw["recall"]),
+        "per_class": per_class,
+        "f1_of_means": _pct(raw["f1_of_means"]),
+        "n_pixels": raw["n_pixels"],
+        "units": "percent",
+        "class_set": class_set.name,
+        **info,
+    }
+    unscored = [class_set.names[i] for i in range(class_set.num_classes) if i not in set(scored)]
+    if unscored:
+        why = (
+            "not in the class map (zero-shot: only overlapping classes are scored)"
+            if info.get("class_map")
+            else "not scored by the dataset's protocol"
+        )
+        report["note"] = (
+            f"means and per_class exclude {', '.join(unscored)} ({why}); OA counts every labelled pixel"
+        )
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A per-class table in the style of the paper's Table I (rows = classes)."""
+
+    def f(v: float | None) -> str:
+        return "   -  " if v is None else f"{v:6.2f}"
+
+    width = max([len("class")] + [len(n) for n in report["per_class"]]) + 2
+    lines = [
+        f"{report['model']} on {report['dataset']}/{report['split']} ({report['n_images']} tiles, "
+        f"prompt={report['prompt_mode']}, tta={'on' if report['tta'] else 'off'}), percent",
+        f"{'class':<{width}}{'IoU':>8}{'F1':>8}{'Prec.':>8}{'Recall':>8}",
+    ]
+    for name, v in report["per_class"].items():
+        lines.append(
+            f"{name:<{width}}{f(v['iou']):>8}{f(v['f1']):>8}{f(v['precision']):>8}{f(v['recall']):>8}"
+        )
+    lines.append("-" * (width + 32))
+    lines.append(
+        f"{'mean':<{width}}{f(report['miou']):>8}{f(report['mf1']):>8}"
+        f"{f(report['precision']):>8}{f(report['recall']):>8}"
+    )
+    lines.append(
+        f"mIoU {f(report['miou']).strip()}  OA {f(report['oa']).strip()}  mF1 {f(report['mf1']).strip()}"
+    )
+    if report.get("note"):
+        lines.append(f"note: {report['note']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description="Score a MetaSegNet/baseline checkpoint on a dataset split.",
+    )
+    p.add_argument("--checkpoint", help="checkpoint (.safetensors/.json path, stem, or hub id)")
+    p.add_argument(
+        "--model",
+        help="variant name; alone: its shipped demo weights; with --checkpoint: the expected variant",
+    )
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--root", required=True, help="dataset root in its official layout")
+    p.add_argument("--split", required=True, help="train | val | test")
+    p.add_argument("--prompt-mode", default="climate", choices=PROMPT_MODES)
+    p.add_argument("--tta", action="store_true", help="average horizontal/vertical flips")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--class-map", help="zero-shot class map (JSON/YAML) from checkpoint to dataset classes")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tiles")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.checkpoint and not args.model:
+        raise ConfigError("pass --checkpoint PATH or --model NAME")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    if not Path(args.root).is_dir():
+        raise ConfigError(f"dataset root {args.root} is not a folder")
+    class_map = load_class_map(args.class_map) if args.class_map else None
+
+    import torch
+
+    from metaseg.classes import get_class_set
+    from training.datasets import build_dataset
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    device = resolve_device(args.device)
+    dataset = build_dataset(args.dataset, args.root, args.split, prompt_mode=args.prompt_mode)
+    if len(dataset) == 0:
+        raise ConfigError(f"split {args.split!r} of {args.root} has no tiles")
+    if not getattr(dataset, "has_labels", True):
+        raise ConfigError(f"split {args.split!r} of {args.root} has no labels to score against")
+    ds_cs = dataset.class_set
+    model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
+    model.to(device).eval()
+    ck_name = meta.get("class_set") or model.config.class_set
+    ck_cs = get_class_set(ck_name)
+
+    lut = None
+    scored: tuple[int, ...] = tuple(ds_cs.scored)
+    if class_map is not None:
+        lut = class_map_lut(class_map, ck_cs.names, ds_cs.names, ck_cs.name, ds_cs.name)
+        targets = {int(v) for v in lut[: ck_cs.num_classes] if v != 255}
+        scored = tuple(i for i in ds_cs.scored if i in targets)
+    elif ck_cs.name != ds_cs.name or ck_cs.num_classes != ds_cs.num_classes:
+        raise CheckpointError(
+            f"checkpoint predicts {ck_cs.name} classes but {args.dataset} uses {ds_cs.name}; "
+            f"pass --class-map (see training/class_maps/)"
+        )
+
+    t0 = time.perf_counter()
+    metrics, n = evaluate_dataset(
+        model,
+        dataset,
+        class_set=ds_cs,
+        lut=lut,
+        scored=scored,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=device,
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
+    report = build_report(
+        metrics, ds_cs, scored,
+        dataset=args.dataset, split=args.split, prompt_mode=args.prompt_mode, n_images=n,
+        model=model.config.name, checkpoint=ckpt_path, tta=bool(args.tta),
+        class_map=class_map["path"] if class_map else None, seconds=round(time.perf_counter() - t0, 2),
+    )  # fmt: skip
+    if args.json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
+    else:
+        print(format_table(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (MetasegError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
