@@ -110,27 +110,11 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255):
 
 
 def scores_from_confusion(cm, scored: tuple[int, ...]) -> dict[str, float]:
-    """mIoU, OA and mF1 from a confusion matrix (means over ``scored`` classes present)."""
-    try:
-        from metaseg import metrics as mm  # shared implementation (paper eqs 8-12)
-    except ImportError:
-        mm = None
-    if mm is not None and hasattr(mm, "scores_from_confusion"):
-        out = mm.scores_from_confusion(cm.cpu().numpy(), scored=scored)
-        return {"miou": float(out["miou"]), "oa": float(out["oa"]), "mf1": float(out["mf1"])}
-    import numpy as np
+    """mIoU, OA and mF1 from a K×K confusion matrix via ``metaseg.metrics`` (means over ``scored``)."""
+    from metaseg.metrics import compute_metrics
 
-    cm = cm.double().cpu().numpy()
-    tp = np.diag(cm)
-    gt, pr = cm.sum(1), cm.sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = tp / (gt + pr - tp)
-        f1 = 2 * tp / (gt + pr)
-    sel = list(scored)
-    oa = float(tp.sum() / cm.sum()) if cm.sum() else float("nan")
-    return {"miou": float(np.nanmean(iou[sel])) if np.isfinite(iou[sel]).any() else float("nan"),
-            "oa": oa,
-            "mf1": float(np.nanmean(f1[sel])) if np.isfinite(f1[sel]).any() else float("nan")}
+    m = compute_metrics(cm.cpu().numpy(), scored=scored)
+    return {"miou": float(m.miou), "oa": float(m.oa), "mf1": float(m.mf1)}
 
 
 # --------------------------------------------------------------------------- schedule
