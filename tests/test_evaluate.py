@@ -324,3 +324,18 @@ def test_end_to_end_tiny_metasegnet_with_prompts(capsys, synth_root, tmp_path):
         reports[mode] = json.loads(out)
         assert reports[mode]["model"] == "metasegnet_demo" and reports[mode]["n_images"] == 4
     assert all(0.0 <= r["oa"] <= 100.0 for r in reports.values())
+
+
+def test_potsdam_report_notes_clutter_is_not_scored():
+    from metaseg.classes import get_class_set
+    from metaseg.metrics import compute_metrics
+
+    cs = get_class_set("potsdam")
+    mat = np.diag([5, 5, 5, 5, 5, 5])
+    mat[5, 0] = 5  # clutter predicted as impervious: hurts OA and impervious precision only
+    rep = evaluate.build_report(compute_metrics(mat, scored=cs.scored, class_names=cs.names), cs, cs.scored,
+                                dataset="potsdam", split="test", prompt_mode="climate", n_images=1, model="m")  # fmt: skip
+    assert "clutter" not in rep["per_class"] and "clutter" in rep["note"]
+    assert rep["oa"] == pytest.approx(100 * 30 / 35, abs=0.01)
+    assert rep["per_class"]["impervious surfaces"]["precision"] == 50.0
+    assert rep["units"] == "percent"

@@ -210,6 +210,7 @@ def evaluate_dataset(
     device: Any = None,
     limit: int | None = None,
     progress: bool = False,
+    workers: int = 0,
 ) -> tuple[Any, int]:
     """Run ``model`` over ``dataset`` and accumulate a confusion matrix.
 
@@ -224,6 +225,7 @@ def evaluate_dataset(
         device: torch device (default: the model's).
         limit: only the first ``limit`` tiles.
         progress: tqdm bar on stderr.
+        workers: DataLoader worker processes reading tiles (0 = read in this process).
 
     Returns:
         ``(SegMetrics, number of tiles)``.
@@ -242,30 +244,27 @@ def evaluate_dataset(
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc="evaluate", unit="tile", file=sys.stderr)
-    pending: list[dict[str, Any]] = []
 
-    def flush() -> None:
+    def score(items: list[dict[str, Any]]) -> None:
         groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-        for item in pending:
+        for item in items:  # tiles of different sizes are never stacked together
             groups.setdefault(tuple(item["image"].shape), []).append(item)
-        for items in groups.values():
-            images = torch.stack([it["image"] for it in items]).to(device)
-            pred = _predict(model, images, [it["prompt"] or "" for it in items], tta)
+        for group in groups.values():
+            images = torch.stack([it["image"] for it in group]).to(device)
+            pred = _predict(model, images, [it["prompt"] or "" for it in group], tta)
             if lut_t is not None:
                 pred = lut_t[pred]
-            labels = torch.stack([it["label"] for it in items]).to(device)
+            labels = torch.stack([it["label"] for it in group]).to(device)
             cm.update(labels, pred)
         if bar is not None:
-            bar.update(len(pending))
-        pending.clear()
+            bar.update(len(items))
 
+    subset = torch.utils.data.Subset(dataset, range(n))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=int(workers),
+                                         collate_fn=list)  # fmt: skip
     with torch.inference_mode():
-        for i in range(n):
-            pending.append(dataset[i])
-            if len(pending) >= batch_size:
-                flush()
-        if pending:
-            flush()
+        for items in loader:
+            score(items)
     if bar is not None:
         bar.close()
     return cm.compute(scored=class_set.scored if scored is None else scored, class_names=class_set.names), n
@@ -360,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--limit", type=int, default=None, help="only the first N tiles")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading tiles (default 0)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
