@@ -183,3 +183,38 @@ def test_itm_matching_term_skipped_without_negatives():
     assert al.loss(img_vec, txt_vec, ids).item() == pytest.approx(0.0, abs=1e-6)
     al2 = ImageTextAlignment(C, 8, queue_size=4, temperature=0.07)
     assert al2.loss(img_vec, txt_vec, ids, torch.randn(2, 8), torch.tensor([2, 3])).item() > 0.0
+
+
+def test_matching_skipped_when_negatives_repeat_the_prompt():
+    al = ImageTextAlignment(C, 8, queue_size=4, temperature=0.07)
+    img_vec, txt_vec = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8)
+    ids = torch.tensor([1, 1])
+    loss = al.loss(img_vec, txt_vec, ids, torch.randn(2, 8), torch.tensor([1, 1]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()  # the head is still in the graph (DDP-safe), with zero gradient
+    assert al.itm_head[0].weight.grad is not None and al.itm_head[0].weight.grad.abs().sum() == 0
+
+
+def _ddp_worker(rank: int, world: int, init: str, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        al = ImageTextAlignment(C, 8, queue_size=8, temperature=0.07)
+        e = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+        al.enqueue(e, e, torch.tensor([10 * rank, 10 * rank + 1]))
+        results[rank] = al.queue_ids.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_queue_all_gathers_under_ddp(tmp_path):
+    import torch.multiprocessing as mp
+
+    manager = mp.Manager()
+    results = manager.dict()
+    init = f"file://{tmp_path / 'pg'}"
+    mp.spawn(_ddp_worker, args=(2, init, results), nprocs=2, join=True)
+    assert results[0] == results[1]
+    assert sorted(i for i in results[0] if i != EMPTY_ID) == [0, 1, 10, 11]

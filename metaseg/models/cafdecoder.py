@@ -273,15 +273,21 @@ class ImageTextAlignment(nn.Module):
         """L_itm = contrastive + matching CE; then enqueues the batch. Returns a scalar."""
         img_e, txt_e = F.normalize(img_vec.float(), dim=-1), F.normalize(txt_vec.float(), dim=-1)
         total = contrastive_loss(img_e, txt_e, ids, self.img_queue, self.txt_queue, self.queue_ids, self.temperature)
+        pos_logits = self.match_logits(img_vec, txt_vec)
+        keep = None
         if neg_vec is not None:
             keep = neg_ids != ids if neg_ids is not None else torch.ones_like(ids, dtype=torch.bool)
-            pos_logits = self.match_logits(img_vec, txt_vec)
-            logits = [pos_logits]
-            labels = [torch.ones(len(ids), dtype=torch.long, device=ids.device)]
-            if bool(keep.any()):
-                logits.append(self.match_logits(img_vec[keep], neg_vec[keep]))
-                labels.append(torch.zeros(int(keep.sum()), dtype=torch.long, device=ids.device))
-            total = total + F.cross_entropy(torch.cat(logits).float(), torch.cat(labels))
+        if keep is None or not bool(keep.any()):
+            # No genuinely different negative text: the matching term is skipped. The 0-weighted
+            # head output keeps every parameter in the graph, so DDP's gradient reduction
+            # completes without find_unused_parameters=True.
+            total = total + 0.0 * pos_logits.sum()
+        else:
+            n_neg = int(keep.sum())
+            logits = torch.cat([pos_logits, self.match_logits(img_vec[keep], neg_vec[keep])]).float()
+            labels = torch.cat([torch.ones(len(ids), dtype=torch.long, device=ids.device),
+                                torch.zeros(n_neg, dtype=torch.long, device=ids.device)])
+            total = total + F.cross_entropy(logits, labels)
         self.enqueue(img_e.detach(), txt_e.detach(), ids)
         return total
 
