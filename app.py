@@ -8,7 +8,7 @@ Run: ``python app.py`` (or ``make run``). Environment: ``GRADIO_SERVER_NAME`` (1
 ``GRADIO_SERVER_PORT`` (7860), ``METASEG_DB`` (prompt/run/label database),
 ``METASEG_CHECKPOINT_METASEGNET`` / ``METASEG_CHECKPOINT_BASELINE`` (checkpoint path or hub id;
 default: the shipped demo weights), ``METASEG_MAX_UPLOAD_MB`` (200), ``METASEG_MAX_PIXELS``,
-``METASEG_LABEL_DIR`` (saved labels; default ``data/labels``), ``OPENAI_API_KEY`` /
+``METASEG_LABEL_DIR`` (saved labels; default ``labels/`` next to the database), ``OPENAI_API_KEY`` /
 ``OPENAI_BASE_URL`` (LLM prompt regeneration).
 
 API (gradio_client): ``/locate`` (file, lat, lon), ``/segment`` (file, prompt),
@@ -77,7 +77,10 @@ def _path_of(file: Any) -> str | None:
 
 
 def _label_dir() -> Path:
-    return Path(os.environ.get("METASEG_LABEL_DIR") or ROOT / "data" / "labels")
+    """Saved ground-truth labels: ``METASEG_LABEL_DIR`` or ``labels/`` next to the database."""
+    from prompts_db import default_db_path
+
+    return Path(os.environ.get("METASEG_LABEL_DIR") or Path(default_db_path()).parent / "labels")
 
 
 def _class_set(name: str):

@@ -135,6 +135,7 @@ def iou_chart(rev: dict[str, Any], class_names: list[str] | tuple[str, ...]) -> 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(class_names)
@@ -157,5 +158,6 @@ def iou_chart(rev: dict[str, Any], class_names: list[str] | tuple[str, ...]) -> 
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title("Per-class IoU (labels: ΔIoU, MetaSegNet − baseline)", fontsize=9)
     fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

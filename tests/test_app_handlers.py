@@ -1,0 +1,429 @@
+"""App handlers called directly (no server): locate, prompts, segment, review, label, errors.
+
+Models are replaced by :class:`FakePredictor` (deterministic masks from the pixels and the prompt,
+no torch), injected through ``studio.services.MODELS.set_factory``; one slow test runs the real
+randomly initialised demo pair.
+"""
+
+from __future__ import annotations
+
+import html
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.fixtures.geotiffs import write_geotiff
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH = ROOT / "static" / "examples" / "synth" / "synth_cfa.tif"
+
+
+# --------------------------------------------------------------------------- fake models
+@dataclass
+class _Pred:
+    index: np.ndarray
+    seconds: float = 0.01
+    extra: dict = field(default_factory=dict)
+
+
+class FakePredictor:
+    """Stand-in for ``metaseg.inference.Predictor``: masks from pixel values (and prompt length).
+
+    Large inputs report several "windows" through ``progress`` like the sliding window does.
+    """
+
+    def __init__(self, role: str, class_set: str = "openearthmap") -> None:
+        from metaseg.classes import get_class_set
+
+        self.role = role
+        self.uses_text = role == "metasegnet"
+        self.class_set = get_class_set(class_set)
+        self.name = f"fake_{role}"
+        self.meta = {"checkpoint_hash": f"fake-{role}"}
+        self.device = "cpu"
+        self.calls: list[str | None] = []
+
+    def predict(self, rgb, prompt=None, *, progress=None, valid=None, **kwargs):
+        rgb = np.asarray(rgb)
+        k = self.class_set.num_classes
+        if self.uses_text:
+            if not prompt:
+                raise ValueError("needs a prompt")
+            index = ((rgb[..., 1].astype(np.int64) // 32) + len(prompt)) % k
+        else:
+            index = (rgb[..., 0].astype(np.int64) // 32) % k
+        index = index.astype(np.uint8)
+        if valid is not None:
+            index[~np.asarray(valid, bool)] = 255
+        windows = max(1, (rgb.shape[0] // 64) * (rgb.shape[1] // 64))
+        for i in range(windows):
+            if progress is not None:
+                progress(i + 1, windows)
+        self.calls.append(prompt)
+        return _Pred(index=index)
+
+
+def fake_factory(role: str, source: str | None = None) -> FakePredictor:
+    return FakePredictor(role)
+
+
+@pytest.fixture
+def fake_models():
+    from studio import services
+
+    services.MODELS.set_factory(fake_factory)
+    yield services.MODELS
+    services.MODELS.set_factory(None)
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    import app
+
+    return app
+
+
+@pytest.fixture
+def geotiff(tmp_path):
+    # A small uint16 4-band tile near Potsdam (Cfb) in UTM 33N.
+    return write_geotiff(tmp_path / "potsdam tile (1).tif", 52.39, 13.06, crs="EPSG:32633", size=64,
+                         bands=4, dtype="uint16")
+
+
+def _load(app, path, class_set="openearthmap", state=None):
+    return app.on_tile(str(path), class_set, state)
+
+
+# --------------------------------------------------------------------------- locate
+def test_upload_geotiff_locates_and_copies_into_session(app_module, geotiff):
+    out = _load(app_module, geotiff)
+    state, loc_html, map_html, lat, lon, prompt, info, _dd, _table, preview, gt = out
+    assert state.location["source"] == "geotiff"
+    assert state.location["zone"]["code"] == "Cfb"
+    assert abs(lat - 52.39) < 0.01 and abs(lon - 13.06) < 0.01
+    assert state.location["crs"] == "EPSG:32633" and state.location["bands"] == 4
+    assert state.location["dtype"] == "uint16"
+    # copied into the session folder under a name of our own, never the uploaded name
+    assert Path(state.tile_path).parent == state.workdir
+    assert "potsdam" not in Path(state.tile_path).name and Path(state.tile_path).suffix == ".tif"
+    assert 'data-zone="Cfb"' in loc_html and "GeoTIFF georeference" in loc_html
+    assert "<iframe" in map_html and "srcdoc=" in map_html
+    page = html.unescape(map_html.split('srcdoc="', 1)[1].split('"', 1)[0])
+    assert "L.polygon" in page and "metaseg-map-click" in page  # footprint + click bridge
+    assert "cdn.jsdelivr" not in page and "code.jquery" not in page  # offline: no CDN assets
+    assert "Cfb" in info and prompt.strip()
+    assert preview.shape == (64, 64, 3) and preview.dtype == np.uint8
+    assert "No ground truth" in gt
+
+
+def test_example_tile_brings_its_ground_truth(app_module):
+    state = _load(app_module, SYNTH)[0]
+    assert state.ground_truth is not None and state.ground_truth.shape == state.tile.rgb.shape[:2]
+    assert state.ground_truth.max() < 8
+
+
+def test_typed_and_clicked_coordinates(app_module):
+    state = app_module.on_coords(30.04, 31.24, "openearthmap", None)[0]  # Cairo
+    assert state.location["source"] == "typed" and state.location["zone"]["code"] == "BWh"
+    assert state.location["crs"] is None and state.location["width"] is None
+    out = app_module.on_map_click({"lat": 1.35, "lng": 103.82}, "openearthmap", state)  # Singapore
+    state = out[0]
+    assert state.location["source"] == "map" and state.location["zone"]["code"] == "Af"
+    assert "Af" in out[6] and "map click" in out[1]
+    # a map click keeps the map as it is in the browser
+    assert not isinstance(out[2], str)
+
+
+def test_ocean_and_no_location_fall_back_to_generic_prompt(app_module, tmp_path):
+    out = app_module.on_map_click({"lat": 0.0, "lng": -30.0}, "openearthmap", None)
+    assert out[0].location["zone"]["reason"] == "ocean"
+    assert "Ocean" in out[1] and "generic" in out[6]
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(png)
+    state, loc_html = _load(app_module, png)[:2]
+    assert state.location["source"] == "none" and state.location["lat"] is None
+    assert "click the map" in loc_html
+
+
+@pytest.mark.parametrize(
+    ("make", "env", "match"),
+    [
+        (lambda p: p.write_bytes(b"not an image at all" * 10) and p, {}, "cannot read|unsupported|not a"),
+        (lambda p: p.write_bytes(b"") or p, {}, "empty"),
+        (lambda p: p.write_bytes(b"\0" * (2 * 2**20)) or p, {"METASEG_MAX_UPLOAD_MB": "1"}, "limit"),
+        (None, {"METASEG_MAX_PIXELS": "100"}, "pixel|too large|limit"),
+    ],
+)
+def test_bad_uploads_raise_gr_error(app_module, tmp_path, monkeypatch, geotiff, make, env, match):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    path = geotiff if make is None else tmp_path / "bad.tif"
+    if make is not None:
+        make(path)
+    with pytest.raises(gr.Error, match=f"(?i){match}"):
+        _load(app_module, path)
+
+
+def test_invalid_coordinates_raise_gr_error(app_module):
+    with pytest.raises(gr.Error, match="(?i)lat"):
+        app_module.on_coords(95, 10, "openearthmap", None)
+    with pytest.raises(gr.Error):
+        app_module.on_coords(None, 10, "openearthmap", None)
+    # a malformed click message is ignored, not an error
+    out = app_module.on_map_click({"lat": "x"}, "openearthmap", None)
+    assert out[0].location is None
+
+
+# --------------------------------------------------------------------------- describe
+def test_save_restore_and_llm_disabled(app_module):
+    from studio import services
+
+    state = app_module.on_coords(52.39, 13.06, "openearthmap", None)[0]
+    first = state.prompt_id
+    out = app_module.on_save_prompt("Temperate test prompt: <b>red roofs</b>.", "openearthmap", state)
+    state = out[0]
+    store = services.get_store()
+    rec = store.get(state.prompt_id)
+    assert rec.version == 2 and rec.source == "user" and rec.parent_id == first
+    assert rec.text == "Temperate test prompt: <b>red roofs</b>."
+    out = app_module.on_restore(first, "openearthmap", state)
+    restored = store.get(out[0].prompt_id)
+    assert restored.version == 3 and restored.text == store.get(first).text
+    hist = out[4]
+    assert list(hist["version"]) == [3, 2, 1]
+    with pytest.raises(gr.Error, match="OPENAI"):
+        app_module.on_regenerate("openearthmap", state)
+    assert "250" in app_module.on_prompt_edit("a short prompt")
+
+
+def test_class_set_change_reloads_prompt(app_module):
+    state = app_module.on_coords(52.39, 13.06, "openearthmap", None)[0]
+    out = app_module.on_class_set("potsdam", state)
+    assert "potsdam" in out[2] and "impervious" in out[6]
+
+
+# --------------------------------------------------------------------------- segment / review / label
+def test_segment_review_and_runs_logged(app_module, fake_models):
+    from studio import services
+
+    state = _load(app_module, SYNTH)[0]
+    seen = []
+
+    def progress(frac, desc=None):
+        seen.append(frac)
+
+    out = app_module.on_segment("a temperate prompt", 0.5, state, progress=progress)
+    state, ov_a, ov_b, dis, dis_txt, fractions, files, legend, status = out
+    assert ov_a.shape == ov_b.shape == state.tile.rgb.shape
+    assert not np.array_equal(ov_a, ov_b)  # the fake models differ
+    assert dis.shape == ov_a.shape and "disagree" in dis_txt
+    assert list(fractions.columns) == ["class", "MetaSegNet %", "baseline %"]
+    assert abs(fractions["MetaSegNet %"].sum() - 100) < 0.5
+    assert [Path(f).suffix for f in files] == [".tif", ".tif"]  # georeferenced tile → GeoTIFF
+    assert seen and max(seen) <= 1.0 and seen[-1] == pytest.approx(1.0)
+    assert "bareland" in legend
+
+    review = app_module.on_review(state)
+    metrics_html, iou, chart, only, only_legend, compare = review
+    assert "mIoU" in metrics_html
+    assert list(iou.columns) == ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
+    assert chart.ndim == 3 and chart.shape[2] == 3
+    assert only.shape == ov_a.shape and "only MetaSegNet right" in only_legend
+    runs = services.get_store().runs(state.tile_hash)
+    assert {r["model_role"] for r in runs} == {"metasegnet", "baseline"}
+    mseg = next(r for r in runs if r["model_role"] == "metasegnet")
+    assert mseg["prompt_id"] == state.prompt_id and mseg["checkpoint_hash"] == "fake-metasegnet"
+    from metaseg.classes import get_class_set
+
+    expected = services.scores(state.prediction.metasegnet, state.ground_truth, get_class_set("openearthmap"))
+    assert mseg["miou"] == pytest.approx(expected["miou"])
+    # a second prompt version on the same tile shows up in the comparison table
+    state = app_module.on_save_prompt("another prompt", "openearthmap", state)[0]
+    state = app_module.on_segment("another prompt", 0.5, state, progress=progress)[0]
+    compare = app_module.on_review(state)[5]
+    assert len(compare) == 4 and set(compare["prompt v"].dropna()) == {1, 2}
+
+    # opacity changes re-blend without re-running the models
+    calls = len(fake_models.get("metasegnet").predictor.calls)
+    ov_full = app_module.on_opacity(1.0, state)[0]
+    assert len(fake_models.get("metasegnet").predictor.calls) == calls
+    assert not np.array_equal(ov_full, app_module.on_opacity(0.0, state)[0])
+
+
+def test_plain_png_downloads_png(app_module, fake_models, tmp_path):
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(png)
+    state = _load(app_module, png)[0]
+    files = app_module.on_segment("prompt", 0.4, state, progress=lambda *a, **k: None)[6]
+    assert [Path(f).suffix for f in files] == [".png", ".png"]
+
+
+def test_segment_needs_tile_and_prompt(app_module, fake_models):
+    with pytest.raises(gr.Error, match="tile"):
+        app_module.on_segment("x", 0.5, None, progress=lambda *a, **k: None)
+    state = _load(app_module, SYNTH)[0]
+    with pytest.raises(gr.Error, match="prompt"):
+        app_module.on_segment("   ", 0.5, state, progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="Segment"):
+        app_module.on_review(state)
+
+
+def test_uploaded_label_is_decoded_and_checked(app_module, fake_models, tmp_path):
+    from metaseg.classes import get_class_set
+
+    state = _load(app_module, SYNTH)[0]
+    state = app_module.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
+    cs = get_class_set("openearthmap")
+    gt = np.zeros((256, 256), np.uint8)
+    gt[:, 128:] = 5  # water
+    raw = cs.encode(gt)
+    path = tmp_path / "label.png"
+    Image.fromarray(raw.astype(np.uint8)).save(path)
+    state, msg = app_module.on_label_upload(str(path), state)
+    assert np.array_equal(state.ground_truth, gt) and "uploaded" in msg
+    small = tmp_path / "small.png"
+    Image.fromarray(raw[:10, :10].astype(np.uint8)).save(small)
+    with pytest.raises(gr.Error, match="256"):
+        app_module.on_label_upload(str(small), state)
+
+
+def test_painted_colours_map_to_nearest_class():
+    from metaseg.classes import get_class_set
+    from studio.services import painted_to_index
+
+    cs = get_class_set("openearthmap")
+    truth = np.arange(64, dtype=np.uint8).reshape(8, 8) % cs.num_classes
+    rgb = np.asarray(cs.colors, dtype=np.int32)[truth]
+    noisy = np.clip(rgb + np.random.default_rng(0).integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
+    assert np.array_equal(painted_to_index(noisy, cs), truth)
+    valid = np.ones((8, 8), bool)
+    valid[0, 0] = False
+    assert painted_to_index(noisy, cs, valid)[0, 0] == 255
+    rgba = np.dstack([noisy, np.full((8, 8), 255, np.uint8)])
+    assert np.array_equal(painted_to_index(rgba, cs), truth)
+
+
+def test_label_paint_save_roundtrip(app_module, fake_models):
+    from metaseg.classes import get_class_set
+    from metaseg.geo import inspect_tile, read_label
+    from studio import services
+
+    state = _load(app_module, SYNTH)[0]
+    state = app_module.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
+    update = app_module.on_label_start("MetaSegNet prediction", state)
+    value = update["value"]
+    cs = get_class_set("openearthmap")
+    painted = value["background"].copy()
+    painted[:20, :20] = cs.colors[7]  # paint a building in the corner
+    editor = {"background": value["background"], "layers": [], "composite": painted}
+    state, msg, labels, path = app_module.on_label_save(editor, state)
+    assert "Saved label" in msg and Path(path).suffix == ".tif"
+    expected = state.prediction.metasegnet.copy()
+    expected[:20, :20] = 7
+    assert np.array_equal(state.ground_truth, expected)
+    assert np.array_equal(read_label(path, cs), expected)  # official encoding on disk
+    assert inspect_tile(path).crs == inspect_tile(SYNTH).crs  # georeferenced like the tile
+    assert len(services.get_store().labels(state.tile_hash)) == 1 and len(labels) == 1
+    table, zip_path = app_module.on_labels_export(state)
+    assert Path(zip_path).suffix == ".zip" and Path(zip_path).stat().st_size > 0
+    with pytest.raises(gr.Error, match="tile"):
+        app_module.on_label_start("baseline prediction", app_module.SessionState())
+
+
+def test_checkpoint_loading_errors_are_user_errors(app_module, tmp_path):
+    from studio import services
+
+    try:
+        with pytest.raises(gr.Error, match="(?i)checkpoint|not found|missing|cannot"):
+            app_module.on_load_checkpoints(str(tmp_path / "missing.safetensors"), "")
+    finally:
+        services.MODELS.set_source("metasegnet", None)
+        services.MODELS.set_source("baseline", None)
+
+
+def test_env_checkpoint_sources(monkeypatch):
+    from studio import services
+
+    cache = services.ModelCache()
+    assert cache.source_of("metasegnet") == "demo:metasegnet_demo"
+    monkeypatch.setenv("METASEG_CHECKPOINT_BASELINE", "/models/base.safetensors")
+    assert cache.source_of("baseline") == "/models/base.safetensors"
+    cache.set_source("baseline", "org/model")
+    assert cache.source_of("baseline") == "org/model"
+
+
+# --------------------------------------------------------------------------- API functions
+def test_api_functions(app_module, geotiff, fake_models):
+    loc = app_module.api_locate(str(geotiff), None, None)
+    assert set(loc) >= {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "zone"}
+    assert loc["source"] == "geotiff" and loc["zone"]["code"] == "Cfb"
+    typed = app_module.api_locate(None, -25.6, -54.4)
+    assert typed["source"] == "typed" and typed["crs"] is None and typed["zone"]["code"] == "Cfa"
+    with pytest.raises(gr.Error):
+        app_module.api_locate(None, None, None)
+    a, b, fr = app_module.api_segment(str(SYNTH), "")
+    assert a.shape == b.shape == (256, 256, 3)
+    assert set(fr) == {"metasegnet", "baseline"} and abs(sum(fr["baseline"].values()) - 1) < 1e-6
+    rec = app_module.api_save_prompt("Cfa", "loveda", "A humid subtropical prompt.")
+    assert rec["zone"] == "Cfa" and rec["class_set"] == "loveda" and rec["source"] == "user"
+    assert set(rec) == {"id", "zone", "class_set", "text", "source", "parent_id", "token_count", "created_at"}
+
+
+# --------------------------------------------------------------------------- safety and structure
+def test_user_text_is_escaped():
+    from studio import views
+
+    loc = {"lat": 1.0, "lon": 2.0, "source": "<img src=x onerror=alert(1)>", "crs": "<b>x</b>",
+           "width": 1, "height": 1, "bands": 1, "dtype": "uint8",
+           "zone": {"code": "<script>", "name": "<i>n</i>", "group": "g", "color": "red;x"}}
+    out = views.location_html(loc, note="<script>alert(1)</script>")
+    assert "<script>" not in out and "<img" not in out and "<b>x" not in out and "<i>n" not in out
+
+
+def test_sessions_are_isolated(app_module, geotiff):
+    s1 = _load(app_module, geotiff)[0]
+    s2 = _load(app_module, geotiff)[0]
+    assert s1.session_id != s2.session_id and s1.workdir != s2.workdir
+    assert Path(s1.tile_path).parent != Path(s2.tile_path).parent
+
+
+def test_spaces_gpu_wrapper_is_noop_without_spaces():
+    from studio import services
+
+    if "spaces" not in sys.modules:
+        assert services.run_pair is services._run_pair
+
+
+def test_import_is_light_and_loads_no_model():
+    code = (
+        "import sys, time; t=time.time(); import app; "
+        "print('torch' in sys.modules, app.services.MODELS.loaded('metasegnet') is None, "
+        "hasattr(app, 'demo'))"
+    )
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"]
+    assert time.time() - t0 < 120
+
+
+@pytest.mark.slow
+def test_real_random_models_segment(app_module):
+    """The real Predictor pair (random image weights, real MiniLM) runs through the handlers."""
+    from studio import services
+
+    services.MODELS.set_factory(services.random_predictor)
+    try:
+        state = _load(app_module, SYNTH)[0]
+        out = app_module.on_segment("A temperate prompt.", 0.5, state, progress=lambda *a, **k: None)
+        assert out[1].shape == (256, 256, 3)
+        assert out[0].prediction.metasegnet.max() < 8
+    finally:
+        services.MODELS.set_factory(None)
