@@ -716,6 +716,27 @@ def _split_of(n_zone: int, fractions: tuple[float, float, float], rng: np.random
     return [names[i] for i in rng.permutation(n_zone)]
 
 
+def _write_one(job: tuple[str, str, int, int, int, int]) -> dict:
+    """Generate, place and write tile ``index`` (runs in a worker process when ``workers > 1``)."""
+    out, code, number, size, seed, index = job
+    region = region_name(code)
+    name = f"{region}_{number}.tif"
+    tile = generate_tile(code, size=size, seed=seed, index=index)
+    lat, lon, crs, transform = _place(code, size, tile_rng(seed, index, stream=1))
+    for sub, arr in (("images", tile.image), ("labels", tile.label)):
+        _write_geotiff(Path(out) / region / sub / name, arr, crs, transform)
+    return {
+        "file": name, "region": region, "zone": code, "split": None, "index": index,
+        "scene": tile.scene, "lat": round(lat, 6), "lon": round(lon, 6), "crs": crs,
+    }  # fmt: skip
+
+
+def _report(record: dict, progress: Callable[[int], None] | None) -> dict:
+    if progress is not None:
+        progress(1)
+    return record
+
+
 def write_synthearth(
     out: str | Path,
     n: int,
@@ -724,6 +745,7 @@ def write_synthearth(
     zones: Sequence[str] | str | None = None,
     split_fractions: Sequence[float] | str | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> dict:
     """Generate ``n`` tiles into ``out`` in the OpenEarthMap layout and return the manifest.
 
@@ -739,6 +761,7 @@ def write_synthearth(
         zones: Köppen codes (default :data:`DEFAULT_ZONES`).
         split_fractions: (train, val, test) fractions, default 0.7/0.15/0.15.
         progress: Called with 1 after each tile (e.g. ``tqdm.update``).
+        workers: Processes generating tiles in parallel (output identical for any value).
 
     Returns:
         The manifest dict also written to ``out/synthearth.json``.
@@ -758,25 +781,25 @@ def write_synthearth(
         for i, s in zip(per_zone[c], _split_of(len(per_zone[c]), fractions, split_rng), strict=True):
             split_of[i] = s
 
+    for c in codes:
+        for sub in ("images", "labels"):
+            (out / region_name(c) / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (str(out), codes[i % len(codes)], i // len(codes) + 1, int(size), int(seed), i) for i in range(int(n))
+    ]
     tiles = []
     lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for i in range(int(n)):
-        code = codes[i % len(codes)]
-        region = region_name(code)
-        number = i // len(codes) + 1
-        name = f"{region}_{number}.tif"
-        tile = generate_tile(code, size=size, seed=seed, index=i)
-        lat, lon, crs, transform = _place(code, int(size), tile_rng(seed, i, stream=1))
-        for sub, arr in (("images", tile.image), ("labels", tile.label)):
-            (out / region / sub).mkdir(parents=True, exist_ok=True)
-            _write_geotiff(out / region / sub / name, arr, crs, transform)
-        lists[split_of[i]].append(name)
-        tiles.append({
-            "file": name, "region": region, "zone": code, "split": split_of[i], "index": i,
-            "scene": tile.scene, "lat": round(lat, 6), "lon": round(lon, 6), "crs": crs,
-        })  # fmt: skip
-        if progress is not None:
-            progress(1)
+    if int(workers) > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            records = pool.map(_write_one, jobs, chunksize=4)
+            tiles = [_report(r, progress) for r in records]
+    else:
+        tiles = [_report(_write_one(job), progress) for job in jobs]
+    for t in tiles:
+        t["split"] = split_of[t["index"]]
+        lists[t["split"]].append(t["file"])
     for split, names in lists.items():
         (out / f"{split}.txt").write_text("".join(f"{nm}\n" for nm in names), encoding="utf-8")
     manifest = {

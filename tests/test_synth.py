@@ -167,3 +167,16 @@ def test_cli_writes_set_and_rejects_bad_zone(tmp_path):
         cmd[:7] + ["--zones", "Qq", "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Qq" in bad.stderr
+
+
+def test_parallel_workers_write_identical_sets(tmp_path):
+    a = synth.write_synthearth(tmp_path / "a", n=6, size=40, seed=4, zones="Aw,Dfb")
+    b = synth.write_synthearth(tmp_path / "b", n=6, size=40, seed=4, zones="Aw,Dfb", workers=2)
+    assert a["tiles"] == b["tiles"]
+    for t in a["tiles"]:
+        for sub in ("images", "labels"):
+            pa = tmp_path / "a" / t["region"] / sub / t["file"]
+            pb = tmp_path / "b" / t["region"] / sub / t["file"]
+            assert pa.read_bytes() == pb.read_bytes()
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "a" / f"{split}.txt").read_text() == (tmp_path / "b" / f"{split}.txt").read_text()

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--zones", default=None, help="comma-separated Köppen codes (default Af,Aw,BWh,BSk,Cfa,Cfb,Dfb,ET)"
     )
     p.add_argument("--split-fractions", default=None, help="train,val,test fractions (default 0.7,0.15,0.15)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel processes (default 1; output is identical)"
+    )
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             zones=args.zones,
             split_fractions=args.split_fractions,
             progress=bar.update if bar is not None else None,
+            workers=max(1, args.workers),
         )
         seconds = time.perf_counter() - t0
         if bar is not None:
