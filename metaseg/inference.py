@@ -90,15 +90,14 @@ class Prediction:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` → CUDA when available, else CPU. Asking for CUDA without one is a user error."""
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MetasegError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise MetasegError(f"unsupported device {str(device)!r}; use cpu or cuda")
-    return dev
+    """``None``/``"auto"`` → CUDA when available, else CPU (:func:`metaseg.device.pick_device`).
+
+    Raises:
+        ConfigError: CUDA asked for without a GPU, or an unknown device string.
+    """
+    from metaseg.device import pick_device
+
+    return pick_device(device)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -143,6 +142,12 @@ def _window_size(window: int | tuple[int, int] | None, default: int) -> tuple[in
     if wh < 16 or ww < 16:
         raise ValueError(f"window must be at least 16 px, got {wh}x{ww}")
     return wh, ww
+
+
+def _autocast(device: torch.device):
+    from metaseg.device import autocast
+
+    return autocast(device)
 
 
 def _logits_of(out: Any) -> torch.Tensor:
@@ -191,12 +196,19 @@ class Predictor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path_or_hub_id: str | Path, device: str | torch.device | None = None,
-                        **kwargs: Any) -> Predictor:
-        """Load a checkpoint (local path or hub id) through :func:`metaseg.checkpoints.load_checkpoint`."""
+                        *, expected_name: str | None = None, **kwargs: Any) -> Predictor:
+        """Load a checkpoint (local path or hub id) through :func:`metaseg.checkpoints.load_checkpoint`.
+
+        Args:
+            path_or_hub_id: ``.safetensors``/``.json`` path, their stem, or ``org/name[/stem]``.
+            device: see :func:`resolve_device`.
+            expected_name: if given, the checkpoint must be of this variant (CheckpointError).
+            **kwargs: passed to the constructor (``window``, ``batch_size``, ...).
+        """
         from metaseg.checkpoints import load_checkpoint
 
         dev = resolve_device(device)
-        model, meta = load_checkpoint(path_or_hub_id, dev)
+        model, meta = load_checkpoint(path_or_hub_id, dev, expected_name=expected_name)
         return cls(model, dev, meta=meta, **kwargs)
 
     @classmethod
@@ -286,8 +298,7 @@ class Predictor:
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
         batch = torch.cat(views, 0) if tta else x
         text = self._text_for_batch(prompt, batch.shape[0]) if prompt is not None else None
-        autocast = self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with _autocast(self.device):
             logits = _logits_of(self.model(batch, text=text) if text is not None else self.model(batch))
         probs = torch.softmax(logits.float(), dim=1)
         if not tta:
@@ -343,7 +354,7 @@ class Predictor:
         if not 0.0 <= overlap <= 0.9:
             raise ValueError(f"overlap must be in [0, 0.9], got {overlap}")
         if self.uses_text:
-            if prompt is None or not str(prompt).strip():
+            if prompt is None:  # "" is allowed: the stored "no text" prompt of the ablation
                 raise MetasegError(f"model {self.name!r} needs a text prompt")
             prompt = str(prompt)
             self.text_features(prompt)  # encode once, before any window runs
@@ -379,7 +390,7 @@ class Predictor:
         x = self._to_tensor(np.ascontiguousarray(rgb)[None])
         if not tta and not return_probs:  # fastest path: argmax of the logits on the device
             text = self._text_for_batch(prompt, 1) if prompt is not None else None
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with _autocast(self.device):
                 logits = _logits_of(self.model(x, text=text) if text is not None else self.model(x))
             return logits[0].argmax(0).to(torch.uint8).cpu().numpy(), None
         probs = self._forward_probs(x, prompt, tta)[0]
