@@ -1,0 +1,140 @@
+"""End-to-end in headless Chromium (Debian ``/usr/bin/chromium`` driven by Playwright).
+
+Upload a GeoTIFF → zone shown; click the map → zone changes; edit and save a prompt → new version
+in the database; segment → two overlays appear. A screenshot is kept in ``tests/artifacts/``.
+Models are the fast fakes of ``test_app_handlers`` (the UI is under test here, not the model).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.geotiffs import write_geotiff
+from tests.test_app_api import free_port
+from tests.test_app_handlers import fake_factory
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    import app
+    from studio import services
+
+    services.MODELS.set_factory(fake_factory)
+    port = free_port()
+    kwargs = app.launch_kwargs()
+    kwargs.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.demo.queue().launch(**kwargs)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.demo.close()
+        services.MODELS.set_factory(None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _map_frame(page):
+    return page.locator("#map iframe").element_handle().content_frame()
+
+
+def click_map_at(page, lat: float, lon: float, zoom: int = 5) -> None:
+    """Centre the Leaflet map on (lat, lon) and click that point like a user would."""
+    frame = _map_frame(page)
+    frame.wait_for_function("Object.keys(window).some(k => k.startsWith('map_'))")
+    x, y = frame.evaluate(
+        """([lat, lon, zoom]) => {
+            const map = window[Object.keys(window).find(k => k.startsWith('map_'))];
+            map.setView([lat, lon], zoom, {animate: false});
+            const p = map.latLngToContainerPoint([lat, lon]);
+            return [p.x, p.y];
+        }""",
+        [lat, lon, zoom],
+    )
+    frame.locator(".leaflet-container").click(position={"x": x, "y": y})
+
+
+def test_upload_click_edit_segment(app_url, browser, tmp_path):
+    from prompts_db import PromptStore
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    tif = write_geotiff(tmp_path / "potsdam.tif", 52.39, 13.06, crs="EPSG:32633", size=96,
+                        bands=4, dtype="uint16")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(45_000)
+    try:
+        page.goto(app_url)
+        page.wait_for_selector("#map iframe")
+
+        # 1. upload a GeoTIFF → its zone (Cfb) and source appear
+        page.locator("#tile-file input[type=file]").set_input_files(str(tif))
+        page.wait_for_selector("#location .ms-zone[data-zone='Cfb']")
+        assert "GeoTIFF" in page.locator("#location").inner_text()
+        page.wait_for_selector("#preview img")
+
+        # 2. click the map on Cairo → the zone changes to BWh, source "map click"
+        click_map_at(page, 30.04, 31.24)
+        page.wait_for_selector("#location .ms-zone[data-zone='BWh']")
+        assert "map click" in page.locator("#location").inner_text()
+        page.wait_for_selector("#prompt-info:has-text('BWh')")
+
+        # 3. edit the prompt and save it → version 2 in the database
+        text = "Hot desert test prompt: pale sand, flat roofs, green irrigated circles."
+        page.locator("#prompt textarea").fill(text)
+        page.locator("#save-prompt").click()
+        page.wait_for_selector("#prompt-info [data-version='2']")
+        rec = PromptStore().current("BWh", "openearthmap")
+        assert rec.version == 2 and rec.text == text and rec.source == "user"
+
+        # 4. segment → both overlays appear
+        page.get_by_role("tab", name="Segment").click()
+        page.locator("#segment-btn").click()
+        page.wait_for_selector("#ov-metasegnet img")
+        page.wait_for_selector("#ov-baseline img")
+        page.wait_for_selector("#seg-status:has-text('Done')")
+        page.screenshot(path=str(ARTIFACTS / "app_e2e.png"), full_page=True)
+        assert (ARTIFACTS / "app_e2e.png").stat().st_size > 10_000
+    finally:
+        page.close()
+
+
+def test_typed_coordinates_and_ocean(app_url, browser):
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.set_default_timeout(45_000)
+    try:
+        page.goto(app_url)
+        page.wait_for_selector("#map iframe")
+        page.locator("#lat-in input").fill("1.35")
+        page.locator("#lon-in input").fill("103.82")
+        page.locator("#locate-btn").click()
+        page.wait_for_selector("#location .ms-zone[data-zone='Af']")
+        assert "typed" in page.locator("#location").inner_text()
+        click_map_at(page, 0.0, -30.0, zoom=3)
+        page.wait_for_selector("#location .ms-zone[data-zone='ocean']")
+        page.wait_for_selector("#prompt-info:has-text('generic')")
+        # LLM regeneration is disabled without a configured endpoint, and says why
+        assert page.locator("#regen").is_disabled()
+        assert "OPENAI_API_KEY" in page.content()
+    finally:
+        page.close()
