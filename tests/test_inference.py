@@ -229,3 +229,56 @@ def test_bad_inputs():
         p.predict(np.zeros((8, 8, 5), np.uint8))
     with pytest.raises(ValueError, match="valid"):
         p.predict(np.zeros((8, 8, 3), np.uint8), valid=np.ones((4, 4), bool))
+
+
+# --------------------------------------------------------------------------- real tiny models
+
+
+@pytest.fixture(scope="module")
+def demo_pair():
+    from metaseg.models import create_model
+
+    torch.manual_seed(0)
+    small = dict(pretrained="none", caf_dim=32, caf_heads=2, decoder_dim=16, embed_dim=32)
+    return create_model("metasegnet_demo", **small).eval(), create_model("baseline_demo", **small).eval()
+
+
+def test_real_models_single_pass_and_sliding(demo_pair):
+    metaseg_model, baseline = demo_pair
+    rgb = _rgb(70, 90)
+    prompt = "Aerial image of a temperate town with red roofs and green fields."
+    calls = []
+    orig = metaseg_model.encode_text
+    metaseg_model.encode_text = lambda texts: (calls.append(list(texts)), orig(texts))[1]
+    try:
+        p = Predictor(metaseg_model, "cpu", batch_size=2)
+        single = p.predict(rgb, prompt, window=128, return_probs=True)
+        full = _full_pass(metaseg_model, rgb, prompt)
+        np.testing.assert_array_equal(single.index, full.argmax(0).numpy())
+        sliding = p.predict(rgb, prompt, window=48, tta=True)
+        assert sliding.windows == 6 and sliding.index.shape == (70, 90) and sliding.index.max() < 8
+        assert calls.count([prompt]) == 1  # features computed once, reused by every window
+    finally:
+        metaseg_model.encode_text = orig
+    base = Predictor(baseline, "cpu").predict(rgb, prompt, window=48)
+    assert base.prompt is None and base.windows == 6
+
+
+def test_from_name_without_shipped_weights_is_a_clear_error(monkeypatch, tmp_path):
+    import metaseg.checkpoints as ck
+    from metaseg.errors import CheckpointError
+
+    monkeypatch.setattr(ck, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="--checkpoint"):
+        Predictor.from_name("metasegnet_demo", "cpu")
+
+
+def test_from_checkpoint_round_trip(demo_pair, tmp_path):
+    from metaseg.checkpoints import save_checkpoint
+
+    _, baseline = demo_pair
+    path = save_checkpoint(baseline, tmp_path / "baseline_demo")
+    p = Predictor.from_checkpoint(path, "cpu", expected_name="baseline_demo")
+    assert p.class_set.name == "openearthmap" and not p.uses_text
+    rgb = _rgb(40, 40)
+    np.testing.assert_array_equal(p.predict(rgb).index, Predictor(baseline, "cpu").predict(rgb).index)
