@@ -176,3 +176,14 @@ def test_ddp_two_cpu_processes_with_gloo(oem, store, tmp_path):
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]  # written once, by rank 0
     assert (out / "best.safetensors").is_file()
+
+
+def test_unlabelled_validation_split_is_refused(store, tmp_path):
+    from metaseg.errors import ConfigError
+    from tests.fixtures.datasets import make_loveda
+
+    root = make_loveda(tmp_path / "loveda", n=1, size=32)
+    cfg = load_config(None, ["dataset=loveda", f"data_root={root}", f"out_dir={tmp_path / 'run'}",
+                             "split_val=test", "image_size=32", "device=cpu", "progress=false"])
+    with pytest.raises(ConfigError, match="no labels"):
+        train(cfg, store=store)

@@ -273,6 +273,11 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         if cfg.split_val:
             val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split_val, image_size=cfg.image_size,
                                    prompt_mode=cfg.prompt_mode, store=store, augment=False)
+            if not val_ds.has_labels:
+                from metaseg.errors import ConfigError
+
+                raise ConfigError(f"validation split {cfg.split_val!r} has no labels; pick a labelled split "
+                                  "or set split_val=null")
             if cfg.max_val_samples:
                 val_ds = Subset(val_ds, range(min(cfg.max_val_samples, len(val_ds))))
         class_set = train_ds.class_set
@@ -374,6 +379,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                 csv.writer(fh).writerow(CSV_FIELDS)
         extra_base = {"dataset": cfg.dataset, "prompt_mode": cfg.prompt_mode, "model_variant": cfg.model,
                       "train_zones": [z for z in train_ds.distinct_zones()],
+                      "train_prompts": {str(z): train_ds.resolver.prompt(z) for z in train_ds.distinct_zones()},
                       "train_config": asdict(cfg)}
         if dist.main:
             log.info("train %s on %s/%s: %d tiles, %d steps/epoch, %d steps max, device %s%s",
