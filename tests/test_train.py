@@ -187,3 +187,12 @@ def test_unlabelled_validation_split_is_refused(store, tmp_path):
                              "split_val=test", "image_size=32", "device=cpu", "progress=false"])
     with pytest.raises(ConfigError, match="no labels"):
         train(cfg, store=store)
+
+
+def test_time_budget_stops_the_run_and_still_saves(oem, store, tmp_path):
+    out = tmp_path / "run"
+    summary = train(_cfg(oem, out, "model=baseline_demo", "epochs=5", "time_budget_minutes=0.0001"), store=store)
+    assert summary["out_of_time"] and summary["steps"] == 1 and summary["last_epoch"] == 1
+    rows = _rows(out)
+    assert len(rows) == 1 and rows[0]["val_miou"]  # the interrupted epoch is validated and logged
+    assert (out / "best.safetensors").is_file() and (out / "last_state.json").is_file()

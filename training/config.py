@@ -46,6 +46,11 @@ class TrainConfig:
         epochs: maximum number of epochs (paper: 45).
         max_steps: stop after this many optimiser steps (``null`` = no limit); the cosine
             schedule spans ``min(epochs × steps per epoch, max_steps)``.
+        time_budget_minutes: wall-clock budget of the training loop, counted after model build and
+            prompt encoding (``null`` = none; a resumed run gets a fresh budget). After a few
+            steps the step time is measured and the cosine schedule is shortened so the run
+            ends within the budget (10% kept for validation and checkpoints); a hard stop
+            guards the rest. Meant for the CPU demo training, not for benchmark runs.
         batch_size: per-process batch size (paper: 2).
         val_batch_size: batch size for validation (``null`` = ``batch_size``).
         image_size: resize tiles to S×S (``null`` = native size; batches then need equal sizes).
@@ -82,6 +87,7 @@ class TrainConfig:
     prompt_mode: str = "climate"
     epochs: int = 45
     max_steps: int | None = None
+    time_budget_minutes: float | None = None
     batch_size: int = 2
     val_batch_size: int | None = None
     image_size: int | None = 1024
@@ -122,6 +128,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
+            raise ConfigError(f"time_budget_minutes must be > 0 or null, got {self.time_budget_minutes}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:

@@ -389,10 +389,15 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         stopped_early = False
+        out_of_time = False
+        budget_s = cfg.time_budget_minutes * 60.0 if cfg.time_budget_minutes else None
+        run_t0 = time.time()
+        run_steps = 0
+        probe_t0: float | None = None
         epoch = start_epoch - 1
         last_eval: dict[str, float] = {}
         for epoch in range(start_epoch, cfg.epochs):
-            if global_step >= total_steps:
+            if global_step >= total_steps or out_of_time:
                 break
             t0 = time.time()
             if sampler is not None:
@@ -404,7 +409,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (dist.main and cfg.progress), dynamic_ncols=True)
             for batch in bar:
-                if global_step >= total_steps:
+                if global_step >= total_steps or out_of_time:
                     break
                 lr = lr_at(global_step, total_steps, cfg)
                 for group in optimizer.param_groups:
@@ -430,6 +435,26 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                 optimizer.step()
                 global_step += 1
                 n_batches += 1
+                run_steps += 1
+                if budget_s is not None:
+                    if run_steps == 2:  # the first step carries one-time costs; time from here
+                        probe_t0 = time.time()
+                    elif run_steps == 7 and probe_t0 is not None:
+                        per_step = (time.time() - probe_t0) / 5
+                        left = 0.9 * budget_s - (time.time() - run_t0)
+                        fit = global_step + max(1, int(left / max(per_step, 1e-6)))
+                        if fit < total_steps:
+                            total_steps = fit
+                            if dist.main:
+                                log.info("time budget %.1f min: %.2fs/step -> schedule shortened to %d steps",
+                                         cfg.time_budget_minutes, per_step, total_steps)
+                    if time.time() - run_t0 > budget_s:
+                        out_of_time = True
+                if dist.enabled and budget_s is not None:  # ranks must agree on stopping
+                    flag = torch.tensor([float(out_of_time), float(total_steps)], device=device)
+                    dist.all_reduce_sum(flag)
+                    out_of_time = bool(flag[0] > 0)
+                    total_steps = int(round(float(flag[1]) / dist.world))
                 for k in sums:
                     sums[k] += float(losses[k].detach())
                 if dist.main:
@@ -447,7 +472,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             # -- validate
             evaluated = False
             last_eval = {}
-            final_epoch = epoch + 1 >= cfg.epochs or global_step >= total_steps
+            final_epoch = epoch + 1 >= cfg.epochs or global_step >= total_steps or out_of_time
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or final_epoch):
                 last_eval = evaluate(model, val_loader, class_set, device, use_amp, dist)
                 evaluated = True
@@ -497,6 +522,11 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                          f" val mIoU {last_eval['miou']:.4f} OA {last_eval['oa']:.4f}" if evaluated else "",
                          time.time() - t0)
             dist.barrier()
+            if out_of_time:
+                if dist.main:
+                    log.info("time budget of %.1f min used up after %d steps", cfg.time_budget_minutes,
+                             global_step)
+                break
             if cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience:
                 stopped_early = True
                 if dist.main:
@@ -507,6 +537,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         return {"out_dir": str(out_dir), "best_miou": best_miou if best_miou >= 0 else None,
                 "best_epoch": best_epoch + 1 if best_epoch >= 0 else None, "epochs_run": epoch + 1 - start_epoch,
                 "last_epoch": epoch + 1, "steps": global_step, "stopped_early": stopped_early,
+                "out_of_time": out_of_time, "seconds": round(time.time() - run_t0, 1),
                 "best_checkpoint": str(out_dir / "best.safetensors"), "world_size": dist.world}
     finally:
         dist.close()
