@@ -154,3 +154,13 @@ def test_device_policy():
             pick_device("cuda")
     with pytest.raises(ConfigError):
         pick_device("tpu-7")
+
+
+def test_features_cached_in_inference_mode_are_usable_for_training(meta, text_encoder):
+    text_encoder.clear_cache()
+    with torch.inference_mode():
+        meta.eval()(torch.rand(1, 3, 64, 64), "prompt seen first during validation")
+    meta.train()
+    out = meta(torch.rand(1, 3, 64, 64), "prompt seen first during validation")
+    (out.logits.mean() + out.itm_loss).backward()  # would fail on inference tensors
+    meta.eval()

@@ -166,14 +166,16 @@ class TextEncoder(nn.Module):
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    @torch.no_grad()
     def _encode_uncached(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer(
-            texts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
-        )
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = self.model(**batch)
-        return out.last_hidden_state.float(), batch["attention_mask"].bool()
+        # Cached features must be ordinary tensors even when first computed under
+        # torch.inference_mode (e.g. validation), or a later training step could not use them.
+        with torch.inference_mode(False), torch.no_grad():
+            batch = self.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            )
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model(**batch)
+            return out.last_hidden_state.float(), batch["attention_mask"].bool()
 
     @torch.no_grad()
     def forward(self, texts: list[str] | str) -> TextFeatures:
