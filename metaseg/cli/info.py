@@ -1,8 +1,10 @@
 """``python -m metaseg info``: list model variants or count a model's parameters.
 
 * ``info --list`` prints the variant names, one per line (torch is not imported).
-* ``info --model NAME [--checkpoint PATH] [--json]`` builds the model offline (random Swin,
-  package Lite0 weights, local text encoder) and reports ``total_params``, ``trainable_params``,
+* ``info --model NAME [--checkpoint PATH] [--json]`` builds the model without downloading
+  anything (random Swin, package Lite0 weights; ``HF_HUB_OFFLINE=1`` unless the caller set it, so
+  ``bert-base-uncased`` is used only when already in the local Hugging Face cache, otherwise the
+  MiniLM fallback with a warning; the JSON's ``text_encoder`` says which) and reports ``total_params``, ``trainable_params``,
   ``frozen_params``, ``components`` (per component ``{"total", "trainable"}``), ``input_size``
   and ``class_set``.
 """
@@ -52,6 +54,8 @@ def model_info(model: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from metaseg.cli import print_json
     from metaseg.models.registry import list_variants, variant_config
 
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             print(name)
         return 0
     variant_config(args.model)  # unknown name -> UnknownNameError (exit 2) before importing torch
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # counting parameters must not download weights
     if args.checkpoint:
         from metaseg.checkpoints import load_checkpoint
 
