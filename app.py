@@ -290,7 +290,8 @@ def _overlays(state: SessionState, opacity: float):
 
 
 @user_errors
-def on_segment(prompt: str, opacity: float, state: SessionState | None, progress=gr.Progress()):  # noqa: B008
+def on_segment(prompt: str, opacity: float, state: SessionState | None, class_set: str | None = None,
+               progress=gr.Progress()):  # noqa: B008
     from studio.session import PairPrediction
 
     state = _state(state)
@@ -299,6 +300,8 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, progress
     progress(0.0, desc="loading models")
     result = services.run_pair(state.tile.rgb, state.tile.valid, prompt,
                                progress=lambda f, d: progress(f, desc=d))
+    if class_set and class_set != result.class_set.name:
+        gr.Warning(f"The models predict {result.class_set.name} classes; the prompt shown is for {class_set}.")
     state.prediction = PairPrediction(
         metasegnet=result.metasegnet, baseline=result.baseline, class_set=result.class_set.name,
         prompt_id=state.prompt_id, prompt_text=prompt, checkpoint_ids=result.checkpoint_ids,
@@ -676,7 +679,7 @@ def build_demo() -> gr.Blocks:
         restore_btn.click(on_restore, [history, class_set, state], panel, **ui)
         regen_btn.click(on_regenerate, [class_set, state], panel, **ui)
         seg = seg_btn.click(
-            on_segment, [prompt, opacity, state],
+            on_segment, [prompt, opacity, state, class_set],
             [state, ov_a, ov_b, dis_img, dis_txt, frac_df, downloads, legend, seg_status], **ui,
         )
         review_outputs = [metrics, iou_df, bar, only_img, only_legend, compare_df]

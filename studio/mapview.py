@@ -134,8 +134,8 @@ def _folium_classes():
               var mark = null;
               map.on('click', function(e) {
                 if (mark) { map.removeLayer(mark); }
-                mark = L.circleMarker(e.latlng, {radius: 7, color: '#ff00aa', weight: 3,
-                                                  fillOpacity: 0.2}).addTo(map);
+                mark = L.circleMarker(e.latlng, {radius: 8, color: '#ff00aa', weight: 3,
+                                                  fillOpacity: 0.2, pane: 'markerPane'}).addTo(map);
                 var msg = {type: '""" + MESSAGE_TYPE + """', lat: e.latlng.lat,
                            lng: ((e.latlng.lng + 540) % 360) - 180};
                 try { window.parent.postMessage(msg, '*'); } catch (err) {}
@@ -209,7 +209,7 @@ def map_page(
                 text += f" ({label})"
             folium.CircleMarker(
                 [lat, lon], radius=8, color="#000000", weight=2, fill=True, fill_color=color,
-                fill_opacity=0.9, tooltip=html.escape(text),
+                fill_opacity=0.9, tooltip=html.escape(text), pane="markerPane",
             ).add_to(m)
         folium.LayerControl(collapsed=True).add_to(m)
         m.add_child(ClickBridge())

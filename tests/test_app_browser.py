@@ -17,6 +17,7 @@ from tests.test_app_api import free_port
 from tests.test_app_handlers import fake_factory
 
 CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -136,5 +137,54 @@ def test_typed_coordinates_and_ocean(app_url, browser):
         # LLM regeneration is disabled without a configured endpoint, and says why
         assert page.locator("#regen").is_disabled()
         assert "OPENAI_API_KEY" in page.content()
+    finally:
+        page.close()
+
+
+def test_paint_a_label_and_save_it(app_url, browser):
+    """Start from the MetaSegNet mask, paint a bareland stroke, save → a label with those pixels."""
+    import numpy as np
+
+    from metaseg.geo import read_label
+    from prompts_db import PromptStore
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(45_000)
+    try:
+        page.goto(app_url)
+        page.wait_for_selector("#map iframe")
+        page.get_by_role("button", name="synth_cfa.tif").click()  # an example: one click
+        page.wait_for_selector("#location .ms-zone[data-zone='Cfa']")
+        page.get_by_role("tab", name="Segment").click()
+        page.locator("#segment-btn").click()
+        page.wait_for_selector("#ov-baseline img")
+        page.get_by_role("tab", name="Label").click()
+        page.locator("#label-start").click()
+        page.wait_for_selector("#editor canvas")
+        page.locator("#editor button[aria-label='Brush']").click()
+        canvas = page.locator("#editor canvas").first
+        page.wait_for_timeout(500)  # the editor sizes its canvas after the image arrives
+        box = canvas.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 80, cy - 50)
+        page.mouse.down()
+        page.mouse.move(cx + 80, cy + 50, steps=12)
+        page.mouse.up()
+        page.locator("#label-save").click()
+        page.wait_for_selector("text=/Saved label #/")
+        page.screenshot(path=str(ARTIFACTS / "app_label.png"))
+        rows = PromptStore().labels()
+        assert len(rows) == 1
+        label = read_label(rows[0]["mask_path"], "openearthmap")
+        assert label.shape == (256, 256)
+        # the saved label is the MetaSegNet mask plus a stroke of the first brush colour (bareland = 0)
+        from metaseg.geo import read_tile
+
+        tile = read_tile(ROOT / "static" / "examples" / "synth" / "synth_cfa.tif")
+        prompt = PromptStore().current("Cfa", "openearthmap").text
+        start = fake_factory("metasegnet").predict(tile.rgb, prompt).index
+        changed = label != start
+        assert changed.sum() > 500
+        assert set(np.unique(label[changed])) == {0}
     finally:
         page.close()
