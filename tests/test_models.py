@@ -164,3 +164,31 @@ def test_features_cached_in_inference_mode_are_usable_for_training(meta, text_en
     out = meta(torch.rand(1, 3, 64, 64), "prompt seen first during validation")
     (out.logits.mean() + out.itm_loss).backward()  # would fail on inference tensors
     meta.eval()
+
+
+def test_model_normalises_and_pads_internally(base, monkeypatch):
+    seen = {}
+    orig = base.image_encoder.forward
+
+    def spy(x):
+        seen["x"] = x
+        return orig(x)
+
+    monkeypatch.setattr(base.image_encoder, "forward", spy)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        base.eval()(mean.expand(1, 3, 40, 50).clone())
+    assert seen["x"].shape == (1, 3, 64, 64)  # padded to a multiple of 32
+    assert seen["x"].abs().max() < 1e-6  # ImageNet mean -> 0; padding is 0 too
+
+
+def test_text_encoder_resolution_offline(monkeypatch, caplog):
+    from metaseg.models.text_encoder import resolve_text_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name, path = resolve_text_encoder("bert-base-uncased", "minilm")
+    assert name == "minilm" and path.endswith("model")
+    assert "bert-base-uncased" in caplog.text
+    with pytest.raises(CheckpointError, match="bert-base-uncased"):
+        resolve_text_encoder("bert-base-uncased", None)
+    assert resolve_text_encoder(path)[0] == path  # a local folder is used as is
