@@ -152,7 +152,7 @@ def test_memory_stays_bounded_on_large_tile():
 def test_tta_on_flip_equivariant_model_changes_nothing():
     model = StandIn(kernel=1)
     rgb = _rgb(100, 120)
-    p = Predictor(model, "cpu")
+    p = Predictor(model, "cpu", batch_size=4)
     a = p.predict(rgb, window=48, return_probs=True)
     b = p.predict(rgb, window=48, tta=True, return_probs=True)
     np.testing.assert_array_equal(a.index, b.index)
@@ -181,6 +181,10 @@ def test_tta_averages_unflipped_views():
     np.testing.assert_allclose(pred.probs.astype(np.float32), manual.numpy(), atol=2e-3)
     plain = Predictor(model, "cpu").predict(rgb, window=64, return_probs=True)
     assert np.abs(plain.probs.astype(np.float32) - manual.numpy()).max() > 0.05
+
+
+def test_default_batch_size_depends_on_device():
+    assert Predictor(StandIn(), "cpu").batch_size == 1
 
 
 def test_text_encoded_once_and_batched():
