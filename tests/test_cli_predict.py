@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
-from rasterio.transform import from_origin
+from rasterio.transform import Affine
 
 from metaseg.cli import main
 
@@ -49,7 +49,7 @@ def geotiff_tile(tmp_path) -> Path:
     """A 3-band uint8 GeoTIFF near Potsdam (UTM 33N), zone Cfb."""
     rng = np.random.default_rng(1)
     path = tmp_path / "potsdam.tif"
-    transform = from_origin(368000.0, 5808000.0, 0.5, 0.5)
+    transform = Affine(0.5, 0.0, 368000.0, 0.0, -0.5, 5808000.0)
     with rasterio.open(path, "w", driver="GTiff", width=90, height=60, count=3, dtype="uint8",
                        crs="EPSG:32633", transform=transform) as dst:
         dst.write(rng.integers(0, 256, (3, 60, 90), dtype=np.uint8))
