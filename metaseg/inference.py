@@ -361,6 +361,12 @@ class Predictor:
             if prompt is None:  # "" is allowed: the stored "no text" prompt of the ablation
                 raise MetasegError(f"model {self.name!r} needs a text prompt")
             prompt = str(prompt)
+            try:  # tokenizers need valid UTF-8: a lone surrogate (e.g. from undecodable argv bytes) is user input
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MetasegError(
+                    "the prompt is not valid Unicode text (it contains a lone surrogate code point); retype it"
+                ) from None
             self.text_features(prompt)  # encode once, before any window runs
         else:
             prompt = None
