@@ -1,0 +1,219 @@
+"""Every hostile file and prompt text through ``metaseg locate``, ``metaseg predict`` and
+``prompts_db edit``: a result or one clean error line (exit 2), never a traceback or a hang.
+
+The matrix runs the real CLI entry points in-process (``metaseg.cli.main`` /
+``prompts_db.cli.main`` with stdout/stderr captured): the same code path as ``python -m``
+minus interpreter start-up (which would cost ~10 s per ``predict`` on this machine). A few
+subprocess runs check the contract end to end (exit code, exactly one stderr line, no
+"Traceback"), including bytes that are not valid UTF-8 on the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.hostile import HOSTILE_TEXTS
+
+ROOT = Path(__file__).resolve().parents[2]
+CALL_TIMEOUT_S = 60
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Raise TimeoutError in the main thread after ``seconds`` (a hang becomes a failure)."""
+
+    def _alarm(signum, frame):
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_cli(main, argv: list[str]) -> tuple[object, str, str]:
+    """(exit code or 'exception: …', stdout, stderr) of an in-process CLI run."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with _deadline(CALL_TIMEOUT_S), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(argv)
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    except BaseException as exc:  # noqa: BLE001 - anything escaping main() is a traceback for the user
+        rc = f"exception: {type(exc).__name__}: {exc}"
+    return rc, out.getvalue(), err.getvalue()
+
+
+def classify(rc: object, stdout: str, stderr: str, expect: str) -> tuple[str, bool]:
+    """(outcome text, acceptable?) under the CLI contract."""
+    if isinstance(rc, str):
+        return f"traceback ({rc})", False
+    if "Traceback" in stderr:
+        return "traceback on stderr", False
+    if rc == 0:
+        try:
+            json.loads(stdout)
+        except ValueError:
+            return "exit 0 without a JSON object", False
+        return "result", expect in ("result", "either")
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if rc == 2 and len(lines) == 1:
+        msg = lines[0].removeprefix("error: ")
+        return f"error: {msg}", expect in ("error", "either")
+    return f"exit {rc} with {len(lines)} stderr lines: {' / '.join(lines)[:150]}", False
+
+
+def _predict_argv(image: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return ["predict", str(image), "--model", "metasegnet_demo", "--checkpoint", str(ckpt), "--out", str(out),
+            "--json", *extra]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_torch():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_hostile_files_locate_and_predict(hostile_dir, random_checkpoints, report, tmp_path):
+    from metaseg.cli import main
+
+    ckpt = random_checkpoints["metasegnet_demo"]
+    bad = []
+    for h in hostile_dir["files"]:
+        report.add_input(h.key, h.description, "file")
+        rc, out, err = run_cli(main, ["locate", str(h.path), "--json"])
+        outcome, ok = classify(rc, out, err, h.expect)
+        report.record(h.key, "locate CLI", outcome, ok)
+        if not ok:
+            bad.append(f"locate {h.key}: {outcome}")
+        mask = tmp_path / f"{h.key}.tif"
+        rc, out, err = run_cli(main, _predict_argv(h.path, ckpt, mask))
+        outcome, ok = classify(rc, out, err, h.pixel_expect)
+        if ok and rc == 0:
+            obj = json.loads(out)
+            ok = mask.is_file() and abs(sum(obj["class_fraction"].values()) - 1.0) < 1e-3 or \
+                sum(obj["class_fraction"].values()) == 0
+            fr = max(obj["class_fraction"].values()) if obj["class_fraction"] else 0
+            outcome = f"result (zone {obj['zone']}, {obj['windows']} window(s))" if ok else \
+                f"result without a valid mask (fractions sum {fr})"
+        report.record(h.key, "predict CLI", outcome, ok)
+        if not ok:
+            bad.append(f"predict {h.key}: {outcome}")
+    assert not bad, "\n".join(bad)
+
+
+def test_hostile_texts_predict_and_prompt_edit(hostile_dir, random_checkpoints, report, tmp_path):
+    from metaseg.cli import main
+    from prompts_db import PromptStore
+    from prompts_db.cli import main as prompts_main
+
+    ckpt = random_checkpoints["metasegnet_demo"]
+    tile = hostile_dir["reference"]
+    with PromptStore() as store:
+        parent = store.current("Cfb", "openearthmap").id
+    bad = []
+    for t in HOSTILE_TEXTS:
+        report.add_input(t.key, t.description, "text")
+        rc, out, err = run_cli(main, _predict_argv(tile, ckpt, tmp_path / f"{t.key}.png", "--prompt", t.text))
+        outcome, ok = classify(rc, out, err, t.predict_expect)
+        if ok and rc == 0:
+            # The prompt must come back verbatim in the JSON (no silent rewriting).
+            ok = json.loads(out)["prompt"] == t.text
+            outcome = "result (prompt echoed verbatim)" if ok else "result with a rewritten prompt"
+        report.record(t.key, "predict CLI", outcome, ok)
+        if not ok:
+            bad.append(f"predict {t.key}: {outcome}")
+
+        src = tmp_path / f"{t.key}.txt"
+        src.write_bytes(t.text.encode("utf-8", "surrogatepass"))
+        with PromptStore() as store:
+            before = len(store.history(parent))
+        rc, out, err = run_cli(prompts_main, ["edit", str(parent), "--file", str(src), "--json"])
+        outcome, ok = classify(rc, out, err, t.save_expect)
+        with PromptStore() as store:
+            hist = store.history(parent)
+        if rc == 0 and ok:
+            rec = json.loads(out)
+            ok = rec["text"] == t.text and len(hist) == before + 1 and hist[0].text == t.text
+            outcome = f"result (v{rec['id'] and hist[0].version}, stored verbatim)" if ok else "result, text altered"
+        elif len(hist) != before:
+            ok, outcome = False, f"{outcome} but a row was written"
+        report.record(t.key, "prompts_db edit", outcome, ok)
+        if not ok:
+            bad.append(f"prompts_db edit {t.key}: {outcome}")
+    assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------------------------------------- real processes
+def _subprocess(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, timeout=180, **kw)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess) -> str:
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_locate_subprocess_contract(hostile_dir):
+    by_key = {h.key: h.path for h in hostile_dir["files"]}
+    for key in ("corrupt_tiff", "png_100000x100000"):
+        proc = _subprocess(["-m", "metaseg", "locate", str(by_key[key]), "--json"])
+        _assert_one_line_error(proc)
+        assert proc.stdout == b""
+
+
+@pytest.mark.slow
+def test_predict_subprocess_contract(hostile_dir, random_checkpoints, tmp_path):
+    """Real ``python -m metaseg predict``: a bomb PNG, and a prompt that is not valid UTF-8 on argv."""
+    ckpt = str(random_checkpoints["metasegnet_demo"])
+    by_key = {h.key: h.path for h in hostile_dir["files"]}
+    proc = _subprocess(["-m", "metaseg", "predict", str(by_key["png_100000x100000"]), "--model", "metasegnet_demo",
+                        "--checkpoint", ckpt, "--out", str(tmp_path / "a.png"), "--json"])
+    _assert_one_line_error(proc)
+    # b"\xff" on argv decodes to the lone surrogate "\udcff" (surrogateescape).
+    proc = subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"metaseg", b"predict", os.fsencode(hostile_dir["reference"]),
+         b"--model", b"metasegnet_demo", b"--checkpoint", os.fsencode(ckpt), b"--out",
+         os.fsencode(tmp_path / "b.png"), b"--json", b"--prompt", b"forest \xff\xfe rivers"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), capture_output=True, timeout=180,
+    )
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 2), err
+    if proc.returncode == 0:
+        json.loads(proc.stdout)
+    else:
+        _assert_one_line_error(proc)
+
+
+def test_predictor_rejects_lone_surrogate_prompt(random_checkpoints):
+    """Regression: a prompt with a lone surrogate crashed the tokenizer with a TypeError traceback."""
+    import numpy as np
+
+    from metaseg.errors import MetasegError
+    from metaseg.inference import Predictor
+
+    pred = Predictor.from_checkpoint(random_checkpoints["metasegnet_demo"], "cpu")
+    with pytest.raises(MetasegError, match="not valid Unicode"):
+        pred.predict(np.zeros((32, 32, 3), np.uint8), "forest \udcff rivers")
