@@ -532,7 +532,7 @@ def build_demo() -> gr.Blocks:
     llm_ok, llm_why = services.llm_status()
     credits = (EXAMPLES / "CREDITS.md").read_text(encoding="utf-8") if (EXAMPLES / "CREDITS.md").exists() else ""
     with gr.Blocks(title="MetaSegNet Studio") as demo:
-        state = gr.State(None)
+        state = gr.State(None, delete_callback=_drop_session)
         gr.HTML(
             '<div class="ms-header"><h1>MetaSegNet Studio</h1><p>Climate-aware vision-language '
             "segmentation of remote-sensing tiles: locate a tile, read or edit the geographic prompt of "
@@ -710,6 +710,12 @@ def _on_load(class_set: str, state: SessionState | None):
         log.exception("initial load failed")
         return (state, views.location_html(None, f"Prompt store unavailable: {exc}"), gr.skip(),
                 None, None, "", "", gr.skip(), gr.skip())
+
+
+def _drop_session(state: SessionState | None) -> None:
+    """Called by Gradio when a browser session ends: remove that session's files."""
+    if isinstance(state, SessionState):
+        state.cleanup()
 
 
 def _auto_review(state: SessionState | None):

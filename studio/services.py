@@ -259,14 +259,8 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
             f"MetaSegNet predicts {cs_a.name} classes but the baseline predicts {cs_b.name}; load a matching pair"
         )
     masks, seconds = {}, {}
-    for k, role in enumerate(ROLES):
-        def cb(done: int, total: int, _k: int = k, _role: str = role) -> None:
-            if progress is not None and total:
-                progress((_k + done / total) / len(ROLES), f"{_role}: window {done}/{total}")
-
-        pred = models[role].predictor.predict(rgb, prompt, progress=cb, valid=valid)
-        masks[role] = np.asarray(pred.index, dtype=np.uint8)
-        seconds[role] = float(pred.seconds)
+    with _infer_lock:  # one inference at a time: the cores (or the GPU) are shared anyway
+        _predict_both(models, rgb, valid, prompt, progress, masks, seconds)
     from metaseg.classes import get_class_set
 
     return PairResult(
@@ -277,6 +271,20 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
         checkpoint_ids={r: models[r].checkpoint_id for r in ROLES},
         model_names={r: str(getattr(models[r].predictor, "name", r)) for r in ROLES},
     )
+
+
+_infer_lock = threading.Lock()
+
+
+def _predict_both(models, rgb, valid, prompt, progress, masks, seconds) -> None:
+    for k, role in enumerate(ROLES):
+        def cb(done: int, total: int, _k: int = k, _role: str = role) -> None:
+            if progress is not None and total:
+                progress((_k + done / total) / len(ROLES), f"{_role}: window {done}/{total}")
+
+        pred = models[role].predictor.predict(rgb, prompt, progress=cb, valid=valid)
+        masks[role] = np.asarray(pred.index, dtype=np.uint8)
+        seconds[role] = float(pred.seconds)
 
 
 try:  # Hugging Face ZeroGPU: borrow a GPU for the duration of the call

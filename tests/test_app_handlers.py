@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.geotiffs import write_geotiff
+from tests.fixtures.geotiffs import write_geotiff, write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ROOT / "static" / "examples" / "synth" / "synth_cfa.tif"
@@ -129,6 +129,13 @@ def test_example_tile_brings_its_ground_truth(app_module):
     assert state.ground_truth.max() < 8
 
 
+def test_jpeg_with_exif_gps_is_located(app_module, tmp_path):
+    jpg = write_photo(tmp_path / "photo.jpg", 1.35, 103.82, size=40)
+    state, loc_html = _load(app_module, jpg)[:2]
+    assert state.location["source"] == "exif" and state.location["zone"]["code"] == "Af"
+    assert "EXIF" in loc_html and Path(state.tile_path).suffix == ".jpg"
+
+
 def test_typed_and_clicked_coordinates(app_module):
     state = app_module.on_coords(30.04, 31.24, "openearthmap", None)[0]  # Cairo
     assert state.location["source"] == "typed" and state.location["zone"]["code"] == "BWh"
@@ -203,6 +210,22 @@ def test_save_restore_and_llm_disabled(app_module):
     assert "250" in app_module.on_prompt_edit("a short prompt")
 
 
+def test_llm_regeneration_when_configured(app_module, monkeypatch):
+    from tests.fixtures.openai_server import FakeOpenAIServer
+
+    state = app_module.on_coords(30.04, 31.24, "openearthmap", None)[0]
+    with FakeOpenAIServer() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("METASEG_LLM_MODEL", "tiny-model")
+        from studio import services
+
+        assert services.llm_status()[0]
+        out = app_module.on_regenerate("openearthmap", state)
+    rec = services.get_store().get(out[0].prompt_id)
+    assert rec.source == "llm:tiny-model" and rec.zone == "BWh" and rec.version == 2
+    assert out[1] == rec.text and out[0] is state
+
+
 def test_class_set_change_reloads_prompt(app_module):
     state = app_module.on_coords(52.39, 13.06, "openearthmap", None)[0]
     out = app_module.on_class_set("potsdam", state)
@@ -255,6 +278,17 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     ov_full = app_module.on_opacity(1.0, state)[0]
     assert len(fake_models.get("metasegnet").predictor.calls) == calls
     assert not np.array_equal(ov_full, app_module.on_opacity(0.0, state)[0])
+
+
+def test_large_tile_reports_window_progress(app_module, fake_models, tmp_path):
+    png = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 320, 3), dtype=np.uint8)).save(png)
+    state = _load(app_module, png)[0]
+    seen = []
+    app_module.on_segment("p", 0.5, state, progress=lambda f, desc=None: seen.append((f, desc)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert any("window 20/20" in (d or "") for _, d in seen)  # 4×5 windows per model
 
 
 def test_plain_png_downloads_png(app_module, fake_models, tmp_path):
