@@ -671,7 +671,10 @@ def build_demo() -> gr.Blocks:
         # ---------------------------------------------------------------- wiring
         ui = {"api_visibility": "undocumented"}
         located = [state, loc_html, map_view, lat_in, lon_in, prompt, prompt_info, history, history_df]
-        tile_file.change(on_tile, [tile_file, class_set, state], [*located, preview, gt_status], **ui)
+        results = [ov_a, ov_b, dis_img, dis_txt, frac_df, downloads, seg_status,
+                   metrics, iou_df, bar, only_img, only_legend, compare_df]
+        tile_file.change(on_tile, [tile_file, class_set, state], [*located, preview, gt_status], **ui).success(
+            _clear_results, None, results, **ui)
         locate_btn.click(on_coords, [lat_in, lon_in, class_set, state], located, **ui)
         click_bridge.change(on_map_click, [click_bridge, class_set, state], located, **ui)
         class_set.change(on_class_set, [class_set, state],
@@ -710,6 +713,11 @@ def _on_load(class_set: str, state: SessionState | None):
         log.exception("initial load failed")
         return (state, views.location_html(None, f"Prompt store unavailable: {exc}"), gr.skip(),
                 None, None, "", "", gr.skip(), gr.skip())
+
+
+def _clear_results():
+    """A new tile: the previous tile's masks, scores and downloads no longer apply."""
+    return (None, None, None, "", None, None, "", "", None, None, None, "", None)
 
 
 def _drop_session(state: SessionState | None) -> None:
