@@ -472,14 +472,19 @@ def on_labels_export(state: SessionState | None):
 
 
 # --------------------------------------------------------------------------- checkpoints
+def _models_table() -> pd.DataFrame:
+    return pd.DataFrame(services.MODELS.describe(), columns=["model", "source", "status"])
+
+
 @user_errors
 def on_load_checkpoints(src_a: str, src_b: str):
+    """Load checkpoints (path or hub id) for both slots now; empty = back to the default source."""
     services.MODELS.set_source("metasegnet", src_a)
     services.MODELS.set_source("baseline", src_b)
     for role in services.ROLES:
         services.MODELS.get(role)
     gr.Info("Models loaded.")
-    return pd.DataFrame(services.MODELS.describe(), columns=["model", "source", "status"])
+    return _models_table()
 
 
 # --------------------------------------------------------------------------- API endpoints
@@ -641,16 +646,14 @@ def build_demo() -> gr.Blocks:
                 labels_df = gr.Dataframe(label="Saved labels of this tile", interactive=False)
                 label_file_out = gr.File(label="Label file", interactive=False)
             # ------------------------------------------------------------ Models
-            with gr.Tab("Models", id="models"):
+            with gr.Tab("Models", id="models") as models_tab:
                 gr.Markdown("Default: the shipped demo weights. Load other checkpoints by local path or "
                             "Hugging Face hub id (or set METASEG_CHECKPOINT_METASEGNET / _BASELINE).")
                 with gr.Accordion("Checkpoints", open=True):
                     ck_a = gr.Textbox(label="MetaSegNet checkpoint (path or hub id; empty = default)")
                     ck_b = gr.Textbox(label="Baseline checkpoint (path or hub id; empty = default)")
                     ck_btn = gr.Button("Load checkpoints")
-                ck_df = gr.Dataframe(value=pd.DataFrame(services.MODELS.describe(),
-                                                        columns=["model", "source", "status"]),
-                                     interactive=False)
+                ck_df = gr.Dataframe(value=_models_table(), interactive=False)
 
         # ---------------------------------------------------------------- hidden API components
         with gr.Column(visible=False):
@@ -697,6 +700,7 @@ def build_demo() -> gr.Blocks:
         save_label_btn.click(on_label_save, [editor, state], [state, label_status, labels_df, label_file_out], **ui)
         export_btn.click(on_labels_export, [state], [labels_df, label_file_out], **ui)
         ck_btn.click(on_load_checkpoints, [ck_a, ck_b], [ck_df], **ui)
+        models_tab.select(_models_table, None, [ck_df], **ui)
 
         api_btn.click(api_locate, [api_file, api_lat, api_lon], [api_loc_out], api_name="locate")
         api_btn.click(api_segment, [api_file, api_prompt], [api_ov_a, api_ov_b, api_frac], api_name="segment")

@@ -393,6 +393,27 @@ def test_env_checkpoint_sources(monkeypatch):
     assert cache.source_of("baseline") == "org/model"
 
 
+def test_launch_settings_from_env(app_module, monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("METASEG_MAX_UPLOAD_MB", "50")
+    kw = app_module.launch_kwargs()
+    assert kw["server_port"] == 7999 and kw["server_name"] == "0.0.0.0" and kw["max_file_size"] == "50mb"
+    monkeypatch.delenv("GRADIO_SERVER_PORT")
+    monkeypatch.delenv("GRADIO_SERVER_NAME")
+    monkeypatch.delenv("METASEG_MAX_UPLOAD_MB")
+    kw = app_module.launch_kwargs()
+    assert kw["server_port"] == 7860 and kw["server_name"] == "127.0.0.1" and kw["max_file_size"] == "200mb"
+
+
+def test_models_load_lazily_and_report_status(app_module, fake_models):
+    assert fake_models.loaded("metasegnet") is None
+    table = app_module.on_load_checkpoints("", "")
+    assert list(table["model"]) == ["metasegnet", "baseline"]
+    assert all(s.startswith("loaded") for s in table["status"])
+    assert "demo:metasegnet_demo" in list(table["source"])
+
+
 # --------------------------------------------------------------------------- API functions
 def test_api_functions(app_module, geotiff, fake_models):
     loc = app_module.api_locate(str(geotiff), None, None)
