@@ -139,6 +139,10 @@ def validate_text(text: Any) -> str:
         raise PromptTextError(f"prompt text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
     if "\x00" in text:
         raise PromptTextError("prompt text contains a NUL character")
+    try:  # SQLite and the tokenizer need valid UTF-8 (undecodable argv bytes arrive as lone surrogates)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PromptTextError("prompt text is not valid Unicode (it contains a lone surrogate code point)") from None
     return text
 
 
