@@ -42,6 +42,7 @@ def short(text: str, limit: int = 110) -> str:
     """One table-safe line: whitespace collapsed, pipes escaped, long text cut."""
     text = " ".join(str(text).split())
     text = re.sub(r"/tmp/\S+?/", "…/", text)  # never leak tmp paths (and keep the file stable)
+    text = re.sub(r"\b(tile|label)-[0-9a-f]{8}\.", r"\1-XXXXXXXX.", text)  # the app's per-upload copy names
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text.replace("|", "\\|")
@@ -149,6 +150,14 @@ def report():
         REPORT_PATH.write_text(_REPORT.render(), encoding="utf-8")
 
 
+#: ``scope`` parameter of the matrix tests: the quick subset by default, everything under -m slow.
+SCOPES = ["quick", pytest.param("full", marks=pytest.mark.slow)]
+
+
+def in_scope(key: str, scope: str, quick_keys: frozenset) -> bool:
+    return scope == "full" or key in quick_keys
+
+
 @pytest.fixture(scope="session")
 def hostile_dir(tmp_path_factory):
     """All hostile files, generated once per session."""
@@ -173,3 +182,70 @@ def random_checkpoints(tmp_path_factory):
         torch.manual_seed(seed)
         out[name] = save_checkpoint(create_model(name, pretrained="none"), folder / name)
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningApp:
+    """The studio app launched on loopback in this process, plus helpers for the tests."""
+
+    def __init__(self, module, url: str, gradio_tmp: Path) -> None:
+        self.module = module
+        self.url = url
+        self.gradio_tmp = gradio_tmp
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    @staticmethod
+    def call(client, *args, api_name: str, timeout: float = 60.0):
+        """``client.predict`` with a deadline (a hang raises TimeoutError)."""
+        job = client.submit(*args, api_name=api_name)
+        return job.result(timeout=timeout)
+
+    def alive(self, client) -> bool:
+        try:
+            obj = self.call(client, None, 52.39, 13.06, api_name="/locate", timeout=30)
+        except Exception:  # noqa: BLE001
+            return False
+        return isinstance(obj, dict) and (obj.get("zone") or {}).get("code") == "Cfb"
+
+
+@pytest.fixture(scope="session")
+def running_app(random_checkpoints, tmp_path_factory):
+    """The app (``app.demo``) launched once per session on 127.0.0.1 with the random checkpoints.
+
+    Same queue settings as ``python app.py`` (``default_concurrency_limit=2``). The models come
+    from :func:`random_checkpoints` through ``Predictor.from_checkpoint`` (real architecture and
+    code path, random weights: the shipped demo weights are not required).
+    """
+    import app
+    from metaseg.inference import Predictor
+    from studio import services
+
+    names = {"metasegnet": "metasegnet_demo", "baseline": "baseline_demo"}
+
+    def factory(role: str, source: str | None = None):
+        return Predictor.from_checkpoint(random_checkpoints[names[role]], "cpu")
+
+    services.MODELS.set_factory(factory)
+    port = free_port()
+    kwargs = app.launch_kwargs()
+    kwargs.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.demo.queue(default_concurrency_limit=2).launch(**kwargs)
+    from gradio.utils import get_upload_folder
+
+    gradio_tmp = Path(get_upload_folder())
+    try:
+        yield RunningApp(app, f"http://127.0.0.1:{port}/", gradio_tmp)
+    finally:
+        app.demo.close()
+        services.MODELS.set_factory(None)

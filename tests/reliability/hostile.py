@@ -204,6 +204,15 @@ def hostile_files(folder: str | Path) -> list[HostileFile]:
     return out
 
 
+#: A representative subset (one per family) run by the default suite on the expensive surfaces
+#: (predict CLI, app /segment); the full set runs under ``-m slow`` and in the report script.
+QUICK_FILE_KEYS = frozenset({
+    "zero_byte", "corrupt_tiff", "truncated_tiff", "png_100000x100000", "png_named_tif", "png_1x1",
+    "png_1x5000", "bands_13", "float32_nan", "geotiff_no_crs", "crs_mars", "antimeridian", "ocean",
+    "label_out_of_range",
+})
+QUICK_TEXT_KEYS = frozenset({"html_script", "one_mb", "lone_surrogate", "emoji", "whitespace_only"})
+
 #: Files the Review "label upload" accepts as a label of the 64×64 reference tile.
 LABEL_SHAPE = (64, 64)
 

@@ -1,0 +1,191 @@
+"""Every hostile file and prompt text through the running app's API (``/locate``, ``/segment``,
+``/save_prompt`` via gradio_client on loopback) and the Review tab's label upload (handler called
+directly): a result or a clear ``gr.Error``, never a traceback, a hang, a dead server or a
+partial database row.
+
+"Clear" means the user reads what is wrong: the app's catch-all message for unexpected
+exceptions ("Something went wrong (TypeError); see the server log") counts as a failure here,
+because it means an input reached code that did not expect it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.reliability.conftest import SCOPES, in_scope
+from tests.reliability.hostile import HOSTILE_TEXTS, QUICK_FILE_KEYS, QUICK_TEXT_KEYS
+
+CATCH_ALL = "Something went wrong"
+
+
+def classify_app(call, expect: str) -> tuple[str, bool, object]:
+    """Run ``call()``; (outcome text, acceptable?, value or None)."""
+    try:
+        value = call()
+    except TimeoutError:
+        return "hang (no answer within the timeout)", False, None
+    except Exception as exc:  # noqa: BLE001 - gradio_client raises AppError for gr.Error
+        msg = " ".join(str(getattr(exc, "message", None) or exc).split())
+        if "Traceback" in msg or CATCH_ALL in msg or not msg:
+            return f"unclear error: {type(exc).__name__}: {msg}", False, None
+        return f"error: {msg}", expect in ("error", "either"), None
+    return "result", expect in ("result", "either"), value
+
+
+def _db_rows(path) -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT id, zone, class_set, version, text FROM prompts ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_hostile_files_through_app(scope, running_app, hostile_dir, report):
+    from gradio_client import handle_file
+
+    client = running_app.client()
+    call = running_app.call
+    bad = []
+    for h in hostile_dir["files"]:
+        report.add_input(h.key, h.description, "file")
+        if not in_scope(h.key, scope, QUICK_FILE_KEYS):
+            continue
+        outcome, ok, obj = classify_app(
+            lambda h=h: call(client, handle_file(str(h.path)), None, None, api_name="/locate"), h.expect)
+        if ok and obj is not None:
+            ok = isinstance(obj, dict) and {"lat", "lon", "source", "zone"} <= set(obj)
+            outcome = f"result (source {obj.get('source')}, zone {(obj.get('zone') or {}).get('code')})"
+        report.record(h.key, "app /locate", outcome, ok)
+        if not ok:
+            bad.append(f"/locate {h.key}: {outcome}")
+
+        outcome, ok, val = classify_app(
+            lambda h=h: call(client, handle_file(str(h.path)), "Dense forest and rivers.", api_name="/segment"),
+            h.pixel_expect)
+        if ok and val is not None:
+            a, b, fractions = val
+            ok = set(fractions) == {"metasegnet", "baseline"}
+            outcome = "result (two overlays + fractions)" if ok else f"result with odd fractions {fractions}"
+        report.record(h.key, "app /segment", outcome, ok)
+        if not ok:
+            bad.append(f"/segment {h.key}: {outcome}")
+        if not running_app.alive(client):
+            bad.append(f"server stopped answering after {h.key}")
+            break
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_hostile_texts_through_app(scope, running_app, hostile_dir, report, tmp_path):
+    import os
+
+    from gradio_client import handle_file
+
+    client = running_app.client()
+    call = running_app.call
+    tile = handle_file(str(hostile_dir["reference"]))
+    bad = []
+    for t in HOSTILE_TEXTS:
+        report.add_input(t.key, t.description, "text")
+        if not in_scope(t.key, scope, QUICK_TEXT_KEYS):
+            continue
+        # /segment documents that an empty (blank) prompt means "the stored prompt of the tile's zone".
+        expect = "either" if not t.text.strip() else t.predict_expect
+        outcome, ok, val = classify_app(lambda t=t: call(client, tile, t.text, api_name="/segment"), expect)
+        report.record(t.key, "app /segment", outcome if not ok or val is None else "result", ok)
+        if not ok:
+            bad.append(f"/segment {t.key}: {outcome}")
+
+        from studio import services
+
+        db = services.get_store().path
+        before = _db_rows(db)
+        outcome, ok, rec = classify_app(
+            lambda t=t: call(client, "Cfb", "openearthmap", t.text, api_name="/save_prompt"), t.save_expect)
+        after = _db_rows(db)
+        new = after[len(before):]
+        if rec is not None:
+            stored = [r for r in new if r[0] == rec.get("id")]
+            exact = bool(stored) and stored[0][4] == t.text and rec.get("text") == t.text
+            ok = ok and len(new) == 1 and exact
+            outcome = f"result (v{rec.get('id') and stored[0][3]}, stored verbatim)" if ok else \
+                f"result but stored {len(new)} row(s), verbatim={exact}"
+        elif new:
+            ok, outcome = False, f"{outcome} yet {len(new)} row(s) were written"
+        report.record(t.key, "app /save_prompt", outcome, ok)
+        if not ok:
+            bad.append(f"/save_prompt {t.key}: {outcome}")
+        assert os.environ["METASEG_DB"] == str(db)
+    assert running_app.alive(client)
+    assert not bad, "\n".join(bad)
+
+
+def test_hostile_label_uploads(hostile_dir, report, fake_models_app):
+    """The Review tab's label upload (handler) with every hostile file against a valid 64×64 tile."""
+    app = fake_models_app
+    bad = []
+    for h in hostile_dir["files"]:
+        state = app.on_tile(str(hostile_dir["reference"]), "openearthmap", None)[0]
+        outcome, ok, val = classify_app(lambda h=h, s=state: app.on_label_upload(str(h.path), s), "either")
+        if val is not None:
+            gt = val[0].ground_truth
+            ok = gt is not None and gt.shape == (64, 64)
+            outcome = "result (label decoded, 64×64)" if ok else "result with a wrong-size label"
+        report.record(h.key, "label upload", outcome, ok)
+        if not ok:
+            bad.append(f"label {h.key}: {outcome}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.fixture
+def fake_models_app():
+    import app
+
+    return app
+
+
+def _raw_call(url: str, api_name: str, body: bytes, timeout: float = 60.0) -> str:
+    """POST raw JSON bytes to ``/gradio_api/call/<api>`` and return the SSE stream's text."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}gradio_api/call/{api_name}", data=body,
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            event_id = json.loads(r.read())["event_id"]
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}: {exc.read()[:200]!r}"
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=timeout) as r:
+        return r.read().decode("utf-8", "replace")
+
+
+def test_lone_surrogate_reaches_server_as_json_escape(running_app, report):
+    """gradio_client refuses to encode a lone surrogate, so send ``"\\ud800"`` (valid JSON) by hand.
+
+    The server must answer with a clear error (or a result), write no row and stay up.
+    """
+    from studio import services
+
+    db = services.get_store().path
+    before = _db_rows(db)
+    body = b'{"data": ["Cfb", "openearthmap", "water \\ud800 bodies"]}'
+    text = _raw_call(running_app.url, "save_prompt", body)
+    assert "Traceback" not in text and CATCH_ALL not in text, text
+    assert "event: error" in text and "not valid Unicode" in text, text
+    assert _db_rows(db) == before
+    direct = pytest.raises(Exception, match="not valid Unicode")
+    with direct:
+        running_app.module.api_save_prompt("Cfb", "openearthmap", "water \ud800 bodies")
+    assert running_app.alive(running_app.client())
+    report.section("Lone surrogates", [
+        "gradio_client cannot send a lone surrogate (it fails to UTF-8-encode the request, before",
+        "anything leaves the client), so the test posts `\"\\ud800\"` as a JSON escape to",
+        "`/gradio_api/call/save_prompt` itself: the server answers `event: error` with",
+        "\"prompt text is not valid Unicode …\", writes no row and keeps answering. Before the fix",
+        "(commit \"PromptStore: text with a lone surrogate …\") this was the app's catch-all",
+        "\"Something went wrong (TypeError)\" and a traceback in `python -m prompts_db edit`.",
+    ])
