@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +75,6 @@ def _path_of(file: Any) -> str | None:
     return getattr(file, "path", None) or getattr(file, "name", None)
 
 
-def _label_dir() -> Path:
-    """Saved ground-truth labels: ``METASEG_LABEL_DIR`` or ``labels/`` next to the database."""
-    from prompts_db import default_db_path
-
-    return Path(os.environ.get("METASEG_LABEL_DIR") or Path(default_db_path()).parent / "labels")
-
-
 def _class_set(name: str):
     from metaseg.classes import get_class_set
 
@@ -92,32 +84,6 @@ def _class_set(name: str):
 def _zone_label(state: SessionState) -> str:
     code = services.zone_code(state.location)
     return code or "generic (no climate zone)"
-
-
-# --------------------------------------------------------------------------- examples
-def example_tiles() -> list[list[str]]:
-    """Example tiles: SynthEarth tiles (static/examples/synth) and the real GeoTIFF(s)."""
-    out = []
-    for p in sorted((EXAMPLES / "synth").glob("*.tif")) if (EXAMPLES / "synth").is_dir() else []:
-        if not p.stem.endswith("_label"):
-            out.append([str(p)])
-    for p in sorted(EXAMPLES.glob("*.tif")):
-        out.append([str(p)])
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _example_labels() -> dict[str, str]:
-    """tile hash → ground-truth label path of the SynthEarth examples (``<name>_label.tif``)."""
-    labels = {}
-    for p in sorted((EXAMPLES / "synth").glob("*_label.tif")) if (EXAMPLES / "synth").is_dir() else []:
-        tile = p.with_name(p.name.replace("_label.tif", ".tif"))
-        if tile.exists():
-            try:
-                labels[services.tile_hash(tile)] = str(p)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("example %s skipped: %s", tile.name, exc)
-    return labels
 
 
 # --------------------------------------------------------------------------- prompt panel
@@ -176,7 +142,7 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
     state.tile_hash = services.tile_hash(path)
     state.location = loc
     note = None
-    label = _example_labels().get(state.tile_hash)
+    label = services.example_labels(str(EXAMPLES)).get(state.tile_hash)
     if label:
         cs = _class_set(class_set)
         state.ground_truth = services.read_label(label, cs, tile.rgb.shape[:2])
@@ -355,23 +321,8 @@ def on_review(state: SessionState | None):
         raise gr.Error("No ground truth: upload a label here or paint one in the Label tab.")
     cs = _class_set(p.class_set)
     rev = services.review(p.metasegnet, p.baseline, state.ground_truth, cs)
-    store = services.get_store()
-    for role in services.ROLES:
-        store.log_run(
-            state.tile_hash, f"{role}", rev[role]["per_class_iou"],
-            prompt_id=p.prompt_id if role == "metasegnet" else None,
-            checkpoint_hash=p.checkpoint_ids.get(role), model_role=role,
-            miou=rev[role]["miou"], oa=rev[role]["oa"], class_set=cs.name,
-        )
-
-    def pct(x):
-        return None if x is None else round(100 * x, 2)
-
-    iou = pd.DataFrame(
-        [[n, pct(rev["metasegnet"]["per_class_iou"][n]), pct(rev["baseline"]["per_class_iou"][n]),
-          pct(rev["delta_iou"][n])] for n in cs.names],
-        columns=["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"],
-    )
+    services.log_review(state.tile_hash, rev, cs.name, p.prompt_id, p.checkpoint_ids)
+    iou = views.iou_table(rev, cs.names)
     bars = views.iou_chart(rev, cs.names)
     only = only_one_right_map(views.display_image(p.metasegnet), views.display_image(p.baseline),
                               views.display_image(state.ground_truth))
@@ -379,23 +330,7 @@ def on_review(state: SessionState | None):
         [(n.replace("A", "MetaSegNet").replace("B", "baseline"), c) for n, c in ONLY_ONE_RIGHT_LEGEND]
     )
     return (views.metrics_html(rev, state.ground_truth_source), iou, bars, only, legend,
-            _compare_table(state))
-
-
-def _compare_table(state: SessionState) -> pd.DataFrame:
-    cols = ["run", "when", "model", "prompt v", "prompt source", "zone", "mIoU %", "ΔmIoU"]
-    if not state.tile_hash:
-        return pd.DataFrame(columns=cols)
-    rows = services.get_store().compare_prompt_versions(state.tile_hash)
-
-    def pct(x):
-        return None if x is None else round(100 * x, 2)
-
-    return pd.DataFrame(
-        [[r["run_id"], str(r["created_at"])[:19], r["model_role"], r["prompt_version"], r["prompt_source"],
-          r["zone"], pct(r["miou"]), pct(r["delta_miou"])] for r in rows],
-        columns=cols,
-    )
+            views.compare_table(services.get_store().compare_prompt_versions(state.tile_hash)))
 
 
 # --------------------------------------------------------------------------- label handlers
@@ -440,19 +375,14 @@ def on_label_save(editor: Any, state: SessionState | None):
     cs = _class_set(state.prediction.class_set if state.prediction else "openearthmap")
     index = services.painted_to_index(painted, cs, getattr(state.tile, "valid", None))
     row = services.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
-                              _label_dir() / state.tile_hash[:16])
+                              services.label_dir() / state.tile_hash[:16])
     state.ground_truth, state.ground_truth_source = index, "painted label"
     return state, f"Saved label #{row['id']} ({cs.name} encoding); it is now this tile's ground truth.", \
         _labels_table(state), row["path"]
 
 
 def _labels_table(state: SessionState) -> pd.DataFrame:
-    cols = ["id", "class set", "file", "saved"]
-    if not state.tile_hash:
-        return pd.DataFrame(columns=cols)
-    rows = services.get_store().labels(state.tile_hash)
-    return pd.DataFrame([[r["id"], r["class_set"], Path(r["mask_path"]).name, str(r["created_at"])[:19]]
-                         for r in rows], columns=cols)
+    return views.labels_table(services.get_store().labels(state.tile_hash) if state.tile_hash else [])
 
 
 @user_errors
@@ -460,14 +390,7 @@ def on_labels_export(state: SessionState | None):
     state = _state(state)
     if not state.tile_hash:
         raise gr.Error("Load a tile first.")
-    rows = services.get_store().labels(state.tile_hash)
-    files = [Path(r["mask_path"]) for r in rows if Path(r["mask_path"]).is_file()]
-    if not files:
-        raise gr.Error("No saved labels for this tile yet.")
-    out = state.output_path("labels.zip")
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
-            zf.write(f, arcname=f.name)
+    out = services.zip_labels(state.tile_hash, state.output_path("labels.zip"))
     return _labels_table(state), str(out)
 
 
@@ -566,7 +489,7 @@ def build_demo() -> gr.Blocks:
                             "climate map (works offline), the yellow outline the loaded tile.",
                             elem_classes=["ms-hint"])
                 preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
-        examples = example_tiles()
+        examples = services.example_tiles(EXAMPLES)
         if examples:
             gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)",
                         examples_per_page=8)

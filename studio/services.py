@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +486,63 @@ def ensure_readable(path: str | None) -> str:
     if size > max_upload_mb() * 1024 * 1024:
         raise TileReadError(f"the file is {size / 2**20:.0f} MB; the limit is {max_upload_mb()} MB (METASEG_MAX_UPLOAD_MB)")
     return str(p)
+
+
+def label_dir() -> Path:
+    """Saved ground-truth labels: ``METASEG_LABEL_DIR`` or ``labels/`` next to the database."""
+    from prompts_db import default_db_path
+
+    return Path(os.environ.get("METASEG_LABEL_DIR") or Path(default_db_path()).parent / "labels")
+
+
+def zip_labels(tile_hash_: str, out: Path) -> Path:
+    """All saved label files of a tile in one zip (MetasegError when there are none)."""
+    import zipfile
+
+    rows = get_store().labels(tile_hash_)
+    files = [Path(r["mask_path"]) for r in rows if Path(r["mask_path"]).is_file()]
+    if not files:
+        raise MetasegError("no saved labels for this tile yet")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, arcname=f.name)
+    return out
+
+
+def log_review(tile_hash_: str, rev: dict[str, Any], class_set: str, prompt_id: int | None,
+               checkpoint_ids: dict[str, str]) -> None:
+    """Record both models' scores of one review in SQLite (the baseline has no prompt)."""
+    store = get_store()
+    for role in ROLES:
+        store.log_run(
+            tile_hash_, role, rev[role]["per_class_iou"],
+            prompt_id=prompt_id if role == "metasegnet" else None,
+            checkpoint_hash=checkpoint_ids.get(role), model_role=role,
+            miou=rev[role]["miou"], oa=rev[role]["oa"], class_set=class_set,
+        )
+
+
+# --------------------------------------------------------------------------- examples
+def example_tiles(folder: Path) -> list[list[str]]:
+    """gr.Examples rows: SynthEarth tiles (``folder/synth``, labels excluded), then the real GeoTIFFs."""
+    synth = folder / "synth"
+    out = [[str(p)] for p in sorted(synth.glob("*.tif")) if not p.stem.endswith("_label")] if synth.is_dir() else []
+    return out + [[str(p)] for p in sorted(folder.glob("*.tif"))]
+
+
+@lru_cache(maxsize=4)
+def example_labels(folder: str) -> dict[str, str]:
+    """Tile hash → ground-truth path for the SynthEarth examples (``<name>_label.tif`` beside ``<name>.tif``)."""
+    synth = Path(folder) / "synth"
+    labels: dict[str, str] = {}
+    for p in sorted(synth.glob("*_label.tif")) if synth.is_dir() else []:
+        tile = p.with_name(p.name.replace("_label.tif", ".tif"))
+        if tile.exists():
+            try:
+                labels[tile_hash(tile)] = str(p)
+            except MetasegError as exc:
+                log.warning("example %s skipped: %s", tile.name, exc)
+    return labels
 
 
 # --------------------------------------------------------------------------- development aids

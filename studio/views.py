@@ -161,3 +161,41 @@ def iou_chart(rev: dict[str, Any], class_names: list[str] | tuple[str, ...]) -> 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _pct(x: Any) -> float | None:
+    return None if x is None else round(100 * float(x), 2)
+
+
+def iou_table(rev: dict[str, Any], class_names: list[str] | tuple[str, ...]):
+    """Per-class IoU of both models and ΔIoU, in percent (pandas DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [[n, _pct(rev["metasegnet"]["per_class_iou"][n]), _pct(rev["baseline"]["per_class_iou"][n]),
+          _pct(rev["delta_iou"][n])] for n in class_names],
+        columns=["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"],
+    )
+
+
+def compare_table(rows: list[dict[str, Any]]):
+    """Runs on one tile (``PromptStore.compare_prompt_versions`` rows) as a DataFrame, newest first."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [[r["run_id"], str(r["created_at"])[:19], r["model_role"], r["prompt_version"], r["prompt_source"],
+          r["zone"], _pct(r["miou"]), _pct(r["delta_miou"])] for r in rows],
+        columns=["run", "when", "model", "prompt v", "prompt source", "zone", "mIoU %", "ΔmIoU"],
+    )
+
+
+def labels_table(rows: list[dict[str, Any]]):
+    """Saved labels (``PromptStore.labels`` rows) as a DataFrame; only file names are shown."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    return pd.DataFrame(
+        [[r["id"], r["class_set"], Path(r["mask_path"]).name, str(r["created_at"])[:19]] for r in rows],
+        columns=["id", "class set", "file", "saved"],
+    )
