@@ -482,3 +482,32 @@ def test_real_random_models_segment(app_module):
         assert out[0].prediction.metasegnet.max() < 8
     finally:
         services.MODELS.set_factory(None)
+
+
+def test_mercator_resampling_and_click_parsing():
+    from studio import mapview
+
+    # rows = latitude bands of 10°: 90..80 -> 0, ..., -80..-90 -> 17
+    eq = np.repeat(np.arange(18, dtype=np.uint8)[:, None, None], 36, axis=1)
+    merc = mapview.mercator_rows(eq, height=200)
+    assert merc.shape == (200, 36, 1)
+    assert merc[100, 0, 0] in (8, 9)  # the equator sits in the middle
+    assert merc[0, 0, 0] == 0 and merc[-1, 0, 0] == 17  # ±85° bands at the edges
+    # Mercator stretches high latitudes: the 60-70°N band takes more rows than the 0-10°N band
+    assert (merc[:, 0, 0] == 2).sum() > (merc[:, 0, 0] == 8).sum()
+    assert mapview.parse_click({"lat": 10, "lng": 20}) == (10.0, 20.0)
+    assert mapview.parse_click('{"lat": -5.5, "lng": 100}') == (-5.5, 100.0)
+    for bad in (None, {}, "", "nope", {"lat": "nan", "lng": 1}, {"lat": 1}, [1, 2]):
+        assert mapview.parse_click(bad) is None
+
+
+def test_map_page_is_offline_and_escapes_labels():
+    from studio import mapview
+
+    page = mapview.map_page(lat=10.0, lon=20.0, zone={"code": "Aw", "name": "<b>x</b>", "color": "#8080FF"},
+                            label="<script>")
+    assert "<script>alert" not in page and "&lt;b&gt;x" in page
+    assert "https://cdn" not in page and "leaflet" in page.lower()
+    assert "data:image/png;base64," in page  # Köppen overlay inlined
+    frame = mapview.map_iframe(page)
+    assert frame.startswith("<iframe") and "<script>" not in frame  # srcdoc is attribute-escaped
