@@ -357,6 +357,8 @@ class CAFDecoder(nn.Module):
             text = trim_padding(text)
         txt = self.text_in(text.tokens.to(img.dtype))
         mask = text.mask
+        if not self.training and _all_real(mask):
+            mask = None  # no padding left: the unmasked SDPA kernel is faster (CPU, ~40 % per call)
         # 1) alignment before fusion
         img_vec, txt_vec = self.align.embed(img, txt, mask)
         itm_loss = None
@@ -387,16 +389,25 @@ def trim_padding(text: TextFeatures) -> TextFeatures:
     the all-padding tail therefore leaves the fused image map unchanged (up to float rounding)
     while the text side of the decoder runs on the real tokens only (a ~170-token climate
     prompt instead of 250 padded tokens). Left-padded or unmasked batches are returned as is,
-    and so are traced/compiled graphs (the cut needs the mask's values on the host).
+    and so are traced/compiled graphs and GPU tensors: the cut reads the mask on the host,
+    which would synchronise the GPU on every forward, while there the decoder is a negligible
+    share of the time next to the image encoder.
     """
     mask = text.mask
-    if mask is None or mask.dim() != 2 or torch.compiler.is_compiling():
+    if mask is None or mask.dim() != 2 or mask.device.type != "cpu" or torch.compiler.is_compiling():
         return text
     length = mask.shape[1]
     keep = int(mask.sum(dim=1).max())
     if keep <= 0 or keep >= length or bool(mask[:, keep:].any()):
         return text
     return TextFeatures(text.tokens[:, :keep], mask[:, :keep], text.ids)
+
+
+def _all_real(mask: torch.Tensor | None) -> bool:
+    """True when a CPU key mask has no padding at all (then it can be dropped without effect)."""
+    if mask is None or mask.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool(mask.all())
 
 
 def _groups(channels: int) -> int:
