@@ -21,8 +21,11 @@ compare the two models under the same load, threads and allocator state:
    through ``/proc/self/clear_refs`` before each measured section where the kernel allows it;
    otherwise the process's lifetime peak); on CUDA ``torch.cuda.max_memory_allocated``.
 6. **Sliding window.** MetaSegNet through :class:`metaseg.inference.Predictor` (window = the
-   benchmark size, the predictor's default overlap) on random ``N×N`` tiles, by default
+   benchmark size, the predictor's default overlap 0.25) on random ``N×N`` tiles, by default
    N = 2048 and 4096; time, number of windows, peak memory and the band accumulator's size per N.
+   With several repeats the sizes are visited in A B B A order so that load drift cancels in
+   their ratio. Note that the window count, not the area, sets the work: at overlap 0.25 and a
+   512 window a 2048² tile takes 5×5 windows and a 4096² tile 11×11 (ratio 4.84, not 4).
 7. **FLOPs** (optional): ``torch.utils.flop_counter.FlopCounterMode`` over one eager forward of
    each model at the benchmark batch, split by component; with a peak figure
    (``peak_tflops``) the achieved fraction of peak (``mfu``) of MetaSegNet.
@@ -88,7 +91,8 @@ class BenchOptions:
         repeats: timed repetitions per measurement (median reported).
         warmup: untimed calls of each model before timing.
         sliding_sizes: tile sides for the sliding-window measurement (empty = skip).
-        sliding_repeats: timed sliding-window runs per size (median reported).
+        sliding_repeats: timed sliding-window runs per size (median reported; sizes alternate).
+        overlap: sliding-window overlap passed to the predictor (its default is 0.25).
         threads: ``torch.set_num_threads`` value (``None`` = leave torch's default).
         precision: ``auto`` (bf16 autocast on capable GPUs, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
         channels_last: run models and inputs in channels-last memory format (the predictor's default).
@@ -110,6 +114,7 @@ class BenchOptions:
     warmup: int = 1
     sliding_sizes: tuple[int, ...] = DEFAULT_SLIDING_SIZES
     sliding_repeats: int = 1
+    overlap: float = 0.25
     threads: int | None = None
     precision: str = "auto"
     channels_last: bool = True
@@ -137,6 +142,8 @@ class BenchOptions:
             raise ConfigError(f"size must be an integer >= 16, got {self.size!r}")
         if any((not isinstance(s, int)) or s < 16 for s in self.sliding_sizes):
             raise ConfigError(f"sliding sizes must be integers >= 16, got {list(self.sliding_sizes)}")
+        if not 0.0 <= self.overlap <= 0.9:
+            raise ConfigError(f"overlap must be in [0, 0.9], got {self.overlap}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.precision not in PRECISIONS:
@@ -460,6 +467,7 @@ def _run(options: BenchOptions, say: Callable[[str], Any]) -> dict[str, Any]:
         "sliding": {},
     }
     result["both_ms"] = _sig(m_ms + b_ms)
+    result["ratio_paired_median"] = _sig(median([a / b for a, b in zip(meta_ms, base_ms, strict=True)]))
     result["text_speedup"] = round(median(cold) / max(median(cached), 1e-9), 1)
     result["text_tokens"] = n_tokens
     result["baseline_tiles_per_s"] = _sig(options.batch / (b_ms / 1e3))
@@ -521,38 +529,49 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
     mem: dict[str, float | None] = {}
     acc: dict[str, float] = {}
     spreads: dict[str, dict[str, float]] = {}
+    before: dict[str, float | None] = {}
+    runs: dict[str, list[float]] = {str(n): [] for n in options.sliding_sizes}
+    # Sizes are visited A B ... B A (order reversed on every other repeat) so that a change of
+    # machine load between the runs of the small and the large tile does not bias their ratio.
+    schedule: list[int] = []
+    for r in range(options.sliding_repeats):
+        schedule += list(options.sliding_sizes) if r % 2 == 0 else list(options.sliding_sizes)[::-1]
     with _sdpa_context(options.sdpa):
         warm = rng.integers(0, 256, (size + size // 2, size + size // 2, 3), dtype=np.uint8)
-        predictor.predict(warm, options.prompt)  # warm the predictor's own paths once
+        predictor.predict(warm, options.prompt, overlap=options.overlap)  # warm the predictor's paths
         del warm
-        for n in options.sliding_sizes:
-            say(f"sliding window on a {n}×{n} tile (window {size})")
-            tile = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
-            runs: list[float] = []
-            meter.reset()
-            pred = None
-            for _ in range(options.sliding_repeats):
-                _sync(device)
-                start = time.perf_counter()
-                pred = predictor.predict(tile, options.prompt)
-                _sync(device)
-                runs.append((time.perf_counter() - start) * 1e3)
-            peak = meter.peak_mb()
+        for n in schedule:
             key = str(n)
-            times[key] = _sig(median(runs))
-            windows[key] = int(pred.windows) if pred is not None else 0
-            acc[key] = round((pred.accumulator_bytes if pred is not None else 0) / 2**20, 2)
-            mem[key] = None if peak is None else round(peak, 1)
-            spreads[key] = _spread(runs)
+            say(f"sliding window on a {n}×{n} tile (window {size}, overlap {options.overlap})")
+            tile = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
+            rss_before = current_rss_mb() if device.type == "cpu" else None
+            meter.reset()
+            _sync(device)
+            start = time.perf_counter()
+            pred = predictor.predict(tile, options.prompt, overlap=options.overlap)
+            _sync(device)
+            runs[key].append((time.perf_counter() - start) * 1e3)
+            peak = meter.peak_mb()
+            if key not in times:  # first run of this size: its memory figures are the clean ones
+                times[key] = 0.0
+                windows[key] = int(pred.windows)
+                acc[key] = round(pred.accumulator_bytes / 2**20, 2)
+                mem[key] = None if peak is None else round(peak, 1)
+                before[key] = None if rss_before is None else round(rss_before, 1)
             del tile, pred
+    for key, values in runs.items():
+        times[key] = _sig(median(values))
+        spreads[key] = _spread(values)
     out: dict[str, Any] = {
         "sliding": times,
         "sliding_windows": windows,
         "sliding_ms_per_window": {k: _sig(times[k] / max(windows[k], 1)) for k in times},
         "sliding_peak_mem_mb": mem,
+        "sliding_rss_before_mb": before,
         "sliding_accumulator_mb": acc,
         "sliding_spread": spreads,
         "sliding_window": size,
+        "sliding_overlap": options.overlap,
     }
     keys = sorted(times, key=int)
     if len(keys) >= 2:

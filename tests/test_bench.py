@@ -138,13 +138,16 @@ def _decoder_and_text(lengths: list[int], max_tokens: int = 24):
     return dec, TextFeatures(tokens, mask, torch.arange(b)), torch.randn(b, 32, 3, 5)
 
 
-def test_padding_cut_keeps_decoder_outputs(monkeypatch):
+@pytest.mark.parametrize("lengths", [[7, 12, 3], [9, 9], [24]])
+def test_padding_cut_keeps_decoder_outputs(monkeypatch, lengths):
+    """Cutting the padding tail (and dropping an all-real mask) changes no output."""
     from metaseg.models import cafdecoder
 
-    dec, text, img = _decoder_and_text([7, 12, 3])
+    dec, text, img = _decoder_and_text(lengths)
     with torch.inference_mode():
         cut = dec(img, text)
         monkeypatch.setattr(cafdecoder, "trim_padding", lambda t: t)
+        monkeypatch.setattr(cafdecoder, "_all_real", lambda m: False)
         full = dec(img, text)
     for a, b in zip(cut[:3], full[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -47,6 +47,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="tile sides for the sliding-window runs (default 2048,4096; 'none' skips)")
     parser.add_argument("--sliding-repeats", type=_positive_int, default=1,
                         help="timed runs per sliding size (median; default 1)")
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="sliding-window overlap (default 0.25, the predictor's default)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto = bf16 autocast on capable GPUs, fp32 on CPU")
@@ -76,7 +78,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
     return BenchOptions(
         device=args.device, pair=args.pair, size=args.size, batch=args.batch, repeats=args.repeats,
         warmup=args.warmup, sliding_sizes=parse_sizes(args.sizes_sliding),
-        sliding_repeats=args.sliding_repeats, threads=args.threads, precision=args.precision,
+        sliding_repeats=args.sliding_repeats, overlap=args.overlap, threads=args.threads, precision=args.precision,
         channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
         sdpa=args.sdpa, flops=args.flops, peak_tflops=args.peak_tflops, text_encoder=args.text_encoder,
         prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT,
