@@ -189,3 +189,22 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, report):
         "(commit \"PromptStore: text with a lone surrogate …\") this was the app's catch-all",
         "\"Something went wrong (TypeError)\" and a traceback in `python -m prompts_db edit`.",
     ])
+
+
+@pytest.mark.xfail(strict=False, reason="app bug: on_tile/on_label_upload read the session copy, so errors name "
+                   "'tile-<hex>.tif' instead of the uploaded file (app.py/studio, for the app engineer)")
+def test_upload_errors_name_the_users_file(hostile_dir):
+    """A broken upload's error should name the file the user picked, not the app's internal copy
+    (``tile-1a2b3c4d.tif`` / ``label-…``), which the user has never seen."""
+    import gradio as gr
+
+    import app
+
+    bad = next(h.path for h in hostile_dir["files"] if h.key == "corrupt_tiff")
+    with pytest.raises(gr.Error) as err:
+        app.on_tile(str(bad), "openearthmap", None)
+    assert bad.name in str(err.value.message), err.value.message
+    state = app.on_tile(str(hostile_dir["reference"]), "openearthmap", None)[0]
+    with pytest.raises(gr.Error) as err:
+        app.on_label_upload(str(bad), state)
+    assert bad.name in str(err.value.message), err.value.message
