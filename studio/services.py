@@ -200,10 +200,16 @@ class ModelCache:
             from metaseg.inference import Predictor
 
             device = os.environ.get("METASEG_DEVICE") or None
-            if source.startswith("demo:"):
-                predictor = Predictor.from_name(source[5:], device=device)
-            else:
-                predictor = Predictor.from_checkpoint(source, device=device)
+            try:
+                if source.startswith("demo:"):
+                    predictor = Predictor.from_name(source[5:], device=device)
+                else:
+                    predictor = Predictor.from_checkpoint(source, device=device)
+            except CheckpointError as exc:
+                raise CheckpointError(
+                    f"{role} model: {' '.join(str(exc).split())} (in the app: load a checkpoint in the Models "
+                    f"tab or set {ENV_VARS[role]})"
+                ) from None
         if role == "metasegnet" and not getattr(predictor, "uses_text", True):
             log.warning("the MetaSegNet slot holds a model without text (%s)", source)
         meta = dict(getattr(predictor, "meta", {}) or {})
