@@ -188,7 +188,7 @@ def _with_file_fields(state: SessionState, loc: dict[str, Any]) -> dict[str, Any
 def on_class_set(class_set: str, state: SessionState | None):
     state = _state(state)
     text, info, dd, table = _prompt_panel(state, class_set)
-    return state, text, info, dd, table, gr.update(brush=_brush(class_set)), _legend(class_set)
+    return state, text, info, dd, table
 
 
 # --------------------------------------------------------------------------- describe handlers
@@ -358,7 +358,8 @@ def on_label_start(start: str, state: SessionState | None):
     from metaseg.visualize import colorize
 
     img = colorize(mask, _class_set(cs_name))
-    return gr.update(value={"background": img, "layers": [], "composite": img}, brush=_brush(cs_name))
+    return gr.update(value={"background": img, "layers": [], "composite": img}, brush=_brush(cs_name)), \
+        _legend(cs_name)
 
 
 @user_errors
@@ -558,7 +559,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     start = gr.Radio(START_CHOICES, value=START_CHOICES[0], label="Start from")
                     start_btn = gr.Button("Load into the editor", elem_id="label-start")
-                gr.HTML(_legend("openearthmap"), js_on_load=None)
+                label_legend = gr.HTML(_legend("openearthmap"), js_on_load=None)
                 editor = gr.ImageEditor(label="Paint with the class brushes", type="numpy", format="png",
                                         image_mode="RGB", brush=_brush("openearthmap"), sources=(),
                                         layers=False, transforms=(), elem_id="editor", height=520)
@@ -604,7 +605,7 @@ def build_demo() -> gr.Blocks:
         locate_btn.click(on_coords, [lat_in, lon_in, class_set, state], located, **ui)
         click_bridge.change(on_map_click, [click_bridge, class_set, state], located, **ui)
         class_set.change(on_class_set, [class_set, state],
-                         [state, prompt, prompt_info, history, history_df, editor, legend], **ui)
+                         [state, prompt, prompt_info, history, history_df], **ui)
         prompt.change(on_prompt_edit, [prompt], [tokens], **ui, show_progress="hidden")
         panel = [state, prompt, prompt_info, history, history_df]
         save_btn.click(on_save_prompt, [prompt, class_set, state], panel, **ui)
@@ -619,7 +620,7 @@ def build_demo() -> gr.Blocks:
         opacity.release(on_opacity, [opacity, state], [ov_a, ov_b, dis_img, dis_txt], **ui)
         label_file.change(on_label_upload, [label_file, state], [state, gt_status], **ui)
         review_btn.click(on_review, [state], review_outputs, **ui)
-        start_btn.click(on_label_start, [start, state], [editor], **ui)
+        start_btn.click(on_label_start, [start, state], [editor, label_legend], **ui)
         save_label_btn.click(on_label_save, [editor, state], [state, label_status, labels_df, label_file_out], **ui)
         export_btn.click(on_labels_export, [state], [labels_df, label_file_out], **ui)
         ck_btn.click(on_load_checkpoints, [ck_a, ck_b], [ck_df], **ui)

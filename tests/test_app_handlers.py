@@ -229,7 +229,8 @@ def test_llm_regeneration_when_configured(app_module, monkeypatch):
 def test_class_set_change_reloads_prompt(app_module):
     state = app_module.on_coords(52.39, 13.06, "openearthmap", None)[0]
     out = app_module.on_class_set("potsdam", state)
-    assert "potsdam" in out[2] and "impervious" in out[6]
+    assert "potsdam" in out[2] and "Cfb" in out[2] and out[1].strip()
+    assert out[0].prompt_id != app_module.on_class_set("openearthmap", state)[0].prompt_id
 
 
 # --------------------------------------------------------------------------- segment / review / label
@@ -351,8 +352,9 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
 
     state = _load(app_module, SYNTH)[0]
     state = app_module.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
-    update = app_module.on_label_start("MetaSegNet prediction", state)
+    update, legend = app_module.on_label_start("MetaSegNet prediction", state)
     value = update["value"]
+    assert "building" in legend and len(update["brush"].colors) == 8
     cs = get_class_set("openearthmap")
     painted = value["background"].copy()
     painted[:20, :20] = cs.colors[7]  # paint a building in the corner
