@@ -268,9 +268,10 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
                                progress=lambda f, d: progress(f, desc=d))
     if class_set and class_set != result.class_set.name:
         gr.Warning(f"The models predict {result.class_set.name} classes; the prompt shown is for {class_set}.")
+    prompt_id = services.saved_prompt_id(state.prompt_id, prompt)
     state.prediction = PairPrediction(
         metasegnet=result.metasegnet, baseline=result.baseline, class_set=result.class_set.name,
-        prompt_id=state.prompt_id, prompt_text=prompt, checkpoint_ids=result.checkpoint_ids,
+        prompt_id=prompt_id, prompt_text=prompt, checkpoint_ids=result.checkpoint_ids,
         seconds=result.seconds,
     )
     if state.ground_truth is not None and state.ground_truth.shape != result.metasegnet.shape:
@@ -280,8 +281,10 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
     files = services.write_masks(result, getattr(state.tile, "info", None), outdir)
     table = pd.DataFrame(services.fractions_table(result), columns=["class", "MetaSegNet %", "baseline %"])
     timing = " · ".join(f"{r}: {s:.2f}s" for r, s in result.seconds.items())
+    note = "" if prompt_id is not None else (
+        " The prompt was edited but not saved: save it as a version so this run can be compared by version.")
     return (state, *_overlays(state, opacity), table, files, _legend(result.class_set.name),
-            f"Done ({timing}; class set {result.class_set.name}).")
+            f"Done ({timing}; class set {result.class_set.name}).{note}")
 
 
 @user_errors

@@ -515,6 +515,16 @@ def zip_labels(tile_hash_: str, out: Path) -> Path:
     return out
 
 
+def saved_prompt_id(prompt_id: int | None, text: str) -> int | None:
+    """``prompt_id`` if that stored version has exactly ``text``, else ``None`` (an unsaved edit)."""
+    if prompt_id is None:
+        return None
+    try:
+        return prompt_id if get_store().get(prompt_id).text == text else None
+    except MetasegError:
+        return None
+
+
 def log_review(tile_hash_: str, rev: dict[str, Any], class_set: str, prompt_id: int | None,
                checkpoint_ids: dict[str, str]) -> None:
     """Record both models' scores of one review in SQLite (the baseline has no prompt)."""

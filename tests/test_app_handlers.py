@@ -243,7 +243,8 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     def progress(frac, desc=None):
         seen.append(frac)
 
-    out = app_module.on_segment("a temperate prompt", 0.5, state, progress=progress)
+    stored = services.get_store().get(state.prompt_id).text
+    out = app_module.on_segment(stored, 0.5, state, progress=progress)
     state, ov_a, ov_b, dis, dis_txt, fractions, files, legend, status = out
     assert ov_a.shape == ov_b.shape == state.tile.rgb.shape
     assert not np.array_equal(ov_a, ov_b)  # the fake models differ
@@ -290,6 +291,20 @@ def test_large_tile_reports_window_progress(app_module, fake_models, tmp_path):
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any("window 20/20" in (d or "") for _, d in seen)  # 4×5 windows per model
+
+
+def test_unsaved_prompt_edit_is_not_logged_as_a_version(app_module, fake_models):
+    from studio import services
+
+    state = _load(app_module, SYNTH)[0]
+    stored = services.get_store().get(state.prompt_id).text
+    out = app_module.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)
+    assert out[0].prediction.prompt_id == state.prompt_id and "not saved" not in out[-1]
+    out = app_module.on_segment(stored + " Edited.", 0.5, state, progress=lambda *a, **k: None)
+    assert out[0].prediction.prompt_id is None and "not saved" in out[-1]
+    app_module.on_review(out[0])
+    assert next(r for r in services.get_store().runs(state.tile_hash) if r["model_role"] == "metasegnet")[
+        "prompt_id"] is None
 
 
 def test_plain_png_downloads_png(app_module, fake_models, tmp_path):
