@@ -509,8 +509,9 @@ def build_demo() -> gr.Blocks:
             # ------------------------------------------------------------ Describe
             with gr.Tab("Describe", id="describe"):
                 prompt = gr.Textbox(label="Geographic prompt", lines=6, max_lines=14, elem_id="prompt")
-                tokens = gr.HTML("", elem_id="tokens", js_on_load=None)
-                prompt_info = gr.HTML("", elem_id="prompt-info", js_on_load=None)
+                with gr.Row(equal_height=True):
+                    prompt_info = gr.HTML("", elem_id="prompt-info", js_on_load=None, scale=3)
+                    tokens = gr.HTML("", elem_id="tokens", js_on_load=None, scale=1)
                 with gr.Row():
                     save_btn = gr.Button("Save as new version", variant="primary", elem_id="save-prompt")
                     regen_btn = gr.Button("Regenerate with LLM" if llm_ok else "Regenerate with LLM (not configured)",
@@ -519,7 +520,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     history = gr.Dropdown(label="History", choices=[], elem_id="history", scale=3)
                     restore_btn = gr.Button("Restore this version", elem_id="restore", scale=1)
-                history_df = gr.Dataframe(label="Versions", interactive=False, wrap=True, elem_id="history-table")
+                history_df = gr.Dataframe(label="Versions", interactive=False, wrap=True, elem_id="history-table",
+                                          column_widths=["80px", "60px", "120px", "70px", "170px", "auto"])
             # ------------------------------------------------------------ Segment
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():

@@ -3,7 +3,7 @@
     python docs/screenshots/make_screenshots.py            # shipped demo weights
     python docs/screenshots/make_screenshots.py --random   # random weights (before training)
 
-Writes ``locate.png``, ``segment.png``, ``review.png`` and ``label.png`` next to this file, each
+Writes ``locate.png``, ``describe.png``, ``segment.png``, ``review.png`` and ``label.png`` next to this file, each
 re-encoded to stay under 400 KB. Uses a throw-away database and session folder.
 """
 
@@ -76,6 +76,14 @@ def main() -> int:
             page.evaluate("window.scrollTo(0, 0)")
             page.wait_for_timeout(1500)
             save_small(page.screenshot(full_page=False), HERE / "locate.png")
+
+            # Describe: edit the zone's prompt and save it as version 2 (history below)
+            box = page.locator("#prompt textarea")
+            box.fill(box.input_value() + " Red tile roofs and the wide brown Paraná river.")
+            page.locator("#save-prompt").click()
+            page.wait_for_selector("#prompt-info [data-version='2']")
+            page.wait_for_timeout(800)
+            save_small(page.locator("#main-tabs").screenshot(), HERE / "describe.png")
 
             # Segment + Review: a SynthEarth example with ground truth
             page.get_by_role("button", name="synth_cfa.tif").click()
