@@ -73,9 +73,23 @@ def _rgb(h: int, w: int, seed: int = 1) -> np.ndarray:
 
 def test_window_starts_cover_and_end_flush():
     assert window_starts(100, 128, 96) == [0]
-    assert window_starts(1024, 512, 384) == [0, 384, 512]
+    # 1024 = 512 + 1.33 strides: 1 gap would leave no overlap, so 2 gaps (overlap 50 %).
+    assert window_starts(1024, 512, 384) == [0, 256, 512]
     s = window_starts(1000, 128, 96)
-    assert s[0] == 0 and s[-1] == 1000 - 128 and all(b - a <= 96 for a, b in zip(s, s[1:], strict=False))
+    gaps = [b - a for a, b in zip(s, s[1:], strict=False)]
+    assert s[0] == 0 and s[-1] == 1000 - 128
+    assert all(g <= 96 + 32 / 4 + 1 for g in gaps)  # at least 3/4 of the requested overlap
+    assert max(gaps) - min(gaps) <= 1  # evenly spaced
+
+
+def test_window_count_linear_in_area():
+    """Doubling the tile side doubles the windows per axis (512-px windows, overlap 0.25)."""
+    n2 = len(window_starts(2048, 512, 384))
+    n4 = len(window_starts(4096, 512, 384))
+    assert (n2, n4) == (5, 10)
+    for size in (600, 1500, 3000, 8000):
+        s = window_starts(size, 512, 384)
+        assert all(b - a <= 416 for a, b in zip(s, s[1:], strict=False))
 
 
 def test_blend_weight_positive_and_peaked():
