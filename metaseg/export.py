@@ -21,10 +21,11 @@ class ``i``) and ``IGNORE_VALUE``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,22 @@ def _to_affine(transform: Any):
     raise ValueError(f"transform must be an Affine or 6 GDAL-order numbers, got {len(values)} values")
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an unwritable output (missing/odd folder, a file in the way, disk full) into a one-line
+    :class:`MetasegError` instead of an OSError / RasterioIOError traceback."""
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except (OSError, RasterioError) as exc:
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            reason = f"{path.parent} is not a folder"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise MetasegError(f"cannot write the mask to {path}: {' '.join(str(reason).split())}") from exc
+
+
 def write_mask_geotiff(
     path: str | Path,
     index: np.ndarray,
@@ -124,8 +141,8 @@ def write_mask_geotiff(
         profile["crs"] = crs
     if affine is not None:
         profile["transform"] = affine
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with _writing(path), warnings.catch_warnings():
+        path.parent.mkdir(parents=True, exist_ok=True)
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(index, 1)
@@ -161,10 +178,11 @@ def write_mask_png(path: str | Path, index: np.ndarray, class_set: Any) -> Path:
     """
     index = _check_mask(index)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
     img.putpalette(palette_bytes(class_set))
-    img.save(path, format="PNG", optimize=False)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="PNG", optimize=False)
     logger.info("wrote %dx%d mask PNG %s", index.shape[1], index.shape[0], path)
     return path
 
@@ -192,7 +210,8 @@ def write_mask(
         tile_info: the :class:`metaseg.geo.TileInfo` of the source tile, or ``None``.
 
     Raises:
-        MetasegError: unsupported extension, or a mask whose size differs from the tile's.
+        MetasegError: unsupported extension, a mask whose size differs from the tile's, or an
+            output path that cannot be written (one line, no OSError/RasterioIOError traceback).
     """
     path = Path(path)
     suffix = path.suffix.lower()
