@@ -51,7 +51,7 @@ def test_hostile_files_through_app(scope, running_app, hostile_dir, report):
     bad = []
     for h in hostile_dir["files"]:
         report.add_input(h.key, h.description, "file")
-        if not in_scope(h.key, scope, QUICK_FILE_KEYS):
+        if not in_scope(h.key, scope, QUICK_FILE_KEYS - {"png_1x5000"}):  # the strip is costly; CLI covers it
             continue
         outcome, ok, obj = classify_app(
             lambda h=h: call(client, handle_file(str(h.path)), None, None, api_name="/locate"), h.expect)
@@ -72,9 +72,10 @@ def test_hostile_files_through_app(scope, running_app, hostile_dir, report):
         report.record(h.key, "app /segment", outcome, ok)
         if not ok:
             bad.append(f"/segment {h.key}: {outcome}")
-        if not running_app.alive(client):
+        if outcome != "result" and not running_app.alive(client):  # after every error: still answering?
             bad.append(f"server stopped answering after {h.key}")
             break
+    assert running_app.alive(client)
     assert not bad, "\n".join(bad)
 
 

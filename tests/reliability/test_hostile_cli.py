@@ -242,3 +242,25 @@ def test_prompt_store_rejects_lone_surrogate_text(tmp_path):
         assert len(store.history(parent)) == n
     rc, out, err = run_cli(prompts_main, ["edit", str(parent), "--text", "forest \udcff rivers"])
     assert rc == 2 and out == "" and err.count("\n") == 1 and "not valid Unicode" in err
+
+
+def test_unwritable_mask_output_is_a_clean_error(tmp_path):
+    """Regression: an --out under a file or onto a folder raised FileExistsError / RasterioIOError
+    tracebacks from metaseg.export after the model had run."""
+    import numpy as np
+
+    from metaseg.classes import get_class_set
+    from metaseg.errors import MetasegError
+    from metaseg.export import write_mask
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    folder = tmp_path / "folder.tif"
+    folder.mkdir()
+    mask = np.zeros((8, 8), np.uint8)
+    cs = get_class_set("openearthmap")
+    for out in (blocker / "m.tif", blocker / "m.png", folder):
+        with pytest.raises(MetasegError, match="cannot write the mask") as err:
+            write_mask(out, mask, cs)
+        assert "\n" not in str(err.value)
+    assert blocker.read_text() == "x"

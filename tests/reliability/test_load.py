@@ -74,7 +74,9 @@ def _round(app, tiles: list, specs: list) -> tuple[list, list, float]:
             try:
                 results.append(f.result(timeout=CLIENT_TIMEOUT_S * 2))
             except Exception as exc:  # noqa: BLE001
-                errors.append(f"{type(exc).__name__}: {exc}")
+                import traceback
+
+                errors.append(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_tb(exc.__traceback__)[-4:])}")
     return results, errors, time.perf_counter() - t0
 
 
