@@ -24,8 +24,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
+from metaseg.errors import MetasegError
 from prompts_db.errors import PromptNotFoundError, PromptTextError
 from prompts_db.knowledge import (
     CLASS_SET_NAMES,
@@ -198,8 +200,14 @@ class PromptStore:
         self.engine = make_engine(self.path)
         #: same pool, deferred BEGIN: for sessions that only read
         self.reader = self.engine.execution_options(**{READ_ONLY: True})
-        with self.engine.begin() as conn:
-            before = upgrade(conn)
+        try:
+            with self.engine.begin() as conn:
+                before = upgrade(conn)
+        except DatabaseError as exc:
+            self.engine.dispose()
+            if isinstance(exc, OperationalError):  # locked, unreadable folder, ...: callers report these
+                raise
+            raise MetasegError(f"{self.path.name} is not a usable prompt database: {exc.orig}") from None
         if before:
             log.info("prompt database %s upgraded from schema v%d", self.path, before)
         if seed:
@@ -295,6 +303,8 @@ class PromptStore:
             raise PromptNotFoundError(f"invalid prompt id {value!r}") from None
         if isinstance(value, float) and value != out:
             raise PromptNotFoundError(f"invalid prompt id {value!r}")
+        if not -(2**63) <= out < 2**63:  # beyond SQLite INTEGER: OverflowError in the driver otherwise
+            raise PromptNotFoundError(f"no prompt with id {out}")
         return out
 
     def save(
