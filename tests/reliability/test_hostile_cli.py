@@ -264,3 +264,20 @@ def test_unwritable_mask_output_is_a_clean_error(tmp_path):
             write_mask(out, mask, cs)
         assert "\n" not in str(err.value)
     assert blocker.read_text() == "x"
+
+
+def test_prompts_cli_huge_ids_and_non_database_files(tmp_path):
+    """Regression: ids beyond SQLite INTEGER raised OverflowError, and ``--db`` pointing at a file
+    that is not a database raised sqlalchemy DatabaseError — both tracebacks."""
+    from prompts_db.cli import main as prompts_main
+
+    for argv in (["show", "99999999999999999999999"], ["restore", str(2**63)], ["history", str(-(2**63) - 1)],
+                 ["edit", str(2**70), "--text", "x"]):
+        rc, out, err = run_cli(prompts_main, argv)
+        assert rc == 2 and err.count("\n") == 1 and "no prompt with id" in err, (argv, rc, err)
+    not_db = tmp_path / "notes.sqlite"
+    not_db.write_text("just some text, long enough to look like a header " * 20)
+    before = not_db.read_bytes()
+    rc, out, err = run_cli(prompts_main, ["--db", str(not_db), "list"])
+    assert rc == 2 and err.count("\n") == 1 and "not a usable prompt database" in err, err
+    assert not_db.read_bytes() == before
