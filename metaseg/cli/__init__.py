@@ -15,7 +15,7 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from metaseg.errors import MetasegError
 
@@ -23,12 +23,20 @@ from metaseg.errors import MetasegError
 COMMANDS = ("climate", "locate", "info", "predict", "bench")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one stderr line + exit 2 (no usage block), like every
+    other user error of the CLI. ``--help`` is unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m metaseg",
         description="MetaSegNet: climate-aware vision-language segmentation of remote-sensing tiles.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     sub.required = True
     for name in COMMANDS:
         try:
