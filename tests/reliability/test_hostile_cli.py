@@ -281,3 +281,13 @@ def test_prompts_cli_huge_ids_and_non_database_files(tmp_path):
     rc, out, err = run_cli(prompts_main, ["--db", str(not_db), "list"])
     assert rc == 2 and err.count("\n") == 1 and "not a usable prompt database" in err, err
     assert not_db.read_bytes() == before
+
+
+def test_metaseg_usage_errors_are_one_line():
+    """Regression: argparse errors (bad/missing options) printed a multi-line usage block."""
+    from metaseg.cli import main
+
+    for argv in (["bench", "--size", "0"], ["predict", "x.tif"], ["climate", "1"], ["nosuchcommand"],
+                 ["locate", "a.tif", "--bogus"]):
+        rc, out, err = run_cli(main, argv)
+        assert rc == 2 and err.count("\n") == 1 and "error:" in err and "usage" not in err, (argv, err)
