@@ -71,7 +71,10 @@ def _count(text: str) -> int:
     tok = _tokenizer()
     if tok is None:  # pragma: no cover - fallback estimate, deliberately generous
         return 2 + int(len(re.findall(r"\w+|[^\w\s]", text)) * 1.3) + 1
-    return len(tok.encode(text).ids)
+    try:
+        return len(tok.encode(text).ids)
+    except TypeError:  # lone surrogates (not valid UTF-8): count them as replacement characters
+        return len(tok.encode(text.encode("utf-8", "replace").decode("utf-8")).ids)
 
 
 def trim_to_budget(text: str, budget: int = TOKEN_BUDGET) -> tuple[str, bool]:
