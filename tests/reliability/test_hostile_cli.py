@@ -291,3 +291,11 @@ def test_metaseg_usage_errors_are_one_line():
                  ["locate", "a.tif", "--bogus"]):
         rc, out, err = run_cli(main, argv)
         assert rc == 2 and err.count("\n") == 1 and "error:" in err and "usage" not in err, (argv, err)
+
+
+def test_count_tokens_survives_lone_surrogates():
+    """Regression: the app's live token counter (prompt textbox change) raised TypeError on a
+    lone surrogate; counting must work on any ``str``."""
+    from prompts_db import count_tokens
+
+    assert count_tokens("water \ud800 bodies") == count_tokens("water ? bodies") > 2
