@@ -391,3 +391,30 @@ def test_upload_caps_are_configurable_and_enforced(running_app, tmp_path, monkey
 def _msg(exc_or_text) -> str:
     text = str(getattr(exc_or_text, "message", None) or exc_or_text)
     return " ".join(text.split())[:100].replace("|", "/").removeprefix("error: ")
+
+
+def test_api_cannot_read_arbitrary_server_files(running_app, tmp_path, report):
+    """A client naming a server path instead of uploading (FileData with ``path``, posted as raw
+    JSON: gradio_client would upload a local file itself) must be refused for files outside
+    gradio's upload folder / allowed paths: /etc/passwd, the prompt database, a GeoTIFF elsewhere
+    on the server, a ``..`` path out of the upload folder."""
+    from studio import services
+    from tests.reliability.test_hostile_app import _raw_call
+
+    secret_tile = write_geotiff(tmp_path / "server_side.tif", 52.39, 13.06, crs="EPSG:32633", size=16)
+    rows = []
+    for label, path in (("/etc/passwd", "/etc/passwd"), ("the prompt database", str(services.get_store().path)),
+                        ("a GeoTIFF outside the upload folder", str(secret_tile)),
+                        ("a `..` path out of the upload folder", f"{running_app.gradio_tmp}/../..{secret_tile}")):
+        body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, None, None]}).encode()
+        answer = _raw_call(running_app.url, "locate", body)
+        assert "event: error" in answer and "52.39" not in answer and "root:" not in answer, answer
+        rows.append(f"| {label} | refused (`event: error`), nothing read |")
+    assert running_app.alive(running_app.client())
+    report.section("Security: server files through the API", [
+        "`/locate` called with a raw FileData *path* (no upload) pointing at server files:",
+        "",
+        "| target | outcome |",
+        "|---|---|",
+        *rows,
+    ])
