@@ -37,6 +37,10 @@ STATIC = ROOT / "static"
 EXAMPLES = STATIC / "examples"
 CLASS_SET_CHOICES = ["openearthmap", "loveda", "potsdam"]
 TILE_TYPES = [".tif", ".tiff", ".png", ".jpg", ".jpeg"]
+FRACTION_COLS = ["class", "MetaSegNet %", "baseline %"]
+IOU_COLS = ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
+COMPARE_COLS = ["run", "when", "model", "prompt v", "prompt source", "zone", "mIoU %", "ΔmIoU"]
+HISTORY_COLS = ["version", "id", "source", "tokens", "created", "text"]
 START_CHOICES = ["MetaSegNet prediction", "baseline prediction", "ground truth"]
 IGNORE = 255
 
@@ -96,7 +100,7 @@ def _prompt_panel(state: SessionState, class_set: str):
     choices = [(f"v{r.version} · {r.source} · {r.created_at[:19]} (id {r.id})", r.id) for r in hist]
     table = pd.DataFrame(
         [[r.version, r.id, r.source, r.token_count, r.created_at[:19], r.text[:120]] for r in hist],
-        columns=["version", "id", "source", "tokens", "created", "text"],
+        columns=HISTORY_COLS,
     )
     info = views.prompt_info_html(rec, _zone_label(state))
     return rec.text, info, gr.update(choices=choices, value=rec.id), table
@@ -279,7 +283,7 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
     outdir = state.output_path("masks")
     outdir.mkdir(exist_ok=True)
     files = services.write_masks(result, getattr(state.tile, "info", None), outdir)
-    table = pd.DataFrame(services.fractions_table(result), columns=["class", "MetaSegNet %", "baseline %"])
+    table = pd.DataFrame(services.fractions_table(result), columns=FRACTION_COLS)
     timing = " · ".join(f"{r}: {s:.2f}s" for r, s in result.seconds.items())
     note = "" if prompt_id is not None else (
         " The prompt was edited but not saved: save it as a version so this run can be compared by version.")
@@ -520,7 +524,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     history = gr.Dropdown(label="History", choices=[], elem_id="history", scale=3)
                     restore_btn = gr.Button("Restore this version", elem_id="restore", scale=1)
-                history_df = gr.Dataframe(label="Versions", interactive=False, wrap=True, elem_id="history-table",
+                history_df = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLS), label="Versions", interactive=False, wrap=True, elem_id="history-table",
                                           column_widths=["80px", "60px", "120px", "70px", "170px", "auto"])
             # ------------------------------------------------------------ Segment
             with gr.Tab("Segment", id="segment"):
@@ -539,7 +543,7 @@ def build_demo() -> gr.Blocks:
                     dis_img = gr.Image(label="Disagreement", interactive=False, elem_id="disagreement", format="png")
                     with gr.Column():
                         dis_txt = gr.Markdown("")
-                        frac_df = gr.Dataframe(label="Area share per class", interactive=False, elem_id="fractions")
+                        frac_df = gr.Dataframe(pd.DataFrame(columns=FRACTION_COLS), label="Area share per class", interactive=False, elem_id="fractions")
                         downloads = gr.File(label="Masks (GeoTIFF when georeferenced, else PNG)",
                                             file_count="multiple", interactive=False, elem_id="downloads")
             # ------------------------------------------------------------ Review
@@ -550,14 +554,15 @@ def build_demo() -> gr.Blocks:
                     review_btn = gr.Button("Compare with ground truth", variant="primary", elem_id="review-btn")
                 metrics = gr.HTML("", elem_id="metrics", js_on_load=None)
                 with gr.Row():
-                    iou_df = gr.Dataframe(label="Per-class IoU", interactive=False, elem_id="iou-table")
+                    iou_df = gr.Dataframe(pd.DataFrame(columns=IOU_COLS), label="Per-class IoU", interactive=False, elem_id="iou-table")
                     bar = gr.Image(label="IoU per class", interactive=False, format="png", elem_id="iou-bars")
                 with gr.Row():
                     only_img = gr.Image(label="Where only one model is right", interactive=False, format="png",
                                         elem_id="only-one")
                     with gr.Column():
                         only_legend = gr.HTML("", js_on_load=None)
-                        compare_df = gr.Dataframe(label="Runs on this tile (prompt versions compared)",
+                        compare_df = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLS),
+                                                  label="Runs on this tile (prompt versions compared)",
                                                   interactive=False, elem_id="compare-table")
             # ------------------------------------------------------------ Label
             with gr.Tab("Label", id="label"):
@@ -572,8 +577,8 @@ def build_demo() -> gr.Blocks:
                     save_label_btn = gr.Button("Save as ground truth", variant="primary", elem_id="label-save")
                     export_btn = gr.Button("Export this tile's labels (zip)")
                 label_status = gr.Markdown("")
-                labels_df = gr.Dataframe(label="Saved labels of this tile", interactive=False)
-                label_file_out = gr.File(label="Label file", interactive=False)
+                labels_df = gr.Dataframe(views.labels_table([]), label="Saved labels of this tile", interactive=False)
+                label_file_out = gr.File(label="Label file", interactive=False, height=90)
             # ------------------------------------------------------------ Models
             with gr.Tab("Models", id="models") as models_tab:
                 gr.Markdown("Default: the shipped demo weights. Load other checkpoints by local path or "
@@ -650,7 +655,8 @@ def _on_load(class_set: str, state: SessionState | None):
 
 def _clear_results():
     """A new tile: the previous tile's masks, scores and downloads no longer apply."""
-    return (None, None, None, "", None, None, "", "", None, None, None, "", None)
+    return (None, None, None, "", pd.DataFrame(columns=FRACTION_COLS), None, "", "",
+            pd.DataFrame(columns=IOU_COLS), None, None, "", pd.DataFrame(columns=COMPARE_COLS))
 
 
 def _drop_session(state: SessionState | None) -> None:

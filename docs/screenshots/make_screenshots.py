@@ -113,6 +113,8 @@ def main() -> int:
             page.mouse.down()
             page.mouse.move(cx + 90, cy + 60, steps=12)
             page.mouse.up()
+            page.locator("#label-save").click()
+            page.wait_for_selector("text=/Saved label #/")
             page.wait_for_timeout(800)
             save_small(tabs.screenshot(), HERE / "label.png")
             browser.close()
