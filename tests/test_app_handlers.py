@@ -528,3 +528,26 @@ def test_map_page_is_offline_and_escapes_labels():
     assert "data:image/png;base64," in page  # Köppen overlay inlined
     frame = mapview.map_iframe(page)
     assert frame.startswith("<iframe") and "<script>" not in frame  # srcdoc is attribute-escaped
+
+
+@pytest.mark.slow
+def test_shipped_demo_weights_through_the_app(app_module):
+    """Default model source (no factory, no env): the shipped demo pair segments and reviews an example."""
+    from studio import services
+
+    weights = ROOT / "metaseg" / "weights" / "metasegnet_demo.safetensors"
+    if not weights.exists():
+        pytest.skip("demo weights not trained yet")
+    services.MODELS.set_factory(None)
+    services.MODELS.clear()
+    try:
+        state = _load(app_module, SYNTH)[0]
+        stored = services.get_store().get(state.prompt_id).text
+        state = app_module.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)[0]
+        assert services.MODELS.loaded("metasegnet").source == "demo:metasegnet_demo"
+        html_metrics = app_module.on_review(state)[0]
+        assert "mIoU" in html_metrics
+        runs = services.get_store().runs(state.tile_hash)
+        assert all(r["miou"] is not None and 0 <= r["miou"] <= 1 for r in runs)
+    finally:
+        services.MODELS.clear()
