@@ -42,7 +42,6 @@ IOU_COLS = ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
 COMPARE_COLS = ["run", "when", "model", "prompt v", "prompt source", "zone", "mIoU %", "ΔmIoU"]
 HISTORY_COLS = ["version", "id", "source", "tokens", "created", "text"]
 START_CHOICES = ["MetaSegNet prediction", "baseline prediction", "ground truth"]
-IGNORE = 255
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -148,8 +147,8 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
     note = None
     label = services.example_labels(str(EXAMPLES)).get(state.tile_hash)
     if label:
-        cs = _class_set(class_set)
-        state.ground_truth = services.read_label(label, cs, tile.rgb.shape[:2])
+        # SynthEarth labels use the OpenEarthMap encoding whatever the prompt dropdown says
+        state.ground_truth = services.read_label(label, _class_set("openearthmap"), tile.rgb.shape[:2])
         state.ground_truth_source = "SynthEarth ground truth"
         state.example_label_path = label
         note = "This example ships with its ground truth: segment, then see the Review tab."
@@ -176,8 +175,7 @@ def on_map_click(value: Any, class_set: str, state: SessionState | None):
     if point is None:
         return _located(state, class_set)
     state.location = _with_file_fields(state, services.locate_point(*point, "map"))
-    out = list(_located(state, class_set, with_map=False))
-    return tuple(out)
+    return _located(state, class_set, with_map=False)
 
 
 def _with_file_fields(state: SessionState, loc: dict[str, Any]) -> dict[str, Any]:
