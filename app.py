@@ -494,6 +494,8 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown("Click the map to choose a location; the coloured layer is the Köppen-Geiger "
                             "climate map (works offline), the yellow outline the loaded tile.",
                             elem_classes=["ms-hint"])
+                with gr.Accordion("Köppen-Geiger legend (hover for names)", open=False):
+                    gr.HTML(views.koppen_legend_html(), js_on_load=None)
                 preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
         examples = services.example_tiles(EXAMPLES)
         if examples:

@@ -62,6 +62,9 @@ def location_html(loc: dict[str, Any] | None, note: str | None = None) -> str:
             f'<div class="ms-zone" data-zone="{esc(zone["code"])}">{swatch(zone.get("color"))} '
             f'<b>{esc(zone["code"])}</b> — {esc(zone.get("name"))} <i>({esc(zone.get("group"))})</i></div>'
         )
+        desc = _zone_description(zone["code"])
+        if desc:
+            parts.append(f'<div class="ms-zone-desc">{esc(desc)}</div>')
     elif zone and zone.get("reason") == "ocean":
         parts.append(
             '<div class="ms-zone ms-warn" data-zone="ocean">Ocean or no climate data here: the generic '
@@ -70,6 +73,26 @@ def location_html(loc: dict[str, Any] | None, note: str | None = None) -> str:
     if note:
         parts.append(f'<div class="ms-note">{esc(note)}</div>')
     return '<div class="ms-loc">' + "".join(parts) + "</div>"
+
+
+def _zone_description(code: str) -> str | None:
+    try:
+        from metaseg.climate import ZONES
+
+        return getattr(ZONES.get(code), "description", None)
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def koppen_legend_html() -> str:
+    """All 30 Köppen-Geiger zones with their legend colours (name on hover), grouped like the legend."""
+    from metaseg.climate import ZONES
+
+    items = "".join(
+        f'<span class="ms-legend-item" title="{esc(z.name)}">{swatch(z.color)} {esc(z.code)}</span>'
+        for z in ZONES.values()
+    )
+    return f'<div class="ms-legend ms-koppen">{items}</div>'
 
 
 def prompt_info_html(record: Any, zone_label: str, tokens: int | None = None, budget: int = 250) -> str:
