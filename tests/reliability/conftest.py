@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import sqlite3
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,9 @@ SURFACES = (
 def short(text: str, limit: int = 110) -> str:
     """One table-safe line: whitespace collapsed, pipes escaped, long text cut."""
     text = " ".join(str(text).split())
-    text = re.sub(r"/tmp/\S+?/", "…/", text)  # never leak tmp paths (and keep the file stable)
+    text = re.sub(r"/tmp/[^\s:'\"]*/", "…/", text)  # never leak tmp paths (and keep the file stable)
+    # invisible/bidi/control characters would garble the table: show them as escapes
+    text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text)
     text = re.sub(r"\b(tile|label)-[0-9a-f]{8}\.", r"\1-XXXXXXXX.", text)  # the app's per-upload copy names
     if len(text) > limit:
         text = text[: limit - 1] + "…"

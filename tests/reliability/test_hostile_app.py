@@ -27,6 +27,9 @@ def classify_app(call, expect: str) -> tuple[str, bool, object]:
         value = call()
     except TimeoutError:
         return "hang (no answer within the timeout)", False, None
+    except UnicodeEncodeError:  # raised by gradio_client before anything is sent
+        return ("gradio_client cannot send it (UnicodeEncodeError); the server's answer to the raw JSON is "
+                "in 'Lone surrogates'"), expect in ("error", "either"), None
     except Exception as exc:  # noqa: BLE001 - gradio_client raises AppError for gr.Error
         msg = " ".join(str(getattr(exc, "message", None) or exc).split())
         if "Traceback" in msg or CATCH_ALL in msg or not msg:
@@ -165,7 +168,7 @@ def _raw_call(url: str, api_name: str, body: bytes, timeout: float = 60.0) -> st
         return r.read().decode("utf-8", "replace")
 
 
-def test_lone_surrogate_reaches_server_as_json_escape(running_app, report):
+def test_lone_surrogate_reaches_server_as_json_escape(running_app, hostile_dir, report):
     """gradio_client refuses to encode a lone surrogate, so send ``"\\ud800"`` (valid JSON) by hand.
 
     The server must answer with a clear error (or a result), write no row and stay up.
@@ -179,6 +182,14 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, report):
     assert "Traceback" not in text and CATCH_ALL not in text, text
     assert "event: error" in text and "not valid Unicode" in text, text
     assert _db_rows(db) == before
+    import httpx
+
+    stored = httpx.post(f"{running_app.url}gradio_api/upload", timeout=60,
+                        files={"files": ("t.tif", hostile_dir["reference"].read_bytes(), "image/tiff")}).json()[0]
+    seg = json.dumps({"data": [{"path": stored, "meta": {"_type": "gradio.FileData"}}, "x"]}).encode()
+    seg = seg.replace(b'"x"', b'"water \\ud800 bodies"')
+    answer = _raw_call(running_app.url, "segment", seg, timeout=120)
+    assert "event: error" in answer and "not valid Unicode" in answer, answer
     direct = pytest.raises(Exception, match="not valid Unicode")
     with direct:
         running_app.module.api_save_prompt("Cfb", "openearthmap", "water \ud800 bodies")
@@ -186,10 +197,11 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, report):
     report.section("Lone surrogates", [
         "gradio_client cannot send a lone surrogate (it fails to UTF-8-encode the request, before",
         "anything leaves the client), so the test posts `\"\\ud800\"` as a JSON escape to",
-        "`/gradio_api/call/save_prompt` itself: the server answers `event: error` with",
-        "\"prompt text is not valid Unicode …\", writes no row and keeps answering. Before the fix",
-        "(commit \"PromptStore: text with a lone surrogate …\") this was the app's catch-all",
-        "\"Something went wrong (TypeError)\" and a traceback in `python -m prompts_db edit`.",
+        "`/gradio_api/call/save_prompt` and `/gradio_api/call/segment` itself: the server answers",
+        "`event: error` with \"… not valid Unicode …\", writes no row and keeps answering. Before the",
+        "fixes (commits \"PromptStore: text with a lone surrogate …\" and \"Predictor: a prompt with a",
+        "lone surrogate …\") these were the app's catch-all \"Something went wrong (TypeError)\" and",
+        "tracebacks in `python -m prompts_db edit` / `python -m metaseg predict`.",
     ])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.geotiffs import write_geotiff
+from tests.reliability.conftest import short
 from tests.reliability.hostile import LOCAL_WKT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,14 +184,14 @@ def test_malicious_pickle_checkpoint_is_rejected(random_checkpoints, tmp_path, r
                                          str(weights), "--out", str(tmp_path / "m.png"), "--prompt", "x"])
         assert rc == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
         assert not marker.exists()
-        outcomes.append(f"| {name} renamed `.safetensors` | {stderr.strip()[:100].replace('|', '/')} | no |")
+        outcomes.append(f"| {name} renamed `.safetensors` | {short(stderr.strip(), 160)} | no |")
     report.section("Security: malicious checkpoint", [
         "A pickle whose unpickling would create a marker folder, saved as `<stem>.safetensors` next to a",
         "valid `<stem>.json`, loaded with `load_checkpoint` and `metaseg predict --checkpoint`:",
         "",
         "| file | CLI outcome (exit 2) | code ran |",
         "|---|---|---|",
-        *[re.sub(r"/tmp/\S+?/", "…/", o) for o in outcomes],
+        *[short(o, 300) for o in outcomes],
     ])
 
 
@@ -218,14 +219,14 @@ def test_upload_names_never_become_paths(running_app, tmp_path, report):
         r = httpx.post(f"{running_app.url}gradio_api/upload", files={"files": (name, tile_bytes, "image/tiff")},
                        timeout=60)
         if r.status_code != 200:
-            rows.append(f"| `{name[:40]}` | rejected (HTTP {r.status_code}) | — |")
+            rows.append(f"| `{short(name, 40)}` | rejected (HTTP {r.status_code}) | — |")
             continue
         stored = Path(r.json()[0]).resolve()
         assert upload_root in stored.parents, f"{name!r} stored at {stored}"
         assert ".." not in stored.relative_to(upload_root).parts
         obj = running_app.call(client, handle_file(str(stored)), None, None, api_name="/locate")
         assert obj["zone"]["code"] == "Cfb"
-        rows.append(f"| `{name[:40]}` | `…/{stored.name[:40]}` inside the upload folder | result (Cfb) |")
+        rows.append(f"| `{short(name, 40)}` | `…/{short(stored.name, 40)}` inside the upload folder | result (Cfb) |")
     after = {d: set(os.listdir(d)) for d in before}
     created = {str(d): sorted(after[d] - before[d]) for d in before if after[d] - before[d]}
     created.pop(str(upload_root.parent), None) if created.get(str(upload_root.parent)) == [] else None
