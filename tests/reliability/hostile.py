@@ -87,6 +87,19 @@ def _write_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def _write_sparse(path: Path, width: int, height: int) -> Path:
+    """A tiled GeoTIFF with no data blocks at all (GDAL SPARSE_OK): huge on paper, tiny on disk."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True,
+                       crs=CRS.from_epsg(32633), transform=from_origin(300_000, 5_800_000, 10, 10)):
+        pass
+    return path
+
+
 def hostile_files(folder: str | Path) -> list[HostileFile]:
     """Write every hostile file into ``folder`` and return them in a stable order."""
     folder = Path(folder)
@@ -112,6 +125,10 @@ def hostile_files(folder: str | Path) -> list[HostileFile]:
     huge = folder / "huge.png"
     huge.write_bytes(_png_declaring(100_000, 100_000))
     add("png_100000x100000", "PNG declaring 100000×100000 pixels (decompression bomb)", huge, "error")
+
+    sparse = folder / "sparse_100000.tif"
+    _write_sparse(sparse, 100_000, 100_000)
+    add("geotiff_100000x100000", "sparse GeoTIFF declaring 100000×100000×3 (300 KB on disk)", sparse, "either", "error")
 
     # --- wrong extension ------------------------------------------------------------------
     png_bytes = _write_png(folder / "_real.png", make_pixels(24, 3, "uint8", seed=3).transpose(1, 2, 0))
@@ -207,7 +224,7 @@ def hostile_files(folder: str | Path) -> list[HostileFile]:
 #: A representative subset (one per family) run by the default suite on the expensive surfaces
 #: (predict CLI, app /segment); the full set runs under ``-m slow`` and in the report script.
 QUICK_FILE_KEYS = frozenset({
-    "zero_byte", "corrupt_tiff", "truncated_tiff", "png_100000x100000", "png_named_tif", "png_1x1",
+    "zero_byte", "corrupt_tiff", "truncated_tiff", "png_100000x100000", "geotiff_100000x100000", "png_named_tif", "png_1x1",
     "png_1x5000", "bands_13", "float32_nan", "geotiff_no_crs", "crs_mars", "antimeridian", "ocean",
     "label_out_of_range",
 })
