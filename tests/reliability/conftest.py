@@ -61,6 +61,7 @@ class ReliabilityReport:
     sections: dict[str, list[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     known_bugs: list[str] = field(default_factory=list)
+    app_models: str = "randomly initialised demo-architecture checkpoints"
 
     def add_input(self, key: str, description: str, kind: str) -> None:
         self.inputs.setdefault(key, description)
@@ -112,7 +113,7 @@ class ReliabilityReport:
         out += [
             "`label upload` = the Review tab's ground-truth upload (app handler) against a valid 64×64",
             "tile. `predict CLI` ran `metasegnet_demo` from a randomly initialised checkpoint written",
-            "with `metaseg.checkpoints.save_checkpoint`; the app ran the same architecture (random weights).",
+            f"with `metaseg.checkpoints.save_checkpoint`; the app (and the load test) ran {self.app_models}.",
             "",
             "## Hostile prompt texts × surfaces",
             "",
@@ -189,6 +190,17 @@ def hostile_dir(tmp_path_factory):
     return {"files": files, "reference": reference_tile(folder), "folder": folder}
 
 
+def shipped_demo_weights() -> bool:
+    """Whether ``metaseg/weights/`` holds both demo checkpoints (they are trained separately)."""
+    from metaseg.checkpoints import demo_checkpoint_path
+    from metaseg.errors import MetasegError
+
+    try:
+        return all(demo_checkpoint_path(n).is_file() for n in ("metasegnet_demo", "baseline_demo"))
+    except MetasegError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def random_checkpoints(tmp_path_factory):
     """Randomly initialised demo-architecture checkpoints (MetaSegNet + baseline), saved without pickle."""
@@ -256,9 +268,15 @@ def running_app(random_checkpoints, tmp_path_factory):
     from studio import services
 
     names = {"metasegnet": "metasegnet_demo", "baseline": "baseline_demo"}
+    shipped = shipped_demo_weights()
 
     def factory(role: str, source: str | None = None):
+        if shipped:
+            return Predictor.from_name(names[role], "cpu")
         return Predictor.from_checkpoint(random_checkpoints[names[role]], "cpu")
+
+    _REPORT.app_models = ("the shipped demo weights (`metaseg/weights/`)" if shipped
+                          else "randomly initialised demo-architecture checkpoints")
 
     services.MODELS.set_factory(factory)
     port = free_port()

@@ -299,3 +299,29 @@ def test_count_tokens_survives_lone_surrogates():
     from prompts_db import count_tokens
 
     assert count_tokens("water \ud800 bodies") == count_tokens("water ? bodies") > 2
+
+
+@pytest.mark.slow
+def test_shipped_demo_weights_on_hostile_inputs(hostile_dir, report, tmp_path):
+    """``metaseg predict --model metasegnet_demo`` without ``--checkpoint`` (the shipped weights)."""
+    from metaseg.cli import main
+    from tests.reliability.conftest import shipped_demo_weights
+
+    if not shipped_demo_weights():
+        pytest.skip("metaseg/weights/ has no demo weights yet")
+    by_key = {h.key: h for h in hostile_dir["files"]}
+    rows, bad = [], []
+    for key in ("png_1x1", "bands_13", "float32_nan", "crs_mars", "png_100000x100000", "corrupt_tiff"):
+        h = by_key[key]
+        for model in ("metasegnet_demo", "baseline_demo"):
+            rc, out, err = run_cli(main, ["predict", str(h.path), "--model", model, "--out",
+                                          str(tmp_path / f"{key}_{model}.png"), "--json"])
+            outcome, ok = classify(rc, out, err, h.pixel_expect)
+            rows.append(f"| `{key}` | {model} | {outcome[:120]} |")
+            if not ok:
+                bad.append(f"{key} {model}: {outcome}")
+    report.section("Shipped demo weights", [
+        "`metaseg predict IMAGE --model NAME --out …` without `--checkpoint` (weights from `metaseg/weights/`):",
+        "", "| input | model | outcome |", "|---|---|---|", *rows,
+    ])
+    assert not bad, "\n".join(bad)

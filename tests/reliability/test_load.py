@@ -140,7 +140,7 @@ def run_load(running_app, report, tmp_path, n_clients: int, rounds: int) -> None
     report.section(f"Load: {n_clients} concurrent clients", [
         f"{n_clients} gradio_client clients on loopback, each with its own GeoTIFF (64–{64 + 3 * (n_clients - 1)} px "
         f"high, distinct locations), {rounds} round(s) of `/locate` then `/segment` started together "
-        "(app queue `default_concurrency_limit=2`, random-weight demo architecture, CPU).",
+        f"(app queue `default_concurrency_limit=2`, models: {report.app_models}, CPU).",
         "",
         "| figure | value |",
         "|---|---|",
