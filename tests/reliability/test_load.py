@@ -1,4 +1,4 @@
-"""Concurrent gradio_client clients doing locate + segment against the running app on loopback.
+"""Concurrent gradio_client clients doing locate + segment (+ save_prompt) against the running app on loopback.
 
 Each client gets its own GeoTIFF (distinct size and location), so every answer can be traced back
 to the tile that produced it: ``/locate`` must return the client's own coordinates and size,
@@ -56,8 +56,10 @@ def _one_client(app, i: int, path: str, spec: dict, start: threading.Barrier) ->
     a, b, fractions = app.call(client, handle_file(path), f"Client {i}: fields and forests.", api_name="/segment",
                                timeout=CLIENT_TIMEOUT_S)
     t2 = time.perf_counter()
+    rec = app.call(client, "Cfb", "openearthmap", f"Client {i}: its own prompt version.", api_name="/save_prompt",
+                   timeout=CLIENT_TIMEOUT_S)
     return {
-        "i": i, "loc": loc, "fractions": fractions,
+        "i": i, "loc": loc, "fractions": fractions, "saved": rec,
         "shape_a": np.asarray(Image.open(a)).shape[:2], "shape_b": np.asarray(Image.open(b)).shape[:2],
         "locate_s": t1 - t0, "segment_s": t2 - t1, "total_s": t2 - t0,
     }
@@ -123,6 +125,14 @@ def run_load(running_app, report, tmp_path, n_clients: int, rounds: int) -> None
             got, want = r["fractions"][role], expected[i][role]
             if max(abs(got[k] - want[k]) for k in want) > 0.01:
                 wrong.append(f"client {i}: {role} fractions differ from a reference run of its own tile")
+    # Concurrent /save_prompt: every client got its own, distinct version with its own text.
+    saved = [r["saved"] for r in all_results]
+    for r in all_results:
+        if r["saved"]["text"] != f"Client {r['i']}: its own prompt version.":
+            wrong.append(f"client {r['i']}: /save_prompt returned another client's record")
+    versions = sorted(rec["id"] for rec in saved)
+    if len(set(versions)) != len(saved):
+        wrong.append("two clients got the same prompt version")
     assert not wrong, "\n".join(wrong)
     # The fractions of different clients' tiles differ (so the check above can tell them apart).
     distinct = {tuple(round(v, 6) for v in expected[i]["metasegnet"].values()) for i in expected}
@@ -139,13 +149,14 @@ def run_load(running_app, report, tmp_path, n_clients: int, rounds: int) -> None
     tot = [r["total_s"] for r in all_results]
     report.section(f"Load: {n_clients} concurrent clients", [
         f"{n_clients} gradio_client clients on loopback, each with its own GeoTIFF (64–{64 + 3 * (n_clients - 1)} px "
-        f"high, distinct locations), {rounds} round(s) of `/locate` then `/segment` started together "
+        f"high, distinct locations), {rounds} round(s) of `/locate`, `/segment`, `/save_prompt` started together "
         f"(app queue `default_concurrency_limit=2`, models: {report.app_models}, CPU).",
         "",
         "| figure | value |",
         "|---|---|",
-        f"| requests | {2 * len(all_results)} ({len(all_results)} locate + {len(all_results)} segment) |",
-        f"| successes | {2 * len(all_results)} / {2 * n_clients * rounds} |",
+        f"| requests | {3 * len(all_results)} ({len(all_results)} each of locate, segment, save_prompt) |",
+        f"| successes | {3 * len(all_results)} / {3 * n_clients * rounds} |",
+        f"| distinct prompt versions saved concurrently | {len(set(versions))} / {len(saved)} |",
         f"| answers traced to the wrong client | {len(wrong)} |",
         f"| /locate latency p50 / p95 | {statistics.median(loc):.2f} s / {_pct(loc, 0.95):.2f} s |",
         f"| /segment latency p50 / p95 | {statistics.median(seg):.2f} s / {_pct(seg, 0.95):.2f} s |",
