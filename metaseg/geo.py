@@ -221,6 +221,13 @@ def _rasterio_open(p: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                str(p).encode("utf-8")
+            except UnicodeEncodeError:
+                # A file name that is not valid UTF-8 (e.g. Latin-1 bytes on Linux) cannot be handed to
+                # GDAL as text: read the bytes through Python instead (rasterio keeps them in memory).
+                with p.open("rb") as fh:
+                    return rasterio.open(fh)
             return rasterio.open(p)
     except (RasterioError, OSError) as exc:
         raise _fail(p, "corrupt or unsupported TIFF", exc) from exc
