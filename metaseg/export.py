@@ -88,8 +88,10 @@ def _writing(path: Path) -> Iterator[None]:
 
     try:
         yield
-    except (OSError, RasterioError) as exc:
-        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+    except (OSError, RasterioError, UnicodeEncodeError) as exc:
+        if isinstance(exc, UnicodeEncodeError):
+            reason = "the file name is not valid UTF-8; choose another name"
+        elif isinstance(exc, (FileExistsError, NotADirectoryError)):
             reason = f"{path.parent} is not a folder"
         else:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -61,6 +61,10 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # file names that are not valid UTF-8 reach us as lone surrogates: print them as \udcXX escapes
+        sys.stdout.reconfigure(errors="backslashreplace")  # (inside JSON strings that is a valid escape)
+    except (AttributeError, ValueError):  # not a TextIOWrapper (e.g. captured in tests)
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
