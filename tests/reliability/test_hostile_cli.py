@@ -325,3 +325,33 @@ def test_shipped_demo_weights_on_hostile_inputs(hostile_dir, report, tmp_path):
         "", "| input | model | outcome |", "|---|---|---|", *rows,
     ])
     assert not bad, "\n".join(bad)
+
+
+def test_file_names_that_are_not_utf8(hostile_dir, tmp_path):
+    """Regression: a GeoTIFF whose name is not valid UTF-8 (Latin-1 bytes on Linux) crashed rasterio
+    with UnicodeEncodeError (traceback in ``metaseg locate``); a mask --out with such a name did too."""
+    import numpy as np
+
+    from metaseg.classes import get_class_set
+    from metaseg.errors import MetasegError
+    from metaseg.export import write_mask
+    from metaseg.geo import read_label, read_tile
+
+    folder = os.fsencode(tmp_path)
+    bad = folder + b"/M\xfcller.tif"  # "Müller.tif" in Latin-1
+    with open(bad, "wb") as fh:
+        fh.write(hostile_dir["reference"].read_bytes())
+    name = os.fsdecode(bad)
+    assert read_tile(name).rgb.shape == (64, 64, 3)
+    assert read_label(name, get_class_set("openearthmap")).shape == (64, 64)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    outputs = []
+    for args in ([b"locate", bad, b"--json"], [b"locate", bad]):
+        proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"metaseg", *args], cwd=ROOT, env=env,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-500:]
+        outputs.append(proc.stdout)
+    assert json.loads(outputs[0])["crs"] == "EPSG:32633"
+    assert outputs[1].startswith(b"M\\udcfcller.tif: 64")  # the odd byte shown as an escape
+    with pytest.raises(MetasegError, match="not valid UTF-8"):
+        write_mask(os.fsdecode(folder + b"/out\xfe.tif"), np.zeros((4, 4), np.uint8), get_class_set("openearthmap"))
