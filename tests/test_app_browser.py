@@ -83,7 +83,7 @@ def test_upload_click_edit_segment(app_url, browser, tmp_path):
     tif = write_geotiff(tmp_path / "potsdam.tif", 52.39, 13.06, crs="EPSG:32633", size=96,
                         bands=4, dtype="uint16")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(45_000)
+    page.set_default_timeout(90_000)
     try:
         page.goto(app_url)
         page.wait_for_selector("#map iframe")
@@ -122,7 +122,7 @@ def test_upload_click_edit_segment(app_url, browser, tmp_path):
 
 def test_typed_coordinates_and_ocean(app_url, browser):
     page = browser.new_page(viewport={"width": 1300, "height": 900})
-    page.set_default_timeout(45_000)
+    page.set_default_timeout(90_000)
     try:
         page.goto(app_url)
         page.wait_for_selector("#map iframe")
@@ -150,7 +150,7 @@ def test_paint_a_label_and_save_it(app_url, browser):
     from prompts_db import PromptStore
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(45_000)
+    page.set_default_timeout(90_000)
     try:
         page.goto(app_url)
         page.wait_for_selector("#map iframe")
