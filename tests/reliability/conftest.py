@@ -106,6 +106,8 @@ class ReliabilityReport:
             "",
         ]
         out += [f"- {f}" for f in self.failures] or ["None."]
+        out += ["", "## Bugs found and fixed (library, CLI, store)", ""]
+        out += [f"- {b}" for b in FIXED_BUGS]
         out += ["", "## Known bugs (tests marked xfail until fixed)", ""]
         out += [f"- {b}" for b in self.known_bugs] or ["None."]
         out += ["", "## Hostile files × surfaces", ""]
@@ -144,6 +146,23 @@ def versions() -> list[str]:
     rows.append(f"| sqlite | {sqlite3.sqlite_version} |")
     return ["| component | version |", "|---|---|", *rows]
 
+
+#: Library bugs this suite found and that were fixed (each has a regression test in tests/reliability).
+FIXED_BUGS = [
+    "`metaseg.inference.Predictor`: a prompt with a lone surrogate (e.g. undecodable argv bytes) raised a "
+    "TypeError traceback from the tokenizer → one-line MetasegError.",
+    "`prompts_db.PromptStore.save`: the same text raised TypeError (traceback in `prompts_db edit`, catch-all "
+    "error in the app's `/save_prompt`) → PromptTextError, nothing written.",
+    "`prompts_db.count_tokens`: TypeError on a lone surrogate (the app's live token counter) → counted as a "
+    "replacement character.",
+    "`prompts_db.PromptStore`: ids beyond SQLite INTEGER raised OverflowError; a non-database file at the DB "
+    "path raised DatabaseError → PromptNotFoundError / one-line MetasegError.",
+    "`metaseg.export`: an unwritable mask path (a file in the way, a folder named `.tif`, a path under /proc, a non-UTF-8 "
+    "name) raised FileExistsError/RasterioIOError/UnicodeEncodeError after inference → one-line MetasegError.",
+    "`metaseg.geo`: a GeoTIFF whose file name is not valid UTF-8 crashed rasterio (UnicodeEncodeError) → read "
+    "through a Python file object; the CLI prints such names as `\\udcXX` escapes instead of crashing stdout.",
+    "`python -m metaseg`: argparse usage errors printed a multi-line usage block → one stderr line, exit 2.",
+]
 
 _REPORT = ReliabilityReport()
 
