@@ -274,3 +274,29 @@ def test_restore_rejects_bad_ids_clearly():
         with pytest.raises(gr.Error) as err:
             app.on_restore(bad, "openearthmap", SessionState())
         assert CATCH_ALL not in str(err.value.message)
+
+
+def test_broken_database_file_gives_clear_errors(running_app, hostile_dir, tmp_path, monkeypatch, report):
+    """METASEG_DB pointing at a file that is not a database: store endpoints answer with a clear
+    error (not the catch-all), the file is left untouched, and everything else keeps working."""
+    from gradio_client import handle_file
+
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"this is not a database, just bytes " * 40)
+    before = broken.read_bytes()
+    monkeypatch.setenv("METASEG_DB", str(broken))
+    client = running_app.client()
+    rows = []
+    for api, args in (("/save_prompt", ("Cfb", "openearthmap", "x")),
+                      ("/segment", (handle_file(str(hostile_dir["reference"])), ""))):
+        outcome, ok, _ = classify_app(lambda a=api, b=args: running_app.call(client, *b, api_name=a), "error")
+        assert ok and "not a usable prompt database" in outcome, outcome
+        rows.append(f"| app {api} | {outcome} |")
+    assert running_app.alive(client)  # /locate does not need the store
+    assert broken.read_bytes() == before
+    report.section("Durability: broken database file", [
+        "`METASEG_DB` pointing at a file of plain bytes while the app runs:", "",
+        "| surface | outcome |", "|---|---|", *rows,
+        "| app /locate (typed) | result (no store needed) |",
+        "| the file | unchanged |",
+    ])
