@@ -122,8 +122,8 @@ def read_checkpoint_meta(meta_path: Path) -> dict[str, Any]:
     """Parse and validate the JSON half of a checkpoint."""
     try:
         meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"corrupt checkpoint metadata {meta_path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: "[[[[…"
+        raise CheckpointError(f"corrupt checkpoint metadata {meta_path}: {' '.join(str(exc).split())}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"checkpoint metadata {meta_path} has no 'config' object")
     version = meta.get("format_version")
