@@ -419,3 +419,17 @@ def test_api_cannot_read_arbitrary_server_files(running_app, tmp_path, report):
         "|---|---|",
         *rows,
     ])
+
+
+def test_deeply_nested_checkpoint_json_is_rejected(random_checkpoints, tmp_path):
+    """Regression: checkpoint metadata nested 200000 levels deep raised RecursionError (traceback)."""
+    import shutil
+
+    from metaseg.cli import main
+    from tests.reliability.test_hostile_cli import run_cli
+
+    stem = tmp_path / "deep"
+    shutil.copy(random_checkpoints["metasegnet_demo"], stem.with_suffix(".safetensors"))
+    stem.with_suffix(".json").write_text("[" * 200_000 + "]" * 200_000)
+    rc, out, err = run_cli(main, ["info", "--model", "metasegnet_demo", "--checkpoint", str(stem), "--json"])
+    assert rc == 2 and err.count("\n") == 1 and "corrupt checkpoint metadata" in err, err
