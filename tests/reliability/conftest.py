@@ -162,6 +162,8 @@ FIXED_BUGS = [
     "`metaseg.geo`: a GeoTIFF whose file name is not valid UTF-8 crashed rasterio (UnicodeEncodeError) → read "
     "through a Python file object; the CLI prints such names as `\\udcXX` escapes instead of crashing stdout.",
     "`python -m metaseg`: argparse usage errors printed a multi-line usage block → one stderr line, exit 2.",
+    "`metaseg.checkpoints`: checkpoint metadata JSON nested 200000 levels deep raised RecursionError → "
+    "CheckpointError.",
 ]
 
 _REPORT = ReliabilityReport()
