@@ -147,8 +147,10 @@ def write_mask_geotiff(
         path.parent.mkdir(parents=True, exist_ok=True)
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
-            dst.write(index, 1)
+            # colour map before pixels: once data is written libtiff can no longer set the
+            # palette photometric tag (GDAL logs "Cannot modify tag PhotometricInterpretation").
             dst.write_colormap(1, colormap(class_set))
+            dst.write(index, 1)
             dst.update_tags(
                 CLASS_SET=str(getattr(class_set, "name", "")),
                 CLASS_NAMES=json.dumps(names),

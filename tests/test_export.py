@@ -86,3 +86,17 @@ def test_write_mask_picks_format(tmp_path):
         write_mask(tmp_path / "d.jpg", m, OEM)
     with pytest.raises(MetasegError, match="30x20"):
         write_mask(tmp_path / "e.tif", m[:10], OEM, geo)
+
+
+def test_geotiff_writer_sets_palette_without_gdal_errors(tmp_path, caplog):
+    """The colour map is written before the pixels; otherwise libtiff refuses the palette tag."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="rasterio")
+    index = np.zeros((300, 300), np.uint8)
+    out = write_mask_geotiff(tmp_path / "m.tif", index, get_class_set("openearthmap"), "EPSG:32633",
+                             (500000.0, 0.5, 0.0, 5800000.0, 0.0, -0.5))
+    assert not [r for r in caplog.records if "Cannot modify tag" in r.getMessage()]
+    with rasterio.open(out) as ds:
+        assert ds.colorinterp[0] == rasterio.enums.ColorInterp.palette
+        assert ds.colormap(1)[1][:3] == (0, 255, 36)
