@@ -181,6 +181,16 @@ def _make_client(cfg: LLMConfig) -> Any:
     )
 
 
+def _clean_answer(answer: Any) -> str | None:
+    """An LLM answer as storable text: control characters (NUL, ESC, ...) dropped except newlines and
+    tabs, lone surrogates replaced. Without this a bad answer would be cached in the QA table and
+    break every later generation for the same question."""
+    if answer is None:
+        return None
+    text = str(answer).encode("utf-8", "replace").decode("utf-8")
+    return "".join(c for c in text if c in "\n\t" or not (ord(c) < 32 or ord(c) == 127))
+
+
 def ask(client: Any, cfg: LLMConfig, question: str) -> tuple[str, dict[str, int | None], float]:
     """One chat completion with retries. Returns ``(answer, usage, latency_s)``.
 
@@ -202,7 +212,13 @@ def ask(client: Any, cfg: LLMConfig, question: str) -> tuple[str, dict[str, int 
                 temperature=0.2,
             )
             latency = time.perf_counter() - start
-            answer = resp.choices[0].message.content if resp.choices else None
+            try:
+                answer = resp.choices[0].message.content if resp.choices else None
+            except (AttributeError, IndexError, TypeError):  # e.g. an HTML page from a proxy
+                raise LLMError(
+                    f"the LLM endpoint {cfg.base_url or 'api.openai.com'} did not return a chat completion"
+                ) from None
+            answer = _clean_answer(answer)
             if not answer or not answer.strip():
                 raise LLMError(f"the LLM ({cfg.model}) returned an empty answer")
             usage = getattr(resp, "usage", None)
@@ -215,6 +231,10 @@ def ask(client: Any, cfg: LLMConfig, question: str) -> tuple[str, dict[str, int 
                 },
                 latency,
             )
+        except (ValueError, RecursionError, openai.APIResponseValidationError):  # truncated/invalid JSON body
+            raise LLMError(
+                f"the LLM endpoint {cfg.base_url or 'api.openai.com'} returned a malformed response"
+            ) from None
         except openai.APITimeoutError:
             reason = f"the LLM request timed out after {cfg.timeout:g} s"
         except openai.APIConnectionError:
