@@ -164,6 +164,9 @@ FIXED_BUGS = [
     "`python -m metaseg`: argparse usage errors printed a multi-line usage block → one stderr line, exit 2.",
     "`metaseg.checkpoints`: checkpoint metadata JSON nested 200000 levels deep raised RecursionError → "
     "CheckpointError.",
+    "`prompts_db.llm`: an endpoint answering HTML (proxy page) or truncated JSON raised AttributeError / "
+    "JSONDecodeError tracebacks → LLMError; an answer containing NUL was cached in the QA table and broke every "
+    "later generation of that question → control characters dropped, lone surrogates replaced before caching.",
 ]
 
 _REPORT = ReliabilityReport()

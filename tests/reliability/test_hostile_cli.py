@@ -355,3 +355,81 @@ def test_file_names_that_are_not_utf8(hostile_dir, tmp_path):
     assert outputs[1].startswith(b"M\\udcfcller.tif: 64")  # the odd byte shown as an escape
     with pytest.raises(MetasegError, match="not valid UTF-8"):
         write_mask(os.fsdecode(folder + b"/out\xfe.tif"), np.zeros((4, 4), np.uint8), get_class_set("openearthmap"))
+
+
+HOSTILE_LLM_BODIES = {
+    "html_page": (b"<html>proxy login</html>", "text/html", "error"),
+    "truncated_json": (b'{"choices": [', "application/json", "error"),
+    "deeply_nested_json": (b'{"choices":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", "error"),
+    "not_a_completion": (b'{"hello": "world"}', "application/json", "error"),
+    "nul_and_escapes": (json.dumps({"choices": [{"message": {"role": "assistant",
+                                                             "content": "forest\u0000 road \u001b[31m"}}]}).encode(),
+                        "application/json", "result"),
+    "lone_surrogate": (b'{"choices":[{"message":{"role":"assistant","content":"forest \\ud800 road"}}]}',
+                       "application/json", "result"),
+}
+
+
+def test_hostile_llm_endpoint(tmp_path, report):
+    """Regression: an endpoint answering HTML (a proxy page) or truncated JSON raised AttributeError /
+    JSONDecodeError tracebacks in ``prompts_db generate --llm``; a NUL in an answer was cached and
+    broke every later generation of that question."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prompts_db.cli import main as prompts_main
+
+    current = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body, ctype, _ = HOSTILE_LLM_BODIES[current["key"]]
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    os.environ["OPENAI_BASE_URL"] = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    rows, bad = [], []
+    try:
+        for key, (_, _, expect) in HOSTILE_LLM_BODIES.items():
+            current["key"] = key
+            db = tmp_path / f"{key}.sqlite"  # fresh QA cache per case
+            rc, out, err = run_cli(prompts_main, ["--db", str(db), "generate", "--zone", "Cfb", "--class-set",
+                                                  "openearthmap", "--llm", "--timeout", "5"])
+            outcome, ok = classify_text_cli(rc, err, expect)
+            if ok and rc == 0:  # the stored prompt is clean, and a second run (cached answers) works too
+                rc2, _, err2 = run_cli(prompts_main, ["--db", str(db), "generate", "--zone", "Cfb", "--class-set",
+                                                      "openearthmap", "--llm"])
+                ok = rc2 == 0
+                outcome = "result (control characters dropped; cached answers reusable)" if ok else f"2nd run: {err2}"
+            rows.append(f"| {key} | {outcome} |")
+            if not ok:
+                bad.append(f"{key}: {outcome}")
+    finally:
+        os.environ.pop("OPENAI_BASE_URL", None)
+        srv.shutdown()
+    report.section("Hostile LLM endpoint", [
+        "`python -m prompts_db generate --llm` against a loopback endpoint answering with:", "",
+        "| response | outcome |", "|---|---|", *rows,
+    ])
+    assert not bad, "\n".join(bad)
+
+
+def classify_text_cli(rc, err: str, expect: str) -> tuple[str, bool]:
+    """Like :func:`classify` for commands whose stdout is not JSON."""
+    if isinstance(rc, str) or "Traceback" in err:
+        return f"traceback ({rc})", False
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    if rc == 0:
+        return "result", expect in ("result", "either")
+    if rc == 2 and len(lines) == 1:
+        return f"error: {lines[0].removeprefix('error: ')}", expect in ("error", "either")
+    return f"exit {rc}: {' / '.join(lines)[:150]}", False
