@@ -100,6 +100,18 @@ def _write_sparse(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def _write_gcp_tiff(path: Path) -> Path:
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    gcps = [GroundControlPoint(r, c, 13.0 + 0.1 * c / 32, 52.4 - 0.1 * r / 32) for r in (0, 32) for c in (0, 32)]
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8") as dst:
+        dst.write(make_pixels(32, 3, "uint8", seed=9))
+        dst.gcps = (gcps, CRS.from_epsg(4326))
+    return path
+
+
 def hostile_files(folder: str | Path) -> list[HostileFile]:
     """Write every hostile file into ``folder`` and return them in a stable order."""
     folder = Path(folder)
@@ -204,6 +216,23 @@ def hostile_files(folder: str | Path) -> list[HostileFile]:
                       transform=from_origin(179.9984, -16.5, 1e-4, 1e-4)), "result")
     add("antimeridian_3832", "PDC Mercator (EPSG:3832) tile east of the antimeridian, Fiji",
         write_geotiff(folder / "fiji_3832.tif", -17.7, -179.9, crs="EPSG:3832", size=32), "result")
+    from affine import Affine
+
+    add("gcps_only", "georeferenced by 4 ground control points, no transform",
+        _write_gcp_tiff(folder / "gcps.tif"), "result")
+    add("rotated_transform", "EPSG:4326 transform rotated by 30°",
+        write_geotiff(folder / "rotated.tif", crs="EPSG:4326", size=32,
+                      transform=Affine.translation(13, 52.4) * Affine.rotation(30) * Affine.scale(1e-3, -1e-3)),
+        "result")
+    add("degenerate_transform", "transform with zero pixel size",
+        write_geotiff(folder / "zero_px.tif", crs="EPSG:4326", size=32, transform=Affine(0, 0, 13, 0, 0, 52.4)),
+        "result")
+    add("nan_transform", "transform containing NaN",
+        write_geotiff(folder / "nan_tr.tif", crs="EPSG:4326", size=32,
+                      transform=Affine(float("nan"), 0, 13, 0, -1e-3, 52.4)), "result")
+    add("utm_out_of_domain", "UTM 33N transform 10^12 m from the origin (outside the projection)",
+        write_geotiff(folder / "far_utm.tif", crs="EPSG:32633", size=32, transform=Affine(1e9, 0, -1e12, 0, -1e9, 1e12)),
+        "result")
     add("ocean", "GeoTIFF in the mid-Atlantic (0°, -30°)",
         write_geotiff(folder / "ocean.tif", 0.0, -30.0, crs="EPSG:4326", size=32), "result")
     add("exif_gps_out_of_range", "JPEG with EXIF GPS latitude 95°",
