@@ -46,6 +46,7 @@ def short(text: str, limit: int = 110) -> str:
     # invisible/bidi/control characters would garble the table: show them as escapes
     text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text)
     text = re.sub(r"\b(tile|label)-[0-9a-f]{8}\.", r"\1-XXXXXXXX.", text)  # the app's per-upload copy names
+    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)  # random loopback ports
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text.replace("|", "\\|")

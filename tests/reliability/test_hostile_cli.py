@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import SCOPES, in_scope
+from tests.reliability.conftest import SCOPES, in_scope, short
 from tests.reliability.hostile import HOSTILE_TEXTS, QUICK_FILE_KEYS, QUICK_TEXT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -410,7 +410,7 @@ def test_hostile_llm_endpoint(tmp_path, report):
                                                       "openearthmap", "--llm"])
                 ok = rc2 == 0
                 outcome = "result (control characters dropped; cached answers reusable)" if ok else f"2nd run: {err2}"
-            rows.append(f"| {key} | {outcome} |")
+            rows.append(f"| {key} | {short(outcome)} |")
             if not ok:
                 bad.append(f"{key}: {outcome}")
     finally:
