@@ -17,6 +17,7 @@ API (gradio_client): ``/locate`` (file, lat, lon), ``/segment`` (file, prompt),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -65,6 +66,24 @@ def user_errors(fn):
 
 def _state(state: SessionState | None) -> SessionState:
     return state if isinstance(state, SessionState) else SessionState()
+
+
+@contextlib.contextmanager
+def _as_uploaded(copy: Path, src: str):
+    """Errors about the session copy ``tile-<hex>.tif`` name the file the user actually picked."""
+    try:
+        yield
+    except MetasegError as exc:
+        msg = str(exc).replace(str(copy), Path(src).name).replace(copy.name, Path(src).name)
+        raise type(exc)(msg) from None
+
+
+def _prompt_id(value: Any) -> int:
+    """A history selection as a prompt id; anything but a whole positive number is refused."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) <= 0:
+        raise gr.Error(f"'{text[:40]}' is not a prompt version id: pick a row in the history.")
+    return int(text)
 
 
 def _path_of(file: Any) -> str | None:
@@ -138,8 +157,9 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
         return (*_located(state, class_set), gr.update(), gr.update())
     services.ensure_readable(src)
     path = state.import_file(src)
-    loc, _info = services.locate_file(path)
-    tile = services.read_tile(path)
+    with _as_uploaded(path, src):
+        loc, _info = services.locate_file(path)
+        tile = services.read_tile(path)
     state.reset_tile()
     state.tile_path, state.tile = str(path), tile
     state.tile_hash = services.tile_hash(path)
@@ -220,7 +240,7 @@ def on_restore(prompt_id: Any, class_set: str, state: SessionState | None):
     state = _state(state)
     if prompt_id in (None, ""):
         raise gr.Error("Pick a version in the history first.")
-    rec = services.get_store().restore(int(prompt_id))
+    rec = services.get_store().restore(_prompt_id(prompt_id))
     gr.Info(f"Restored as version {rec.version}.")
     return (state, *_prompt_panel(state, class_set))
 
@@ -309,7 +329,8 @@ def on_label_upload(file: Any, state: SessionState | None):
     services.ensure_readable(src)
     path = state.import_file(src, stem="label")
     cs_name = state.prediction.class_set if state.prediction else "openearthmap"
-    state.ground_truth = services.read_label(path, _class_set(cs_name), state.tile.rgb.shape[:2])
+    with _as_uploaded(path, src):
+        state.ground_truth = services.read_label(path, _class_set(cs_name), state.tile.rgb.shape[:2])
     state.ground_truth_source = "uploaded label"
     return state, f"Ground truth loaded (uploaded label, {cs_name} encoding)."
 

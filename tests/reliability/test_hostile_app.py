@@ -205,8 +205,6 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, hostile_dir, 
     ])
 
 
-@pytest.mark.xfail(strict=False, reason="app bug: on_tile/on_label_upload read the session copy, so errors name "
-                   "'tile-<hex>.tif' instead of the uploaded file (app.py/studio, for the app engineer)")
 def test_upload_errors_name_the_users_file(hostile_dir):
     """A broken upload's error should name the file the user picked, not the app's internal copy
     (``tile-1a2b3c4d.tif`` / ``label-…``), which the user has never seen."""
@@ -262,8 +260,6 @@ def test_typed_coordinates(running_app, report):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="app bug: on_restore int()s the history value without a check: a "
-                   "non-numeric id gives the catch-all 'Something went wrong (ValueError)' and 1.5 restores id 1")
 def test_restore_rejects_bad_ids_clearly():
     import gradio as gr
 
