@@ -182,7 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tta", action="store_true", help="flip TTA (no ambiguous-pixel diagnostics then)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test tiles (smoke tests)")
+    p.add_argument("--from-json", default=None, help="only re-render --out from a saved --json-out file")
     args = p.parse_args(argv)
+    if args.from_json:
+        from metaseg.classes import get_class_set
+
+        data = json.loads((ROOT / args.from_json).read_text())
+        rows = [(r.pop("model"), r.pop("prompt"), r) for r in data["rows"]]
+        info = data["info"]
+        (ROOT / args.out).write_text(render(rows, info, get_class_set(rows[0][2]["class_set"]),
+                                            info.get("command", "python scripts/ablation.py")))
+        print(f"re-rendered {args.out} from {args.from_json}", file=sys.stderr)
+        return 0
 
     import torch
 
@@ -240,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         "val": {"metasegnet_demo": (meta_meta.get("val") or {}).get("miou"),
                 "baseline_demo": (base_meta.get("val") or {}).get("miou")},
     }
+    info["command"] = " ".join(["python scripts/ablation.py"] + list(argv if argv is not None else sys.argv[1:]))
     json_out = ROOT / args.json_out
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps({"info": info, "rows": [{"model": m, "prompt": p_, **r} for m, p_, r in rows]},
                                    indent=2, default=str))
     out = ROOT / args.out
-    out.write_text(render(rows, info, climate.class_set, " ".join(["python scripts/ablation.py"] + (argv or sys.argv[1:]))))
+    out.write_text(render(rows, info, climate.class_set, info["command"]))
     print(f"wrote {out} and {json_out}", file=sys.stderr)
     return 0
 
@@ -326,6 +338,10 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], info: dict[str, Any], cl
             f"pixels; their class is set by the zone, not by the image): baseline {base['acc_ambiguous']:.1f} % "
             f"correct, MetaSegNet climate {clim['acc_ambiguous']:.1f} %, partner prompt {part['acc_ambiguous']:.1f} %. "
             "A model that ignores the prompt can do no better than guess one reading per visual style there.",
+            "* Per ambiguous material, climate prompt minus baseline: "
+            + ", ".join(f"{n} {clim[f'acc_{n}'] - base[f'acc_{n}']:+.1f}" for n in AMBIGUOUS)
+            + " points of pixel accuracy; partner prompt minus climate prompt: "
+            + ", ".join(f"{n} {part[f'acc_{n}'] - clim[f'acc_{n}']:+.1f}" for n in AMBIGUOUS) + ".",
         ]
     if info["prompt_drift"]:
         lines.append(f"* Note: the prompt store's current text differs from the training prompt for "
