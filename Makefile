@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-all lint clean browser-deps
+.PHONY: venv run test test-all lint clean browser-deps reliability bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -m ''
+
+# Every reliability check (slow ones too); rewrites docs/RELIABILITY.md.
+reliability: venv
+	bash scripts/reliability_report.sh
+
+bench: venv
+	$(PY) -m metaseg bench --threads 1
 
 lint: venv
 	$(PY) -m ruff check .
