@@ -159,6 +159,11 @@ class ModelCache:
         self._sources: dict[str, str | None] = {r: None for r in ROLES}
         self._factory: Callable[[str, str | None], Any] | None = None
 
+    @property
+    def factory(self) -> Callable[[str, str | None], Any] | None:
+        """The test factory in use (``None``: real checkpoints)."""
+        return self._factory
+
     def set_factory(self, factory: Callable[[str, str | None], Any] | None) -> None:
         """Use ``factory(role, source) -> Predictor`` instead of loading checkpoints (tests)."""
         with self._lock:

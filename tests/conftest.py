@@ -24,3 +24,16 @@ def _isolated_state(tmp_path, monkeypatch):
     monkeypatch.setenv("METASEG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     yield
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """URL of ``app.demo`` launched once for the whole session (see tests/fixtures/app_server.py)."""
+    import app
+    from tests.fixtures.app_server import launch_app
+
+    url = launch_app()
+    try:
+        yield url
+    finally:
+        app.demo.close()

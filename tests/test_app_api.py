@@ -7,13 +7,13 @@ Endpoints (api_name exactly): ``/locate`` (file, lat, lon) → the ``locate --js
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.fixtures.app_server import app_models
 from tests.fixtures.geotiffs import write_geotiff
 from tests.test_app_handlers import fake_factory
 
@@ -22,29 +22,12 @@ SYNTH = ROOT / "static" / "examples" / "synth" / "synth_dfb.tif"
 LOCATE_KEYS = {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "zone"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client():
+def client(app_server):
     from gradio_client import Client
 
-    import app
-    from studio import services
-
-    services.MODELS.set_factory(fake_factory)
-    port = free_port()
-    kwargs = app.launch_kwargs()
-    kwargs.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    app.demo.queue().launch(**kwargs)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.demo.close()
-        services.MODELS.set_factory(None)
+    with app_models(fake_factory):
+        yield Client(app_server, verbose=False)
 
 
 def test_api_lists_exactly_named_endpoints(client):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.app_server import app_models
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_api import free_port
 from tests.test_app_handlers import fake_factory
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,20 +31,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    import app
-    from studio import services
-
-    services.MODELS.set_factory(fake_factory)
-    port = free_port()
-    kwargs = app.launch_kwargs()
-    kwargs.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    app.demo.queue().launch(**kwargs)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.demo.close()
-        services.MODELS.set_factory(None)
+def app_url(app_server):
+    with app_models(fake_factory):
+        yield app_server
 
 
 @pytest.fixture(scope="module")

@@ -242,14 +242,6 @@ def random_checkpoints(tmp_path_factory):
     return out
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RunningApp:
     """The studio app launched on loopback in this process, plus helpers for the tests."""
 
@@ -281,16 +273,16 @@ class RunningApp:
 
 
 @pytest.fixture(scope="session")
-def running_app(random_checkpoints, tmp_path_factory):
+def running_app(app_server, random_checkpoints, tmp_path_factory):
     """The app (``app.demo``) launched once per session on 127.0.0.1 with the random checkpoints.
 
-    Same queue settings as ``python app.py`` (``default_concurrency_limit=2``). The models come
+    The session-wide server of the ``app_server`` fixture (same queue settings as ``python app.py``,
+    ``default_concurrency_limit=2``). The models come
     from :func:`random_checkpoints` through ``Predictor.from_checkpoint`` (real architecture and
     code path, random weights: the shipped demo weights are not required).
     """
     import app
     from metaseg.inference import Predictor
-    from studio import services
 
     names = {"metasegnet": "metasegnet_demo", "baseline": "baseline_demo"}
     shipped = shipped_demo_weights()
@@ -303,16 +295,10 @@ def running_app(random_checkpoints, tmp_path_factory):
     _REPORT.app_models = ("the shipped demo weights (`metaseg/weights/`)" if shipped
                           else "randomly initialised demo-architecture checkpoints")
 
-    services.MODELS.set_factory(factory)
-    port = free_port()
-    kwargs = app.launch_kwargs()
-    kwargs.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    app.demo.queue(default_concurrency_limit=2).launch(**kwargs)
     from gradio.utils import get_upload_folder
 
+    from tests.fixtures.app_server import app_models
+
     gradio_tmp = Path(get_upload_folder())
-    try:
-        yield RunningApp(app, f"http://127.0.0.1:{port}/", gradio_tmp)
-    finally:
-        app.demo.close()
-        services.MODELS.set_factory(None)
+    with app_models(factory):
+        yield RunningApp(app, app_server, gradio_tmp)
