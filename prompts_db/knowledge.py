@@ -31,22 +31,6 @@ NO_TEXT = "none"
 
 CLASS_SET_NAMES: tuple[str, ...] = ("openearthmap", "loveda", "potsdam")
 
-#: Own copy of the model output class names (DESIGN.md §4); metaseg.classes is preferred.
-FALLBACK_CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "openearthmap": (
-        "bareland",
-        "rangeland",
-        "developed space",
-        "road",
-        "tree",
-        "water",
-        "agriculture land",
-        "building",
-    ),
-    "loveda": ("background", "building", "road", "water", "barren", "forest", "agriculture"),
-    "potsdam": ("impervious surfaces", "building", "low vegetation", "tree", "car", "clutter"),
-}
-
 #: The 30 Köppen-Geiger zones in the Beck et al. legend order, with their usual names.
 ZONE_NAMES: dict[str, str] = {
     "Af": "tropical rainforest",
@@ -437,28 +421,14 @@ def zone_info(code: str) -> ZoneInfo:
 
 
 def class_names(class_set: str) -> tuple[str, ...]:
-    """Output class names of ``class_set`` (``metaseg.classes`` preferred, DESIGN.md §4 fallback).
+    """Output class names of ``class_set``, from :mod:`metaseg.classes` (torch-free).
 
     Raises:
-        UnknownNameError: unknown class set.
+        UnknownNameError: unknown class set (the message lists valid names).
     """
-    from metaseg.errors import UnknownNameError
+    from metaseg.classes import get_class_set
 
-    key = str(class_set).strip().lower()
-    try:
-        from metaseg.classes import get_class_set  # lazy: written in parallel by another module
-    except ImportError:
-        get_class_set = None
-    if get_class_set is not None:
-        try:
-            return tuple(get_class_set(key).names)
-        except UnknownNameError:
-            raise
-        except Exception as err:  # pragma: no cover - partially written module
-            log.debug("metaseg.classes failed (%s); using own class names", err)
-    if key not in FALLBACK_CLASS_NAMES:
-        raise UnknownNameError(f"unknown class set {class_set!r}; valid: {', '.join(CLASS_SET_NAMES)}")
-    return FALLBACK_CLASS_NAMES[key]
+    return tuple(get_class_set(str(class_set).strip().lower()).names)
 
 
 def normalize_class_set(class_set: str) -> str:
