@@ -10,7 +10,7 @@ Rows:
 * ``metasegnet_demo`` with ``--prompt-mode`` ``none`` (empty text), ``generic`` (the store's
   generic prompt), ``climate`` (the tile's zone prompt) and ``wrong`` (``training.datasets``'
   fixed ``WRONG_ZONE`` table: another main group; ``Aw → Dfc`` is a zone the model never saw);
-* ``metasegnet_demo`` with the **partner** zone's prompt (``metaseg.synth.partner_zone``: same
+* ``metasegnet_demo`` with the **partner** zone's prompt (``training.synth.partner_zone``: same
   visual style, every ambiguous rule flipped — the maximally wrong prompt among the zones the
   model was trained on). The reader has no such mode, so this row takes the ``climate`` dataset
   and swaps each tile's prompt for the store prompt of its partner zone.
@@ -57,7 +57,7 @@ def sha256_short(path: Path) -> str:
 
 def ensure_test_set(root: Path, n: int, seed: int) -> dict[str, Any]:
     """Generate the held-out test set with ``python -m training.synth`` unless it exists."""
-    from metaseg.synth import read_manifest
+    from training.synth import read_manifest
 
     if not (root / "synthearth.json").is_file():
         cmd = [sys.executable, "-m", "training.synth", "--out", str(root), "--n", str(n), "--size", "256",
@@ -69,7 +69,7 @@ def ensure_test_set(root: Path, n: int, seed: int) -> dict[str, Any]:
 
 def training_seeds(metas: list[dict[str, Any]]) -> set[int]:
     """Seeds of the SynthEarth data the checkpoints were trained on (from their metadata)."""
-    from metaseg.synth import read_manifest
+    from training.synth import read_manifest
 
     seeds: set[int] = set()
     for meta in metas:
@@ -116,7 +116,7 @@ def material_maps(dataset: Any, manifest: dict[str, Any], limit: int | None = No
     """
     import numpy as np
 
-    from metaseg.synth import M_BRIGHT, M_DARK, M_STRIPED, generate_tile
+    from training.synth import M_BRIGHT, M_DARK, M_STRIPED, generate_tile
 
     by_file = {t["file"]: t for t in manifest["tiles"]}
     masks = []
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from metaseg.checkpoints import demo_checkpoint_path, load_checkpoint
-    from metaseg.synth import partner_zone
+    from training.synth import partner_zone
     from training.datasets import build_dataset
 
     torch.set_num_threads(args.threads)

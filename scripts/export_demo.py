@@ -27,7 +27,7 @@ def export(runs: Path, out_dir: Path, which: str = "last") -> list[Path]:
     """Export both demo runs' ``which`` checkpoint (``last``: both after the same number of steps,
     no selection on validation; ``best``: best validation mIoU); returns the ``.safetensors`` paths."""
     from metaseg.checkpoints import load_checkpoint, save_checkpoint
-    from metaseg.synth import read_manifest
+    from training.synth import read_manifest
 
     written = []
     for name in NAMES:

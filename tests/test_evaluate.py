@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from metaseg import synth  # noqa: E402
+from training import synth  # noqa: E402
 from training import evaluate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaseg import synth
+from training import synth
 from metaseg.errors import ConfigError, UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """SynthEarth reader: procedural tiles written in the OpenEarthMap layout.
 
-``python -m training.synth --out DIR ...`` (``metaseg.synth``) writes georeferenced RGB
+``python -m training.synth --out DIR ...`` (``training.synth``) writes georeferenced RGB
 GeoTIFFs and single-band labels exactly like OpenEarthMap (``DIR/<region>/images/<region>_<n>.tif``,
 ``DIR/<region>/labels/...``, ``DIR/{train,val,test}.txt``) plus ``DIR/synthearth.json``, so this
 reader is the OpenEarthMap reader under another name. The class set is the manifest's

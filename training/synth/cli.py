@@ -6,7 +6,7 @@ Examples::
     python -m training.synth --out data/synthearth_test --n 200 --size 256 --seed 1 \\
         --split-fractions 0,0,1          # held-out tiles: a different seed, all in test.txt
 
-See :mod:`metaseg.synth` and ``docs/SYNTHEARTH.md`` for what the tiles contain.
+See :mod:`training.synth` and ``docs/SYNTHEARTH.md`` for what the tiles contain.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from metaseg.synth import parse_split_fractions, parse_zones, write_synthearth
+    from training.synth import parse_split_fractions, parse_zones, write_synthearth
 
     try:
         parse_zones(args.zones)
