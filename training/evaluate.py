@@ -417,6 +417,11 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.root).is_dir():
         raise ConfigError(f"dataset root {args.root} is not a folder")
     class_map = load_class_map(args.class_map) if args.class_map else None
+    if getattr(args, "score_background", False):
+        if args.dataset != "openearthmap":
+            raise ConfigError("--score-background applies to OpenEarthMap only (the paper's Table I convention)")
+        if class_map is not None:
+            raise ConfigError("--score-background cannot be combined with --class-map")
 
     import torch
 
@@ -448,13 +453,8 @@ def run(args: argparse.Namespace) -> int:
             f"pass --class-map (see training/class_maps/)"
         )
 
-    if args.score_background:
-        if args.dataset != "openearthmap":
-            raise ConfigError("--score-background applies to OpenEarthMap only (the paper's Table I convention)")
-        if class_map is not None:
-            raise ConfigError("--score-background cannot be combined with --class-map")
     t0 = time.perf_counter()
-    if args.score_background:
+    if getattr(args, "score_background", False):
         metrics, n, with_bg = _score_with_background(model, dataset, ds_cs, args, device)
     else:
         with_bg = None

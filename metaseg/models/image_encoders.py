@@ -96,7 +96,7 @@ def load_lite0_package_weights(model: nn.Module) -> None:
 #: File names timm's hub repos store weights under (first found in the cache wins).
 _TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 PRETRAINED_FIX = (
-    "download the weights where there is network (e.g. huggingface-cli download {repo} model.safetensors) "
+    "download the weights where there is network (e.g. hf download {repo} model.safetensors) "
     "and pass pretrained=/path/to/model.safetensors, or train from scratch with pretrained=none"
 )
 
