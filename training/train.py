@@ -548,6 +548,9 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         budget_s = cfg.time_budget_minutes * 60.0 if cfg.time_budget_minutes else None
         run_t0 = time.time()
         run_steps = 0
+        step_times: list[float] = []  # wall seconds per optimiser step (the loss read syncs the device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         probe_t0: float | None = None
         epoch = start_epoch - 1
         last_eval: dict[str, float] = {}
@@ -566,6 +569,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             for batch in bar:
                 if global_step >= total_steps or out_of_time:
                     break
+                t_step = time.perf_counter()
                 lr = lr_at(global_step, total_steps, cfg, scale)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -613,6 +617,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                     total_steps = int(round(float(flag[1]) / dist.world))
                 for k in sums:
                     sums[k] += float(losses[k].detach())
+                step_times.append(time.perf_counter() - t_step)
                 if dist.main:
                     bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", lr=f"{lr:.2e}")
                     if writer is not None and global_step % cfg.log_every == 0:
@@ -698,9 +703,20 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                 "best_epoch": best_epoch + 1 if best_epoch >= 0 else None, "epochs_run": epoch + 1 - start_epoch,
                 "last_epoch": epoch + 1, "steps": global_step, "stopped_early": stopped_early,
                 "out_of_time": out_of_time, "seconds": round(time.time() - run_t0, 1),
-                "best_checkpoint": str(out_dir / "best.safetensors"), "world_size": dist.world}
+                "best_checkpoint": str(out_dir / "best.safetensors"), "world_size": dist.world,
+                "step_s": _median(step_times[2:] or step_times), "precision": policy.describe(),
+                "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                if device.type == "cuda" else None}
     finally:
         dist.close()
+
+
+def _median(values: list[float]) -> float | None:
+    """Median step time (the first two steps, with one-time costs, are left out by the caller)."""
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[len(v) // 2], 4)
 
 
 def _dataset_prompts(ds) -> list[str]:
