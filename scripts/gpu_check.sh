@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check of the paper training path (issue 12), one run under 8 minutes on an H100/H200:
 #
-#   1. SynthEarth: N_TILES tiles of SIZE² (default 24 of 1024², 3/4 train, 1/4 val), generated in parallel;
+#   1. SynthEarth: N_TILES tiles of SIZE² (default 24 of 1024² over 4 zones, half train, half val);
 #   2. python -m training.train: metasegnet_swin_b (Swin-B window 12 + CAFDecoder + frozen BERT-base),
 #      STEPS optimiser steps (default 50) at image_size SIZE, batch 2, amp=true (bf16 where supported,
 #      else fp16 + GradScaler), L_itm on, validation once at the end;
@@ -102,7 +102,7 @@ DATA=$WORK/synth_${SIZE}_${N_TILES}
 stage "SynthEarth: $N_TILES tiles of ${SIZE}² in $DATA ($WORKERS workers)"
 if [ ! -f "$DATA/synthearth.json" ]; then
   timeout "$RUN_TIMEOUT" $PY -m training.synth --out "$DATA" --n "$N_TILES" --size "$SIZE" --seed 0 \
-    --split-fractions 0.75,0.25,0 --workers "$WORKERS" --no-progress --json >"$WORK/synth.json" || { echo "SynthEarth failed"; exit 1; }
+    --zones Af,BWh,Cfb,Dfb --split-fractions 0.5,0.5,0 --workers "$WORKERS" --no-progress --json >"$WORK/synth.json" || { echo "SynthEarth failed"; exit 1; }
 fi
 
 RUN=$WORK/run_${MODEL}

@@ -194,9 +194,12 @@ def _predict(model: Any, images: Any, prompts: list[str], tta: bool) -> Any:
     batch = torch.cat(views, 0)
     if text is not None:
         text = text * len(views)
+    from metaseg.device import autocast_dtype
+
+    amp_dtype = autocast_dtype(dev)  # CUDA: bf16 where supported, else fp16; CPU: None (float32)
     ctx = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda"
+        torch.autocast("cuda", dtype=amp_dtype)
+        if amp_dtype is not None
         else torch.autocast("cpu", enabled=False)
     )
     with ctx:
@@ -224,6 +227,9 @@ def evaluate_dataset(
     workers: int = 0,
 ) -> tuple[Any, int]:
     """Run ``model`` over ``dataset`` and score it: :func:`confusion_dataset` then the metrics.
+
+    ``scored`` = classes entering the means (default ``class_set.scored``); the other arguments
+    are those of :func:`confusion_dataset`.
 
     Returns:
         ``(SegMetrics, number of tiles)``.
@@ -257,7 +263,6 @@ def confusion_dataset(
         dataset: items ``{"image": 3×H×W float [0,1], "label": H×W int64, "prompt": str, ...}``.
         class_set: the dataset's :class:`metaseg.classes.ClassSet`.
         lut: optional checkpoint → dataset class lookup (zero-shot); 255 = unmapped.
-        scored: classes entering the means (default ``class_set.scored``).
         tta: flip test-time augmentation.
         batch_size: tiles per forward pass.
         device: torch device (default: the model's).
