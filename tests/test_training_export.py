@@ -54,6 +54,7 @@ def test_export_writes_a_hub_folder_with_a_filled_model_card(run, exported):
     for name in src["val"]["per_class"]:  # per-class validation metrics from the run
         assert f"| {name} |" in card
     assert "training time" in card and f"({src['train_seconds']:.0f} s)" in card
+    assert "0.25–0.5 m/px" in card  # OpenEarthMap's ground sample distance (checkpoint gsd_range_m)
     assert "## Limits" in card and "random weights (`pretrained=none`)" in card and "Short run" in card
     assert '"max_steps": 2' in card  # the training config
     assert not [p for p in exported.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".bin")]

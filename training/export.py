@@ -61,8 +61,12 @@ def limits(meta: dict[str, Any]) -> list[str]:
     cfg = meta.get("config", {})
     train_cfg = meta.get("train_config") or {}
     dataset = meta.get("dataset") or "an unrecorded dataset"
+    from metaseg.checkpoints import gsd_range_m
+
+    gsd = gsd_range_m(meta)
+    res = f" (trained at {gsd[0]:g}–{gsd[1]:g} m/px)" if gsd is not None else ""
     out = [f"Trained on {dataset} only, for the {meta.get('class_set')} classes; on imagery of another sensor, "
-           "resolution or region expect lower accuracy (other class sets need `training.evaluate --class-map`)."]
+           f"resolution{res} or region expect lower accuracy (other class sets need `training.evaluate --class-map`)."]
     start = meta.get("encoder_start", cfg.get("pretrained"))
     if start == "none":
         out.append("The image encoder started from random weights (`pretrained=none`), not ImageNet: "
@@ -122,6 +126,11 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
         ("L_itm", meta.get("itm_signal", "–")),
         ("weights", f"{meta.get('weights_dtype')} safetensors"),
     ]
+    from metaseg.checkpoints import gsd_range_m
+
+    gsd = gsd_range_m(meta)
+    if gsd is not None:
+        rows.insert(2, ("ground sample distance trained on", f"{gsd[0]:g}–{gsd[1]:g} m/px"))
     lines = front + [f"# {repo_id or name}", "",
                      f"{kind} for semantic segmentation of remote-sensing tiles, trained with MetaSegNet "
                      "Studio (`python -m training.train`) and exported by `python -m training.export`.", "", "| | |", "|---|---|"]
