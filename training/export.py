@@ -56,6 +56,10 @@ def _per_class_table(per_class: dict[str, dict[str, Any]], fmt) -> list[str]:
     return lines
 
 
+def _gsd_text(gsd: tuple[float, float]) -> str:
+    return f"{gsd[0]:g}" if gsd[0] == gsd[1] else f"{gsd[0]:g}–{gsd[1]:g}"
+
+
 def limits(meta: dict[str, Any]) -> list[str]:
     """What this model is not, derived from its own metadata."""
     cfg = meta.get("config", {})
@@ -64,7 +68,7 @@ def limits(meta: dict[str, Any]) -> list[str]:
     from metaseg.checkpoints import gsd_range_m
 
     gsd = gsd_range_m(meta)
-    res = f" (trained at {gsd[0]:g}–{gsd[1]:g} m/px)" if gsd is not None else ""
+    res = f" (trained at {_gsd_text(gsd)} m/px)" if gsd is not None else ""
     out = [f"Trained on {dataset} only, for the {meta.get('class_set')} classes; on imagery of another sensor, "
            f"resolution{res} or region expect lower accuracy (other class sets need `training.evaluate --class-map`)."]
     start = meta.get("encoder_start", cfg.get("pretrained"))
@@ -130,7 +134,7 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
 
     gsd = gsd_range_m(meta)
     if gsd is not None:
-        rows.insert(2, ("ground sample distance trained on", f"{gsd[0]:g}–{gsd[1]:g} m/px"))
+        rows.insert(2, ("ground sample distance trained on", f"{_gsd_text(gsd)} m/px"))
     lines = front + [f"# {repo_id or name}", "",
                      f"{kind} for semantic segmentation of remote-sensing tiles, trained with MetaSegNet "
                      "Studio (`python -m training.train`) and exported by `python -m training.export`.", "", "| | |", "|---|---|"]
