@@ -136,6 +136,16 @@ def test_pretrained_timm_offline_exits_2_before_any_work(tmp_path, capsys, monke
     enc.check_pretrained("swin_tiny_patch4_window7_224", "timm")
 
 
+def test_resume_does_not_fetch_the_encoder_start_again(oem, store, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    base = ["model=baseline_demo", "amp=false", "split_val=null", "max_steps=1"]
+    train(_cfg(oem, out, *base, "epochs=1", "pretrained=none"), store=store)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # timm weights of Lite0 are not cached here
+    summary = train(_cfg(oem, out, *base, "epochs=2", "max_steps=2", "pretrained=timm", "resume=true"), store=store)
+    assert summary["steps"] == 2
+    assert json.loads((out / "last.json").read_text())["config"]["pretrained"] == "timm"
+
+
 def test_paper_configs_start_from_timm_weights():
     for name in ("openearthmap", "loveda", "potsdam"):
         cfg = load_config(REPO / f"training/configs/{name}.yaml")

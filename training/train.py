@@ -383,7 +383,9 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
 
     # before any work: a bad variant/override or unavailable encoder weights stop here (exit 2)
     model_cfg, _ = model_config_for(cfg)
-    check_pretrained(model_cfg.encoder, model_cfg.pretrained)
+    resuming = cfg.resume and (Path(cfg.out_dir) / "last_state.json").is_file()
+    if not resuming:  # a resumed run overwrites the encoder with last.safetensors: nothing to fetch
+        check_pretrained(model_cfg.encoder, model_cfg.pretrained)
     device = resolve_device(cfg.device)
     dist = Dist(device.type)
     if dist.enabled and device.type == "cuda":
@@ -440,7 +442,10 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
 
         # -- model
         _, overrides = model_config_for(cfg, class_set.name)
+        if resuming:
+            overrides["pretrained"] = "none"
         model = create_model(cfg.model, **overrides).to(device)
+        model.config.pretrained = model_cfg.pretrained  # recorded as configured, even when resuming
         if model.config.num_classes != class_set.num_classes:
             from metaseg.errors import ConfigError
 
