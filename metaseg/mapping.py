@@ -478,7 +478,12 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
         stacked: dict[str, Any] = {}
         if not loaded:  # only re-vectorised masks: no model needed on this worker
             return [results[t.id] for t in bundle]
-        predictor = _predictor(spec, settings)
+        try:
+            predictor = _predictor(spec, settings)
+        except Exception as exc:  # noqa: BLE001 - no model here: these tiles fail, re-vectorised ones stand
+            for task, _, start in loaded:
+                failed(task, exc, start)
+            return [results[t.id] for t in bundle]
         device = str(getattr(predictor, "device", "cpu"))
         use_batches = settings.batch_tiles if settings.batch_tiles is not None else device.startswith("cuda")
         if use_batches and not settings.tta and len(loaded) > 1 and hasattr(predictor, "model"):
