@@ -72,6 +72,8 @@ SUMMARY_NAME = "summary.json"
 REPORT_MD = "area_report.md"
 REPORT_CSV = "area_report.csv"
 MASKS_DIR = "masks"
+#: Attribute fields of the polygon layer, in order.
+FIELDS = ("class", "area_m2", "zone", "tile")
 #: Key of ``area_ha`` for tiles without a climate zone (ocean or unknown location).
 NO_ZONE = "none"
 DOWNLOAD_TIMEOUT_S = 60.0
@@ -485,7 +487,8 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
                 failed(task, exc, start)
             return [results[t.id] for t in bundle]
         device = str(getattr(predictor, "device", "cpu"))
-        use_batches = settings.batch_tiles if settings.batch_tiles is not None else device.startswith("cuda")
+        use_batches = settings.batch_tiles if settings.batch_tiles is not None else (
+            device.startswith("cuda") and getattr(spec, "backend", "torch") == "torch")
         if use_batches and not settings.tta and len(loaded) > 1 and hasattr(predictor, "model"):
             try:
                 stacked = _batched_masks(predictor, [(t, tile) for t, tile, _ in loaded], settings)
@@ -552,7 +555,11 @@ def bundle_tasks(tasks: Sequence[TileTask], tiles_per_task: int, window: int) ->
 # --------------------------------------------------------------------------- the job (client)
 @dataclass
 class TileRecord:
-    """One entry of ``summary.json``'s ``tiles``."""
+    """One entry of ``summary.json``'s ``tiles``.
+
+    ``fingerprint`` identifies what made the mask now on disk (``None``: no current mask); ``--resume``
+    reuses a mask whose fingerprint equals the one the current inputs and settings give.
+    """
 
     path: str
     id: str
@@ -576,6 +583,7 @@ class TileRecord:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -628,6 +636,7 @@ class MapJob:
         self.summary_path = self.out / SUMMARY_NAME
         self.records: list[TileRecord] = []
         self.tasks: list[TileTask] = []
+        self._fingerprints: dict[str, str] = {}
         self.meta: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- plan
@@ -678,12 +687,16 @@ class MapJob:
             if rec.zone not in prompts:
                 prompts[rec.zone] = prompt_for(rec.zone)
             prompt, rec.prompt_id = prompts[rec.zone]
-            rec.fingerprint = fingerprint(input_fp, self.model_fp, prompt, self.settings, self.spec.backend)
+            fp = fingerprint(input_fp, self.model_fp, prompt, self.settings, self.spec.backend)
+            self._fingerprints[tile_id] = fp
             mask = mask_path(self.out, tile_id)
             rec.mask = str(mask)
-            old = previous.get(tile_id)
-            skip = bool(old and old.get("status") in ("ok", "skipped") and old.get("fingerprint") == rec.fingerprint
-                        and mask.is_file())
+            old = previous.get(tile_id) or {}
+            # an existing mask is reused when it was made with exactly these inputs and settings
+            skip = old.get("status") != "failed" and old.get("fingerprint") == fp and mask.is_file()
+            # a record's fingerprint is that of the mask on disk: until this run rewrites the mask,
+            # it keeps the previous value (so an interrupted run leaves a correct resume state)
+            rec.fingerprint = fp if skip else (old.get("fingerprint") if mask.is_file() else None)
             self.tasks.append(TileTask(id=tile_id, path=src.path, zone=rec.zone, prompt=prompt, skip=skip, size=size))
         return self.tasks
 
@@ -701,8 +714,8 @@ class MapJob:
     def summary(self, seconds: float) -> dict[str, Any]:
         counts = {s: sum(r.status == s for r in self.records) for s in ("ok", "failed", "skipped", "pending")}
         windows = sum(r.windows for r in self.records if r.status == "ok")
-        run_s = float(self.meta.get("run_seconds") or 0.0)
-        done = counts["ok"] + counts["skipped"] + counts["failed"]
+        run_s = float(self.meta.get("run_seconds") or 0.0)  # after the models are loaded
+        done = sum(r.status != "pending" for r in self.records if r.id in self._fingerprints)  # tiles run as tasks
         out = {
             "tiles": [r.to_dict() for r in self.records],
             "area_ha": self.area_ha(),
@@ -765,49 +778,87 @@ class MapJob:
         from metaseg.runner import Runner
 
         started = time.perf_counter() if started is None else started
-        (self.out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
-        if self.vector_path.exists():
-            self.vector_path.unlink()
-        by_id = {r.id: r for r in self.records}
-        self.write_summary(time.perf_counter() - started)
-        writer = _VectorWriter(self.vector_path, self.settings.vector_crs)
         bundles = bundle_tasks(self.tasks, tiles_per_task, int(self.settings.window or 512))
+        # connect first: a bad --scheduler must leave the previous outputs (and resume state) alone
+        runner = Runner(workers=workers, scheduler=scheduler, desc="map", progress=progress,
+                        unit="tile" if all(len(b) == 1 for b in bundles) else "task") if bundles else None
+        by_id = {r.id: r for r in self.records}
+        new_fp = {t.id: self._fingerprints[t.id] for t in self.tasks}
+        writer = _VectorWriter(self.vector_path, self.settings.vector_crs)
         min_interval = 0.0 if len(self.records) < 1000 else 2.0
         last_write = 0.0
         try:
-            if bundles:
-                with Runner(workers=workers, scheduler=scheduler, desc="map", progress=progress,
-                            unit="tile" if all(len(b) == 1 for b in bundles) else "task") as runner:
-                    self.meta.update(workers=runner.n_workers, scheduler=scheduler)
-                    run_start = time.perf_counter()
-                    for outcome in runner.run(map_tiles, bundles, self.spec, self.settings):
-                        results = outcome.value if outcome.ok else [
-                            {"id": t.id, "status": "failed", "reason": outcome.error, "seconds": outcome.seconds,
-                             "windows": 0, "polygons": [], "area_m2": {}} for t in outcome.item]
-                        for res in results:
-                            rec = by_id[res["id"]]
-                            rec.status, rec.reason = res["status"], res["reason"]
-                            rec.seconds, rec.windows = float(res["seconds"]), int(res["windows"])
-                            rec.area_m2 = dict(res["area_m2"])
-                            rec.polygons = len(res["polygons"])
-                            if rec.status == "failed":
-                                rec.mask = None
-                            writer.add(res["polygons"], rec.zone, rec.id)
-                            if "device" in res:
-                                self.meta["device"] = res["device"]
-                        self.meta["run_seconds"] = round(time.perf_counter() - run_start, 3)
-                        now = time.perf_counter()
-                        if now - last_write >= min_interval:
-                            writer.flush()
-                            self.write_summary(now - started)
-                            last_write = now
+            (self.out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+            if self.vector_path.exists():
+                self.vector_path.unlink()
+            self.write_summary(time.perf_counter() - started)
+            if runner is not None:
+                self.meta.update(workers=runner.n_workers, scheduler=scheduler)
+                if any(not t.skip for t in self.tasks):
+                    load_start = time.perf_counter()
+                    _warm_up(runner, self.spec)
+                    self.meta["load_seconds"] = round(time.perf_counter() - load_start, 3)
+                run_start = time.perf_counter()
+                for outcome in runner.run(map_tiles, bundles, self.spec, self.settings):
+                    results = outcome.value if outcome.ok else [
+                        {"id": t.id, "status": "failed", "reason": outcome.error, "seconds": outcome.seconds,
+                         "windows": 0, "polygons": [], "area_m2": {}} for t in outcome.item]
+                    for res in results:
+                        rec = by_id[res["id"]]
+                        rec.status, rec.reason = res["status"], res["reason"]
+                        rec.seconds, rec.windows = float(res["seconds"]), int(res["windows"])
+                        rec.area_m2 = dict(res["area_m2"])
+                        rec.polygons = len(res["polygons"])
+                        if rec.status == "failed":
+                            rec.mask = rec.fingerprint = None
+                        else:  # the mask on disk is now the one these settings make
+                            rec.fingerprint = new_fp[rec.id]
+                        writer.add(res["polygons"], rec.zone, rec.id)
+                        if "device" in res:
+                            self.meta["device"] = res["device"]
+                    self.meta["run_seconds"] = round(time.perf_counter() - run_start, 3)
+                    now = time.perf_counter()
+                    if now - last_write >= min_interval:
+                        writer.flush()
+                        self.write_summary(now - started)
+                        last_write = now
             writer.flush(final=True)
         finally:
+            if runner is not None:
+                runner.close()
             with contextlib.suppress(Exception):
                 writer.flush()
             self.write_summary(time.perf_counter() - started)
         self.write_report()
         return self.write_summary(time.perf_counter() - started)
+
+
+def _load_model(spec: Any) -> str:
+    """Warm-up task: load the worker's model (cached for its later tasks); returns its device."""
+    from metaseg.runner import load_predictor
+
+    return str(load_predictor(spec).device)
+
+
+def _warm_up(runner: Any, spec: Any, timeout: float = 900.0) -> None:
+    """Load the model on every worker at once, before the first tile (so tile timings and
+    windows/s measure mapping, not start-up). A failure here is only logged: each tile then
+    reports it. Workers that join later load the model on their first tile."""
+    client = runner.client
+    token = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(_load_model, spec, workers=[addr], allow_other_workers=True, pure=False,
+                      key=f"load-model-{token}-{i}")
+        for i, addr in enumerate(client.scheduler_info().get("workers", {}))
+    ]
+    deadline = time.monotonic() + timeout
+    for fut in futures:
+        try:
+            fut.result(timeout=max(1.0, deadline - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - timeouts, load errors, lost workers: the tiles report them
+            logger.warning("a worker could not load the model: %s", _one_line(exc)[:300])
+        finally:
+            fut.release()
 
 
 class _VectorWriter:
@@ -832,8 +883,15 @@ class _VectorWriter:
 
         if not self.buffer and not (final and not self.created):
             return
-        if not self.buffer:  # nothing mapped: still leave an (empty) layer with the standard fields
-            write_features([], self.path, crs=self.crs)
+        if not self.buffer:  # nothing mapped: still leave an empty layer with the job's fields
+            import numpy as np
+            import pyogrio.raw
+            from rasterio.crs import CRS
+
+            empty = np.array([], dtype=object)
+            pyogrio.raw.write(str(self.path), empty, [empty, np.array([], dtype=np.float64), empty, empty],
+                              list(FIELDS), geometry_type="MultiPolygon", crs=CRS.from_user_input(self.crs).to_wkt(),
+                              **({"layer": "classes"} if self.path.suffix.lower() == ".gpkg" else {}))
             self.created = True
             return
         write_features(self.buffer, self.path, crs=self.crs, append=self.created)

@@ -24,6 +24,7 @@ import rasterio
 from metaseg.cli import main
 from metaseg.errors import MetasegError
 from metaseg.mapping import (
+    MapJob,
     MapSettings,
     Source,
     TileTask,
@@ -265,6 +266,61 @@ def test_colliding_stems_get_separate_masks(tiles, tmp_path, capsys):
     assert {t["zone"] for t in summary["tiles"]} == {"Cfa", "BWh"}
 
 
+def test_ocean_tile_gets_the_generic_prompt_and_unplaced_tiles_fail(tmp_path, capsys):
+    from tests.fixtures.geotiffs import write_geotiff
+
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "ocean.tif", 0.0, -30.0, crs="EPSG:4326", size=32)
+    write_geotiff(tmp_path / "in" / "plain.tif", crs=None, size=32)
+    code, summary, _ = _run(capsys, [str(tmp_path / "in"), "--out", str(tmp_path / "o"), *MODEL, "--workers", "0",
+                                     "--json"])
+    assert code == 3
+    by_id = {t["id"]: t for t in summary["tiles"]}
+    assert by_id["plain"]["status"] == "failed" and "georeference" in by_id["plain"]["reason"]
+    ocean = by_id["ocean"]
+    assert ocean["status"] == "ok" and ocean["zone"] is None and ocean["prompt_id"] is not None
+    assert list(summary["area_ha"]) == ["none"]
+
+
+def test_job_without_mappable_tiles_leaves_an_empty_layer(tiles, tmp_path, capsys):
+    code, summary, _ = _run(capsys, [str(tiles["corrupt"]), "--out", str(tmp_path / "o"), *MODEL, "--json"])
+    assert code == 3 and summary["counts"]["failed"] == 1 and summary["area_ha"] == {}
+    meta, _, geoms = _layer(tmp_path / "o" / "classes.gpkg")
+    assert geoms == [] and list(meta["fields"]) == ["class", "area_m2", "zone", "tile"]
+    assert "No tile was mapped" in (tmp_path / "o" / "area_report.md").read_text()
+
+
+def test_resume_state_survives_interrupted_runs(tiles, tmp_path):
+    """The summary's fingerprint is that of the mask on disk: a run interrupted before it rewrites
+    a mask leaves the next --resume able to tell current masks from stale ones."""
+    from metaseg.runner import ModelSpec
+
+    out = tmp_path / "o"
+    sources = discover([tiles["iguacu"], tiles["desert"]])
+
+    def plan(prompt: str, resume: bool = True) -> tuple[MapJob, list[bool]]:
+        job = MapJob(out, ModelSpec(name="metasegnet_demo"), MapSettings(out="", class_set="openearthmap"),
+                     model_fingerprint="weights-1")
+        tasks = job.plan(sources, lambda zone: (f"{prompt} {zone}", None), resume=resume)
+        job.write_summary(0.0)  # what run() writes first; then imagine a crash
+        return job, [t.skip for t in tasks]
+
+    job, skips = plan("A", resume=False)
+    assert skips == [False, False]
+    (out / "masks").mkdir(parents=True)
+    for rec in job.records:  # a finished run: masks written, records ok
+        Path(rec.mask).write_bytes(b"mask")
+        rec.status, rec.fingerprint = "ok", job._fingerprints[rec.id]
+    job.write_summary(1.0)
+    assert plan("A")[1] == [True, True]
+    assert plan("A")[1] == [True, True]  # a resumed run that crashed at once changes nothing
+    job, skips = plan("B")  # new prompt: masks are stale; crash before they are rewritten
+    assert skips == [False, False] and all(r.status == "pending" for r in job.records)
+    assert plan("A")[1] == [True, True]  # the masks on disk are still the "A" ones
+    os.utime(tiles["desert"], ns=(2_000_000_000, 2_000_000_000))
+    assert plan("A")[1] == [True, False]
+
+
 def test_stacked_batches_equal_tile_by_tile(tiles, tmp_path):
     """The GPU path (one-window tiles of a task stacked, each with its own prompt) gives the masks
     of the one-tile-at-a-time path (run here on CPU)."""
@@ -433,9 +489,14 @@ def test_separate_cluster_identical_masks_and_killed_worker(mapped, tiles, clust
         text=True)
     victim = cluster.worker_address("w0")
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not cluster.client.processing().get(victim):
+
+    def mapping_on_victim() -> bool:  # tiles are running (a mask is out) and the victim holds one
+        busy = any(k.startswith("map_tiles") for k in cluster.client.processing().get(victim, ()))
+        return busy and any((killed / "masks").glob("t*.tif"))
+
+    while time.monotonic() < deadline and not mapping_on_victim():
         time.sleep(0.05)
-    assert cluster.client.processing().get(victim), "the worker never got a task"
+    assert mapping_on_victim(), "the worker never got a tile"
     cluster.workers[0].kill()
     stdout, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-2000:]
