@@ -592,6 +592,26 @@ def _atomic_write_text(path: Path, text: str) -> None:
             tmp.unlink()
 
 
+def _remote_centre(url: str) -> tuple[float, float] | None:
+    """(lat, lon) of the centre of a remote GeoTIFF from its header (GDAL ``/vsicurl/``), or ``None``."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.errors import RasterioError
+    from rasterio.warp import transform
+
+    try:
+        with rasterio.Env(GDAL_HTTP_TIMEOUT=str(int(DOWNLOAD_TIMEOUT_S))), rasterio.open(f"/vsicurl/{url}") as ds:
+            if ds.crs is None or ds.transform.is_identity:
+                return None
+            x, y = ds.transform * (ds.width / 2.0, ds.height / 2.0)
+            lons, lats = transform(ds.crs, CRS.from_epsg(4326), [x], [y])
+    except (RasterioError, OSError, ValueError) as exc:
+        logger.info("cannot read the header of %s: %s", url, _one_line(exc)[:200])
+        return None
+    lat, lon = float(lats[0]), float(lons[0])
+    return (lat, lon) if -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0 else None
+
+
 def input_fingerprint(src: Source) -> str:
     """What identifies the content of an input: size + mtime for files, href + version for URLs."""
     if _is_url(src.path):
@@ -669,7 +689,7 @@ class MapJob:
             size = None
             try:
                 if _is_url(src.path):
-                    latlon = src.centre
+                    latlon = src.centre if src.centre is not None else _remote_centre(src.path)
                 else:
                     info = inspect_tile(src.path)
                     if info.crs is None or info.transform is None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -243,27 +241,25 @@ def test_local_stac_item_collection_and_catalog(tiles, tmp_path, capsys, mapped)
 def test_stac_over_http_loopback(tiles, tmp_path, capsys):
     root = tmp_path / "www"
     (root / "data").mkdir(parents=True)
-    local = {k: shutil.copy(v, root / "data" / Path(v).name) for k, v in tiles.items() if k in ("iguacu", "potsdam")}
-    write_item_collection(root / "items.json", {k: Path(v) for k, v in local.items()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    local = {k: shutil.copy(v, root / "data" / Path(v).name) for k, v in tiles.items() if k != "corrupt"}
+    write_item_collection(root / "items.json", {k: Path(local[k]) for k in ("iguacu", "potsdam")})
+    # the server runs in its own process, like a real one (GDAL's /vsicurl/ may hold this process's GIL)
+    server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/items.json"
-        code, summary, _ = _run(capsys, [url, "--out", str(tmp_path / "o"), *MODEL, "--workers", "0", "--json"])
+        port = int(re.search(r"port (\d+)", server.stdout.readline()).group(1))
+        base = f"http://127.0.0.1:{port}"
+        code, summary, _ = _run(capsys, [f"{base}/items.json", f"{base}/data/desert.tiff", "--out",
+                                         str(tmp_path / "o"), *MODEL, "--workers", "0", "--json"])
     finally:
-        server.shutdown()
-        server.server_close()
+        server.kill()
+        server.wait(timeout=30)
     assert code == 0
-    assert {t["id"]: t["zone"] for t in summary["tiles"]} == {"iguacu": "Cfa", "potsdam": "Cfb"}
+    # STAC items: zone from the item's bbox; a plain GeoTIFF URL: from its header
+    assert {t["id"]: t["zone"] for t in summary["tiles"]} == {"iguacu": "Cfa", "potsdam": "Cfb", "desert": "BWh"}
     assert all(t["path"].startswith("http://127.0.0.1") for t in summary["tiles"])
     _, meta = _mask(tmp_path / "o" / "masks" / "potsdam.tif")
     assert meta["crs"] == rasterio.crs.CRS.from_epsg(32633)
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output clean
-        pass
 
 
 def test_colliding_stems_get_separate_masks(tiles, tmp_path, capsys):
