@@ -268,7 +268,8 @@ def test_colliding_stems_get_separate_masks(tiles, tmp_path, capsys):
     shutil.copy(tiles["iguacu"], tmp_path / "a" / "tile.tif")
     shutil.copy(tiles["desert"], tmp_path / "b" / "tile.tif")
     code, summary, _ = _run(capsys, [str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "o"),
-                                     *MODEL, "--workers", "0", "--json", "--prompt", "Aerial image."])
+                                     *MODEL, "--workers", "0", "--json", "--prompt", "Aerial image.",
+                                     "--tiles-per-task", "2"])  # both tiles in one task
     assert code == 0
     masks = sorted(p.name for p in (tmp_path / "o" / "masks").glob("*.tif"))
     assert len(masks) == 2 and all(m.startswith("tile-") for m in masks)
