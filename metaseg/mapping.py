@@ -934,12 +934,7 @@ def model_info(name: str | None, checkpoint: str | None) -> tuple[str, str | Non
     if not checkpoint:
         weights = demo_checkpoint_path(str(name))
         files = [weights, weights.with_suffix(".json")]
-    elif Path(checkpoint).expanduser().is_dir():
-        folder = Path(checkpoint).expanduser()
-        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json"))
-        if not files:
-            raise MetasegError(f"checkpoint folder {checkpoint} holds no .safetensors/.json files")
-    else:
+    else:  # a checkpoint file or stem, an export folder (training.export) or a hub id
         files = list(resolve_checkpoint(checkpoint))
     parts = []
     config: dict[str, Any] = {}

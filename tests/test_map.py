@@ -276,6 +276,26 @@ def test_colliding_stems_get_separate_masks(tiles, tmp_path, capsys):
     assert {t["zone"] for t in summary["tiles"]} == {"Cfa", "BWh"}
 
 
+def test_export_folder_checkpoint_and_vision_only_model(tiles, tmp_path, capsys):
+    """--checkpoint takes an export folder (model.safetensors + config.json); a baseline gets no prompt."""
+    torch = pytest.importorskip("torch")
+    from metaseg.checkpoints import save_checkpoint
+    from metaseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("baseline_demo", pretrained="none", decoder_dim=16)
+    save_checkpoint(model, tmp_path / "ck" / "best")
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copy(tmp_path / "ck" / "best.safetensors", export / "model.safetensors")
+    shutil.copy(tmp_path / "ck" / "best.json", export / "config.json")
+    code, summary, err = _run(capsys, [str(tiles["iguacu"]), "--out", str(tmp_path / "o"), "--checkpoint", str(export),
+                                       "--workers", "0", "--prompt", "ignored", "--json"])
+    assert code == 0 and "vision-only" in err
+    assert summary["prompt"] is None and summary["tiles"][0]["prompt_id"] is None
+    assert summary["tiles"][0]["status"] == "ok" and summary["class_set"] == "openearthmap"
+
+
 def test_ocean_tile_gets_the_generic_prompt_and_unplaced_tiles_fail(tmp_path, capsys):
     from tests.fixtures.geotiffs import write_geotiff
 
