@@ -15,6 +15,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # No real LLM endpoint or key leaks in from the developer's shell.
 for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "METASEG_LLM_MODEL"):
     os.environ.pop(_var, None)
+# No imagery server either: tests that fetch point METASEG_IMAGERY_URL at a loopback XYZ server.
+for _var in ("METASEG_IMAGERY_ATTRIBUTION", "METASEG_IMAGERY_CACHE", "METASEG_IMAGERY_SUBDOMAINS"):
+    os.environ.pop(_var, None)
+os.environ["METASEG_IMAGERY_URL"] = "off"
 
 
 @pytest.fixture(autouse=True)

@@ -158,3 +158,30 @@ def test_gsd_of_projected_geographic_and_mercator_tiles(tmp_path):
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
     assert inspect_tile(png).gsd_m is None and inspect_tile(png).to_dict()["gsd_m"] is None
+
+
+def test_checkpoint_gsd_range_recorded_or_defaulted():
+    import json
+
+    from metaseg.checkpoints import WEIGHTS_DIR, gsd_range_m
+
+    assert gsd_range_m({"gsd_range_m": [0.5, 0.1]}) == (0.1, 0.5)
+    assert gsd_range_m({"dataset": "synthearth", "class_set": "openearthmap"}) == (0.5, 0.5)
+    assert gsd_range_m({"class_set": "openearthmap"}) == (0.25, 0.5)
+    assert gsd_range_m({"config": {"class_set": "loveda"}}) == (0.3, 0.3)
+    assert gsd_range_m({"class_set": "potsdam"}) == (0.05, 0.05)
+    assert gsd_range_m({"gsd_range_m": "bad"}) is None and gsd_range_m({}) is None
+    demo = json.loads((WEIGHTS_DIR / "metasegnet_demo.json").read_text())
+    assert gsd_range_m(demo) == (0.5, 0.5)  # trained on SynthEarth (nominal 0.5 m)
+
+
+@pytest.mark.slow
+def test_saved_checkpoints_record_their_gsd(tmp_path):
+    import json
+
+    from metaseg.checkpoints import save_checkpoint
+    from metaseg.models.registry import create_model
+
+    model = create_model("baseline_demo", pretrained="none")
+    save_checkpoint(model, tmp_path / "c", extra={"dataset": "loveda"})
+    assert json.loads((tmp_path / "c.json").read_text())["gsd_range_m"] == [0.3, 0.3]
