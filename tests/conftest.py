@@ -41,3 +41,18 @@ def app_server():
         yield url
     finally:
         app.demo.close()
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``CI=true`` a skipped ``browser`` test is a failure: CI must prove the UI, not skip it."""
+    outcome = yield
+    report = outcome.get_result()
+    if _ci() and report.skipped and item.get_closest_marker("browser") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"browser test skipped under CI=true ({reason}); install Chromium and Playwright"
