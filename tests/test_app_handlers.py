@@ -629,7 +629,8 @@ def xyz_env(monkeypatch):
 def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeypatch):
     state = locate.on_map_click({"lat": 46.95, "lng": 7.45}, "openearthmap", None)[0]
     out = locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
-    state, loc_html, map_html, lat, lon, prompt, info, _dd, _t, preview, gt = out
+    state, loc_html, map_html, lat, lon, prompt, info, _dd, _t, preview, gt, file_box = out
+    assert file_box is None  # the upload box is emptied: the fetched tile is the session's tile
     assert state.location["source"] == "geotiff" and state.location["crs"] == "EPSG:3857"
     assert state.location["zone"]["code"] == "Cfb" and "Cfb" in info and prompt.strip()
     assert state.location["gsd_m"] == pytest.approx(1.629, rel=0.02)

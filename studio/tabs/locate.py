@@ -107,8 +107,8 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
     """A tile was uploaded (or an example picked): copy, inspect, read, locate."""
     state = session(state)
     src = path_of(file)
-    if src is None:  # cleared
-        return (*located(state, class_set), gr.update(), gr.update())
+    if src is None:  # cleared (by the user, or after fetching imagery): the session's tile stays
+        return (gr.skip(),) * 11
     return load_tile(src, class_set, state)
 
 
@@ -148,7 +148,8 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
     res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
     note = (f"Fetched {res.size}×{res.size} px around {res.lat:.5f}, {res.lon:.5f} at zoom {res.zoom} "
             f"(≈{res.gsd_m:.2g} m/px; {res.tiles} tiles, {res.cached} cached). {res.attribution}")
-    return load_tile(out, class_set, state, note=note, copy=False)
+    # the file box no longer shows the previous upload: the fetched tile is the session's tile now
+    return (*load_tile(out, class_set, state, note=note, copy=False), None)
 
 
 def imagery_controls():
@@ -226,6 +227,7 @@ def wire(ctx: Studio) -> None:
     ctx.locate_btn.click(on_coords, [ctx.lat_in, ctx.lon_in, ctx.class_set, ctx.state], located_out, **UI)
     ctx.click_bridge.change(on_map_click, [ctx.click_bridge, ctx.class_set, ctx.state], located_out, **UI)
     ctx.emit("tile_loaded", ctx.fetch_btn.click(
-        on_fetch_imagery, [ctx.lat_in, ctx.lon_in, ctx.zoom, ctx.class_set, ctx.state], tile_outputs(ctx), **UI))
+        on_fetch_imagery, [ctx.lat_in, ctx.lon_in, ctx.zoom, ctx.class_set, ctx.state],
+        [*tile_outputs(ctx), ctx.tile_file], **UI))
     ctx.demo.load(on_load, [ctx.class_set, ctx.state], located_out, **UI)
     ctx.demo.load(imagery_controls, None, [ctx.fetch_btn, ctx.imagery_hint], **UI)
