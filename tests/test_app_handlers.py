@@ -212,6 +212,7 @@ def test_save_restore_and_llm_disabled(app_module):
     assert list(hist["version"]) == [3, 2, 1]
     with pytest.raises(gr.Error, match="OPENAI"):
         describe.on_regenerate("openearthmap", state)
+    assert describe.regen_button_state()[0]["interactive"] is False
     assert "250" in describe.on_prompt_edit("a short prompt")
 
 
@@ -225,6 +226,8 @@ def test_llm_regeneration_when_configured(app_module, monkeypatch):
         from studio import services
 
         assert services.llm_status()[0]
+        button, hint = describe.regen_button_state()  # decided when a page loads, not at import
+        assert button["interactive"] is True and "tiny-model" in hint
         out = describe.on_regenerate("openearthmap", state)
     rec = services.get_store().get(out[0].prompt_id)
     assert rec.source == "llm:tiny-model" and rec.zone == "BWh" and rec.version == 2
