@@ -185,3 +185,18 @@ def test_saved_checkpoints_record_their_gsd(tmp_path):
     model = create_model("baseline_demo", pretrained="none")
     save_checkpoint(model, tmp_path / "c", extra={"dataset": "loveda"})
     assert json.loads((tmp_path / "c.json").read_text())["gsd_range_m"] == [0.3, 0.3]
+
+
+def test_map_offers_the_imagery_layer_with_its_credit(monkeypatch):
+
+    from studio import mapview
+
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "https://tiles.example.org/{z}/{y}/{x}")
+    monkeypatch.setenv("METASEG_IMAGERY_ATTRIBUTION", "Tiles <b>© Example</b>")
+    page = mapview.map_page(lat=46.95, lon=7.45)
+    assert "https://tiles.example.org/{z}/{y}/{x}" in page and "Satellite imagery" in page
+    assert "Example" in page and "<b>" not in page  # the credit is shown, escaped
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "off")
+    assert "Satellite imagery" not in mapview.map_page(lat=46.95, lon=7.45)
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "javascript:alert(1)")  # refused, the map still renders
+    assert "alert(1)" not in mapview.map_page(lat=46.95, lon=7.45)

@@ -6,6 +6,8 @@ these are the only named endpoints.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 from typing import Any
 
@@ -57,6 +59,9 @@ def api_save_prompt(zone: str | None, class_set: str, text: str) -> dict[str, An
     return rec.to_dict()
 
 
+API_FILE_TTL_S = 3600
+
+
 @user_errors
 def api_imagery(lat: float | None, lon: float | None, zoom: float | None, request: gr.Request = None):
     """Imagery around (lat, lon) from ``METASEG_IMAGERY_URL`` at ``zoom`` (15-19; empty = about
@@ -66,6 +71,10 @@ def api_imagery(lat: float | None, lon: float | None, zoom: float | None, reques
     key = str(getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", "api"))
     folder = session_root() / f"api-{uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("imagery-*.tif"):  # a client's earlier answers, once it has had time to fetch them
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > API_FILE_TTL_S:
+                old.unlink()
     out = folder / f"imagery-{uuid.uuid4().hex[:8]}.tif"
     res = services.fetch_imagery(lat, lon, zoom, out, key)
     obj, _ = services.locate_file(res.path)

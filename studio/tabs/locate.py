@@ -148,8 +148,12 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
     res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
     note = (f"Fetched {res.size}×{res.size} px around {res.lat:.5f}, {res.lon:.5f} at zoom {res.zoom} "
             f"(≈{res.gsd_m:.2g} m/px; {res.tiles} tiles, {res.cached} cached). {res.attribution}")
+    outputs = load_tile(out, class_set, state, note=note, copy=False)
+    for old in state.workdir.glob("imagery-*.tif"):  # earlier fetches of this session are no longer the tile
+        if old != out:
+            old.unlink(missing_ok=True)
     # the file box no longer shows the previous upload: the fetched tile is the session's tile now
-    return (*load_tile(out, class_set, state, note=note, copy=False), None)
+    return (*outputs, None)
 
 
 def imagery_controls():
