@@ -651,6 +651,7 @@ def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeyp
     with pytest.raises(gr.Error, match="too many"):
         locate.on_fetch_imagery(46.95, 7.45, "auto", "openearthmap", other)
     locate.on_fetch_imagery(46.95, 7.45, "15", "openearthmap", state)  # another session is not held up
+    assert [p.name for p in state.workdir.glob("imagery-*.tif")] == [Path(state.tile_path).name]  # no pile-up
     monkeypatch.setenv("METASEG_IMAGERY_URL", "off")
     with pytest.raises(gr.Error, match="switched off"):
         locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", session.SessionState())
