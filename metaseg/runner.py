@@ -242,12 +242,12 @@ class Runner:
         quiet = logging.ERROR
         if n == 0:
             self._cluster = LocalCluster(
-                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
                 silence_logs=quiet,
             )
         else:
             self._cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                 silence_logs=quiet, env={THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)},
             )
         self._client = Client(self._cluster, set_as_default=False)
