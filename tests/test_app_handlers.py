@@ -212,6 +212,7 @@ def test_save_restore_and_llm_disabled(app_module):
     assert list(hist["version"]) == [3, 2, 1]
     with pytest.raises(gr.Error, match="OPENAI"):
         describe.on_regenerate("openearthmap", state)
+    assert describe.regen_button_state()[0]["interactive"] is False
     assert "250" in describe.on_prompt_edit("a short prompt")
 
 
@@ -225,6 +226,8 @@ def test_llm_regeneration_when_configured(app_module, monkeypatch):
         from studio import services
 
         assert services.llm_status()[0]
+        button, hint = describe.regen_button_state()  # decided when a page loads, not at import
+        assert button["interactive"] is True and "tiny-model" in hint
         out = describe.on_regenerate("openearthmap", state)
     rec = services.get_store().get(out[0].prompt_id)
     assert rec.source == "llm:tiny-model" and rec.zone == "BWh" and rec.version == 2
@@ -250,13 +253,15 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
 
     stored = services.get_store().get(state.prompt_id).text
     out = segment.on_segment(stored, 0.5, state, progress=progress)
-    state, ov_a, ov_b, dis, dis_txt, fractions, files, legend, status = out
-    assert ov_a.shape == ov_b.shape == state.tile.rgb.shape
+    state, (ov_a, ov_b), dis, dis_txt, fractions, files, legend, status, gsd = out
+    assert ov_a.shape == ov_b.shape == state.tile.rgb.shape  # the two sides of the ImageSlider
     assert not np.array_equal(ov_a, ov_b)  # the fake models differ
     assert dis.shape == ov_a.shape and "disagree" in dis_txt
     assert list(fractions.columns) == ["class", "MetaSegNet %", "baseline %"]
     assert abs(fractions["MetaSegNet %"].sum() - 100) < 0.5
     assert [Path(f).suffix for f in files] == [".tif", ".tif"]  # georeferenced tile → GeoTIFF
+    assert "backend torch" in status
+    assert "0.5 m/px" in gsd and "⚠️" not in gsd  # SynthEarth's 0.5 m tiles match the model's range
     assert seen and max(seen) <= 1.0 and seen[-1] == pytest.approx(1.0)
     assert "bareland" in legend
 
@@ -282,9 +287,9 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
 
     # opacity changes re-blend without re-running the models
     calls = len(fake_models.get("metasegnet").predictor.calls)
-    ov_full = segment.on_opacity(1.0, state)[0]
+    ov_full = segment.on_opacity(1.0, state)[0][0]
     assert len(fake_models.get("metasegnet").predictor.calls) == calls
-    assert not np.array_equal(ov_full, segment.on_opacity(0.0, state)[0])
+    assert not np.array_equal(ov_full, segment.on_opacity(0.0, state)[0][0])
 
 
 def test_large_tile_reports_window_progress(app_module, fake_models, tmp_path):
@@ -304,9 +309,9 @@ def test_unsaved_prompt_edit_is_not_logged_as_a_version(app_module, fake_models)
     state = _load(app_module, SYNTH)[0]
     stored = services.get_store().get(state.prompt_id).text
     out = segment.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)
-    assert out[0].prediction.prompt_id == state.prompt_id and "not saved" not in out[-1]
+    assert out[0].prediction.prompt_id == state.prompt_id and "not saved" not in out[-2]
     out = segment.on_segment(stored + " Edited.", 0.5, state, progress=lambda *a, **k: None)
-    assert out[0].prediction.prompt_id is None and "not saved" in out[-1]
+    assert out[0].prediction.prompt_id is None and "not saved" in out[-2]
     review_tab.on_review(out[0])
     assert next(r for r in services.get_store().runs(state.tile_hash) if r["model_role"] == "metasegnet")[
         "prompt_id"] is None
@@ -316,7 +321,7 @@ def test_plain_png_downloads_png(app_module, fake_models, tmp_path):
     png = tmp_path / "plain.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(png)
     state = _load(app_module, png)[0]
-    files = segment.on_segment("prompt", 0.4, state, progress=lambda *a, **k: None)[6]
+    files = segment.on_segment("prompt", 0.4, state, progress=lambda *a, **k: None)[5]
     assert [Path(f).suffix for f in files] == [".png", ".png"]
 
 
@@ -500,7 +505,7 @@ def test_real_random_models_segment(app_module):
     try:
         state = _load(app_module, SYNTH)[0]
         out = segment.on_segment("A temperate prompt.", 0.5, state, progress=lambda *a, **k: None)
-        assert out[1].shape == (256, 256, 3)
+        assert out[1][0].shape == (256, 256, 3)
         assert out[0].prediction.metasegnet.max() < 8
     finally:
         services.MODELS.set_factory(None)
@@ -611,3 +616,143 @@ def services_store_text(state):
     from studio import services
 
     return services.get_store().get(state.prompt_id).text
+
+
+# --------------------------------------------------------------------------- imagery, GSD, polygons (issue 15)
+@pytest.fixture
+def xyz_env(monkeypatch):
+    from tests.fixtures.xyz_server import FakeXYZServer
+
+    with FakeXYZServer() as srv:
+        monkeypatch.setenv("METASEG_IMAGERY_URL", srv.template)
+        monkeypatch.setenv("METASEG_IMAGERY_ATTRIBUTION", "Loopback tiles")
+        yield srv
+
+
+def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeypatch):
+    state = locate.on_map_click({"lat": 46.95, "lng": 7.45}, "openearthmap", None)[0]
+    out = locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
+    state, loc_html, map_html, lat, lon, prompt, info, _dd, _t, preview, gt, file_box = out
+    assert file_box is None  # the upload box is emptied: the fetched tile is the session's tile
+    assert state.location["source"] == "geotiff" and state.location["crs"] == "EPSG:3857"
+    assert state.location["zone"]["code"] == "Cfb" and "Cfb" in info and prompt.strip()
+    assert state.location["gsd_m"] == pytest.approx(1.629, rel=0.02)
+    assert abs(lat - 46.95) < 1e-3 and abs(lon - 7.45) < 1e-3
+    assert Path(state.tile_path).parent == state.workdir and preview.shape == (1024, 1024, 3)
+    assert "Loopback tiles" in loc_html and "zoom 16" in loc_html and 'data-gsd="1.6' in loc_html
+    assert "L.polygon" in html.unescape(map_html)  # the fetched footprint on the map
+    seg = segment.on_segment(prompt, 0.5, state, progress=lambda *a, **k: None)
+    assert seg[1][0].shape == (1024, 1024, 3) and "Done" in seg[7]
+    assert "coarser" in seg[8] and "⚠️" in seg[8]  # 1.6 m/px under a 0.25-0.5 m model
+    # the per-session rate limit, then the switch
+    monkeypatch.setenv("METASEG_IMAGERY_PER_MINUTE", "1")
+    other = session.SessionState()
+    locate.on_fetch_imagery(46.95, 7.45, "auto", "openearthmap", other)
+    with pytest.raises(gr.Error, match="too many"):
+        locate.on_fetch_imagery(46.95, 7.45, "auto", "openearthmap", other)
+    locate.on_fetch_imagery(46.95, 7.45, "15", "openearthmap", state)  # another session is not held up
+    assert [p.name for p in state.workdir.glob("imagery-*.tif")] == [Path(state.tile_path).name]  # no pile-up
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "off")
+    with pytest.raises(gr.Error, match="switched off"):
+        locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", session.SessionState())
+    assert locate.imagery_controls()[0]["interactive"] is False
+    with pytest.raises(gr.Error, match="(?i)click the map"):
+        locate.on_fetch_imagery(None, None, "16", "openearthmap", None)
+
+
+def test_imagery_server_down_is_a_clean_error(monkeypatch):
+    from tests.fixtures.app_server import free_port
+
+    monkeypatch.setenv("METASEG_IMAGERY_URL", f"http://127.0.0.1:{free_port()}/{{z}}/{{x}}/{{y}}.png")
+    state = session.SessionState()
+    with pytest.raises(gr.Error, match="unreachable") as err:
+        locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
+    assert "\n" not in err.value.message and state.tile is None
+    assert locate.on_coords(46.95, 7.45, "openearthmap", state)[0].location["zone"]["code"] == "Cfb"
+    assert locate.imagery_controls()[0]["interactive"] is True  # configured (the server may come back)
+
+
+def test_gsd_far_outside_the_model_and_resampling(fake_models, tmp_path):
+    coarse = write_geotiff(tmp_path / "landsat.tif", 52.39, 13.06, crs="EPSG:32633", size=64, pixel_size=30.0)
+    state = _load(None, coarse)[0]
+    note = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[-1]
+    assert "29.9 m/px" in note and "60× coarser" in note and "0.25–0.5 m/px" in note  # UTM scale factor
+    fine = write_geotiff(tmp_path / "drone.tif", 52.39, 13.06, crs="EPSG:32633", size=128, pixel_size=0.05)
+    state = _load(None, fine)[0]
+    out = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)
+    assert "finer" in out[-1] and "Resample" in out[-1]
+    out = segment.on_segment("p", 0.5, state, None, True, progress=lambda *a, **k: None)
+    assert "resampled to 0.25 m/px" in out[-1]
+    seen = fake_models.get("metasegnet").predictor
+    assert out[0].prediction.metasegnet.shape == (128, 128)  # back on the tile's grid
+    assert len(seen.calls) == 3
+    from studio import services
+
+    small, valid = services.resample(np.zeros((128, 128, 3), np.uint8), np.ones((128, 128), bool), 5.0)
+    assert small.shape == (26, 26, 3) and valid.shape == (26, 26)
+
+
+def test_polygon_downloads_carry_class_and_area(fake_models, tmp_path):
+    from pyogrio.raw import read as ogr_read
+
+    from metaseg.classes import get_class_set
+
+    # four flat quadrants → a handful of polygons from the fake models
+    data = np.zeros((3, 64, 64), np.uint8)
+    data[:, :32, 32:] = 40
+    data[:, 32:, :32] = 100
+    data[:, 32:, 32:] = 200
+    tif = write_geotiff(tmp_path / "quads.tif", 52.39, 13.06, crs="EPSG:32633", size=64, bands=3,
+                        dtype="uint8", pixel_size=0.5, data=data)
+    state = _load(None, tif)[0]
+    state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
+    files = segment.on_polygons(state)
+    assert [Path(f).suffix for f in files] == [".tif", ".tif", ".gpkg", ".geojson"]
+    names = set(get_class_set("openearthmap").names)
+    for f in files[2:]:
+        meta, _fids, geoms, fields = ogr_read(f)
+        cols = dict(zip(meta["fields"], fields, strict=True))
+        assert {"class", "area_m2", "model"} <= set(cols) and set(cols["class"]) <= names and len(geoms) >= 2
+        for role in ("metasegnet", "baseline"):
+            total = cols["area_m2"][cols["model"] == role].sum()
+            assert total == pytest.approx(64 * 64 * 0.25, rel=0.02)  # 32 m × 32 m on the ground
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(png)
+    state = segment.on_segment("p", 0.5, _load(None, png)[0], progress=lambda *a, **k: None)[0]
+    with pytest.raises(gr.Error, match="georeference"):
+        segment.on_polygons(state)
+
+
+def test_review_numbers_match_hand_computed_values():
+    """Per-class IoU, ΔIoU, mIoU, OA and mF1 shown in the Review tab for a known 4×4 pair."""
+    import re
+
+    from studio.session import PairPrediction
+
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 255]], np.uint8)
+    a = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [2, 2, 2, 2], [2, 2, 1, 0]], np.uint8)
+    b = np.array([[0, 1, 1, 1], [1, 1, 1, 1], [2, 2, 0, 0], [2, 2, 2, 2]], np.uint8)
+    state = session.SessionState(tile_hash="f" * 64)
+    state.prediction = PairPrediction(metasegnet=a, baseline=b, class_set="openearthmap", prompt_id=None,
+                                      prompt_text="p")
+    state.ground_truth, state.ground_truth_source = gt, "hand-made label"
+    metrics, iou, _chart, _only, _legend, _cmp = review_tab.on_review(state)
+    # counted by hand over the 15 labelled pixels (the ignore pixel is left out)
+    iou_a = {"bareland": 3 / 4, "rangeland": 4 / 6, "developed space": 6 / 7}
+    iou_b = {"bareland": 1 / 6, "rangeland": 4 / 7, "developed space": 5 / 7}
+    f1_a, f1_b = [6 / 7, 8 / 10, 12 / 13], [2 / 7, 8 / 11, 10 / 12]
+    rows = {r["class"]: r for r in iou.to_dict("records")}
+    for name in iou_a:
+        assert rows[name]["MetaSegNet IoU %"] == pytest.approx(100 * iou_a[name], abs=0.006)
+        assert rows[name]["baseline IoU %"] == pytest.approx(100 * iou_b[name], abs=0.006)
+        assert rows[name]["ΔIoU"] == pytest.approx(100 * (iou_a[name] - iou_b[name]), abs=0.006)
+    for absent in ("road", "water", "building"):
+        assert rows[absent]["MetaSegNet IoU %"] is None or np.isnan(rows[absent]["MetaSegNet IoU %"])
+    cells = re.findall(r"<tr><td>(\w+)</td><td>([\d.]+)</td><td>([\d.]+)</td><td>([\d.]+)</td></tr>", metrics)
+    shown = {m: tuple(float(v) for v in vals) for m, *vals in cells}
+    miou_a, miou_b = sum(iou_a.values()) / 3, sum(iou_b.values()) / 3
+    assert shown["MetaSegNet"] == pytest.approx((100 * miou_a, 100 * 13 / 15, 100 * sum(f1_a) / 3), abs=0.051)
+    assert shown["Baseline"] == pytest.approx((100 * miou_b, 100 * 10 / 15, 100 * sum(f1_b) / 3), abs=0.051)
+    delta = float(re.search(r"ΔmIoU \(MetaSegNet − baseline\): <b>([+-][\d.]+)</b>", metrics).group(1))
+    assert delta == pytest.approx(100 * (miou_a - miou_b), abs=0.051)
+    assert "hand-made label" in metrics

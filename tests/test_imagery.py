@@ -158,3 +158,45 @@ def test_gsd_of_projected_geographic_and_mercator_tiles(tmp_path):
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
     assert inspect_tile(png).gsd_m is None and inspect_tile(png).to_dict()["gsd_m"] is None
+
+
+def test_checkpoint_gsd_range_recorded_or_defaulted():
+    import json
+
+    from metaseg.checkpoints import WEIGHTS_DIR, gsd_range_m
+
+    assert gsd_range_m({"gsd_range_m": [0.5, 0.1]}) == (0.1, 0.5)
+    assert gsd_range_m({"dataset": "synthearth", "class_set": "openearthmap"}) == (0.5, 0.5)
+    assert gsd_range_m({"class_set": "openearthmap"}) == (0.25, 0.5)
+    assert gsd_range_m({"config": {"class_set": "loveda"}}) == (0.3, 0.3)
+    assert gsd_range_m({"class_set": "potsdam"}) == (0.05, 0.05)
+    assert gsd_range_m({"gsd_range_m": "bad"}) is None and gsd_range_m({}) is None
+    demo = json.loads((WEIGHTS_DIR / "metasegnet_demo.json").read_text())
+    assert gsd_range_m(demo) == (0.5, 0.5)  # trained on SynthEarth (nominal 0.5 m)
+
+
+@pytest.mark.slow
+def test_saved_checkpoints_record_their_gsd(tmp_path):
+    import json
+
+    from metaseg.checkpoints import save_checkpoint
+    from metaseg.models.registry import create_model
+
+    model = create_model("baseline_demo", pretrained="none")
+    save_checkpoint(model, tmp_path / "c", extra={"dataset": "loveda"})
+    assert json.loads((tmp_path / "c.json").read_text())["gsd_range_m"] == [0.3, 0.3]
+
+
+def test_map_offers_the_imagery_layer_with_its_credit(monkeypatch):
+
+    from studio import mapview
+
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "https://tiles.example.org/{z}/{y}/{x}")
+    monkeypatch.setenv("METASEG_IMAGERY_ATTRIBUTION", "Tiles <b>© Example</b>")
+    page = mapview.map_page(lat=46.95, lon=7.45)
+    assert "https://tiles.example.org/{z}/{y}/{x}" in page and "Satellite imagery" in page
+    assert "Example" in page and "<b>" not in page  # the credit is shown, escaped
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "off")
+    assert "Satellite imagery" not in mapview.map_page(lat=46.95, lon=7.45)
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "javascript:alert(1)")  # refused, the map still renders
+    assert "alert(1)" not in mapview.map_page(lat=46.95, lon=7.45)

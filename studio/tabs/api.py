@@ -1,4 +1,4 @@
-"""The app's public API (gradio_client): ``/locate``, ``/segment``, ``/save_prompt``.
+"""The app's public API (gradio_client): ``/locate``, ``/segment``, ``/save_prompt``, ``/imagery``.
 
 Hidden components carry the endpoints' parameters; every UI event elsewhere is undocumented, so
 these are the only named endpoints.
@@ -6,11 +6,15 @@ these are the only named endpoints.
 
 from __future__ import annotations
 
+import contextlib
+import time
+import uuid
 from typing import Any
 
 import gradio as gr
 
 from studio import services, views
+from studio.session import session_root
 from studio.tabs.common import Studio, path_of, user_errors
 
 
@@ -55,6 +59,28 @@ def api_save_prompt(zone: str | None, class_set: str, text: str) -> dict[str, An
     return rec.to_dict()
 
 
+API_FILE_TTL_S = 3600
+
+
+@user_errors
+def api_imagery(lat: float | None, lon: float | None, zoom: float | None, request: gr.Request = None):
+    """Imagery around (lat, lon) from ``METASEG_IMAGERY_URL`` at ``zoom`` (15-19; empty = about
+    0.5 m/px): (the GeoTIFF in EPSG:3857, its ``locate`` object with ``gsd_m``)."""
+    if lat is None or lon is None:
+        raise gr.Error("Give both lat and lon (decimal degrees).")
+    key = str(getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", "api"))
+    folder = session_root() / f"api-{uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("imagery-*.tif"):  # a client's earlier answers, once it has had time to fetch them
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > API_FILE_TTL_S:
+                old.unlink()
+    out = folder / f"imagery-{uuid.uuid4().hex[:8]}.tif"
+    res = services.fetch_imagery(lat, lon, zoom, out, key)
+    obj, _ = services.locate_file(res.path)
+    return str(res.path), obj
+
+
 def build(ctx: Studio) -> None:
     with gr.Column(visible=False):
         ctx.add(
@@ -70,6 +96,8 @@ def build(ctx: Studio) -> None:
             api_cs=gr.Textbox(label="class_set"),
             api_text=gr.Textbox(label="text"),
             api_rec=gr.JSON(label="prompt"),
+            api_zoom=gr.Number(label="zoom", precision=0),
+            api_tif=gr.File(label="geotiff"),
             api_btn=gr.Button("api"),
         )
 
@@ -80,3 +108,5 @@ def wire(ctx: Studio) -> None:
     btn.click(api_segment, [ctx.api_file, ctx.api_prompt], [ctx.api_ov_a, ctx.api_ov_b, ctx.api_frac],
               api_name="segment")
     btn.click(api_save_prompt, [ctx.api_zone, ctx.api_cs, ctx.api_text], [ctx.api_rec], api_name="save_prompt")
+    btn.click(api_imagery, [ctx.api_lat, ctx.api_lon, ctx.api_zoom], [ctx.api_tif, ctx.api_loc_out],
+              api_name="imagery")

@@ -7,6 +7,7 @@ examples, fetched imagery and tiles opened by other tabs all go through it).
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,12 @@ def tile_outputs(ctx: Studio) -> list[Any]:
 
 
 def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_name: str | None = None,
-              note: str | None = None):
-    """Copy ``path`` into the session, read and locate it; returns the :func:`tile_outputs` values."""
+              note: str | None = None, copy: bool = True):
+    """Copy ``path`` into the session (unless it is already there: ``copy=False``), read and locate
+    it; returns the :func:`tile_outputs` values."""
     src = str(path)
     services.ensure_readable(src)
-    copy = state.import_file(src)
+    copy = state.import_file(src) if copy else Path(src)
     with as_uploaded(copy, shown_name or src):
         loc, _info = services.locate_file(copy)
         tile = services.read_tile(copy)
@@ -105,8 +107,8 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
     """A tile was uploaded (or an example picked): copy, inspect, read, locate."""
     state = session(state)
     src = path_of(file)
-    if src is None:  # cleared
-        return (*located(state, class_set), gr.update(), gr.update())
+    if src is None:  # cleared (by the user, or after fetching imagery): the session's tile stays
+        return (gr.skip(),) * 11
     return load_tile(src, class_set, state)
 
 
@@ -127,6 +129,37 @@ def on_map_click(value: Any, class_set: str, state: SessionState | None):
         return located(state, class_set)
     state.location = with_file_fields(state, services.locate_point(*point, "map"))
     return located(state, class_set, with_map=False)
+
+
+def zoom_choices() -> list[tuple[str, str]]:
+    from metaseg.imagery import TARGET_GSD_M, ZOOMS, resolution_m
+
+    return [(f"auto (≈{TARGET_GSD_M:g} m/px)", "auto")] + [
+        (f"{z} ({resolution_m(z):.2g} m/px at the equator)", str(z)) for z in ZOOMS]
+
+
+@user_errors
+def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: SessionState | None):
+    """Download the imagery around (lat, lon) from the configured XYZ server; then as an upload."""
+    state = session(state)
+    if lat is None or lon is None:
+        raise gr.Error("Click the map or type coordinates first, then fetch the imagery there.")
+    out = state.output_path(f"imagery-{uuid.uuid4().hex[:8]}.tif")
+    res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+    note = (f"Fetched {res.size}×{res.size} px around {res.lat:.5f}, {res.lon:.5f} at zoom {res.zoom} "
+            f"(≈{res.gsd_m:.2g} m/px; {res.tiles} tiles, {res.cached} cached). {res.attribution}")
+    outputs = load_tile(out, class_set, state, note=note, copy=False)
+    for old in state.workdir.glob("imagery-*.tif"):  # earlier fetches of this session are no longer the tile
+        if old != out:
+            old.unlink(missing_ok=True)
+    # the file box no longer shows the previous upload: the fetched tile is the session's tile now
+    return (*outputs, None)
+
+
+def imagery_controls():
+    """The fetch button and its credit line, from the environment now (page load, not import)."""
+    ok, text = services.imagery_status()
+    return gr.update(interactive=ok), f"Imagery: {text}" if ok else text
 
 
 def on_load(class_set: str, state: SessionState | None):
@@ -153,6 +186,11 @@ def build(ctx: Studio) -> None:
                 lat_in = gr.Number(label="Latitude", precision=5, elem_id="lat-in")
                 lon_in = gr.Number(label="Longitude", precision=5, elem_id="lon-in")
             locate_btn = gr.Button("Use these coordinates", size="sm", elem_id="locate-btn")
+            with gr.Row(equal_height=True):
+                zoom = gr.Dropdown(zoom_choices(), value="auto", label="Imagery zoom", elem_id="imagery-zoom",
+                                   scale=2)
+                fetch_btn = gr.Button("Fetch imagery here", elem_id="fetch-imagery", interactive=False, scale=1)
+            imagery_hint = gr.Markdown("", elem_id="imagery-hint", elem_classes=["ms-hint"])
             class_set = gr.Dropdown(CLASS_SET_CHOICES, value="openearthmap", label="Class set",
                                     elem_id="class-set")
             loc_html = gr.HTML(views.location_html(None), elem_id="location", js_on_load=None)
@@ -163,8 +201,9 @@ def build(ctx: Studio) -> None:
                 value={}, html_template=mapview.LISTENER_TEMPLATE, js_on_load=mapview.LISTENER_JS,
                 elem_id="map-listener", elem_classes=["ms-listener"],
             )
-            gr.Markdown("Click the map to choose a location; the coloured layer is the Köppen-Geiger "
-                        "climate map (works offline), the yellow outline the loaded tile.",
+            gr.Markdown("Click the map to choose a location, then segment your own tile or fetch the imagery "
+                        "there; the coloured layer is the Köppen-Geiger climate map (works offline), the yellow "
+                        "outline the loaded tile, the layer button offers the satellite imagery.",
                         elem_classes=["ms-hint"])
             with gr.Accordion("Köppen-Geiger legend (hover for names)", open=False):
                 gr.HTML(views.koppen_legend_html(), js_on_load=None)
@@ -179,6 +218,7 @@ def build(ctx: Studio) -> None:
         with gr.Accordion("Example credits", open=False):
             gr.Markdown(credits)
     gt_status = gr.Markdown("", elem_id="gt-status")
+    ctx.add(zoom=zoom, fetch_btn=fetch_btn, imagery_hint=imagery_hint)
     ctx.add(tile_file=tile_file, lat_in=lat_in, lon_in=lon_in, locate_btn=locate_btn, class_set=class_set,
             loc_html=loc_html, map_view=map_view, click_bridge=click_bridge, preview=preview,
             gt_status=gt_status)
@@ -190,4 +230,8 @@ def wire(ctx: Studio) -> None:
              ctx.tile_file.change(on_tile, [ctx.tile_file, ctx.class_set, ctx.state], tile_outputs(ctx), **UI))
     ctx.locate_btn.click(on_coords, [ctx.lat_in, ctx.lon_in, ctx.class_set, ctx.state], located_out, **UI)
     ctx.click_bridge.change(on_map_click, [ctx.click_bridge, ctx.class_set, ctx.state], located_out, **UI)
+    ctx.emit("tile_loaded", ctx.fetch_btn.click(
+        on_fetch_imagery, [ctx.lat_in, ctx.lon_in, ctx.zoom, ctx.class_set, ctx.state],
+        [*tile_outputs(ctx), ctx.tile_file], **UI))
     ctx.demo.load(on_load, [ctx.class_set, ctx.state], located_out, **UI)
+    ctx.demo.load(imagery_controls, None, [ctx.fetch_btn, ctx.imagery_hint], **UI)

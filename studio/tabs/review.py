@@ -29,7 +29,9 @@ COMPARE_COLS = ["run", "when", "model", "prompt v", "prompt source", "zone", "mI
 
 
 @user_errors
-def on_label_upload(file: Any, state: SessionState | None):
+def on_label_upload(file: Any, state: SessionState | None, class_set: str | None = None):
+    """A label in the official encoding of the models' class set (before segmenting: of the class
+    set chosen in the Locate panel)."""
     state = session(state)
     src = path_of(file)
     if src is None:
@@ -38,7 +40,7 @@ def on_label_upload(file: Any, state: SessionState | None):
         raise gr.Error("Load the tile before its label.")
     services.ensure_readable(src)
     path = state.import_file(src, stem="label")
-    cs_name = state.prediction.class_set if state.prediction else "openearthmap"
+    cs_name = state.prediction.class_set if state.prediction else (class_set or "openearthmap")
     with as_uploaded(path, src):
         state.ground_truth = services.read_label(path, class_set_of(cs_name), state.tile.rgb.shape[:2])
     state.ground_truth_source = "uploaded label"
@@ -111,5 +113,6 @@ def review_outputs(ctx: Studio) -> list[Any]:
 def wire(ctx: Studio) -> None:
     ctx.on("tile_loaded", clear, None, review_outputs(ctx))
     ctx.on("segmented", auto_review, [ctx.state], review_outputs(ctx))
-    ctx.label_file.change(on_label_upload, [ctx.label_file, ctx.state], [ctx.state, ctx.gt_status], **UI)
+    ctx.label_file.change(on_label_upload, [ctx.label_file, ctx.state, ctx.class_set], [ctx.state, ctx.gt_status],
+                          **UI)
     ctx.review_btn.click(on_review, [ctx.state], review_outputs(ctx), **UI)

@@ -15,7 +15,7 @@ import sqlite3
 
 import pytest
 
-from studio.tabs import describe, locate, review
+from studio.tabs import api, describe, locate, review
 from tests.reliability.conftest import SCOPES, in_scope
 from tests.reliability.hostile import HOSTILE_TEXTS, QUICK_FILE_KEYS, QUICK_TEXT_KEYS
 
@@ -192,7 +192,7 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, hostile_dir, 
     assert "event: error" in answer and "not valid Unicode" in answer, answer
     direct = pytest.raises(Exception, match="not valid Unicode")
     with direct:
-        running_app.module.api_save_prompt("Cfb", "openearthmap", "water \ud800 bodies")
+        api.api_save_prompt("Cfb", "openearthmap", "water \ud800 bodies")
     assert running_app.alive(running_app.client())
     report.section("Lone surrogates", [
         "gradio_client cannot send a lone surrogate (it fails to UTF-8-encode the request, before",
