@@ -340,11 +340,13 @@ class Runner:
                     outcome = Outcome(i, items[i], error=reason)
                 fut.release()
                 done += 1
+                # the consumer gets the outcome before any progress callback runs, so a callback
+                # that raises (a UI cancelling, Ctrl-C) can never lose a finished task
+                yield outcome
                 if bar is not None:
                     bar.update(1)
                 if self.on_progress is not None:
                     self.on_progress(done, total)
-                yield outcome
         except (KeyboardInterrupt, GeneratorExit):
             left = [futures[k][1] for k in pending]
             if left:
