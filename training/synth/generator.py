@@ -789,12 +789,16 @@ def write_synthearth(
     ]
     tiles = []
     lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    if int(workers) > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    if int(workers) > 1 and len(jobs) > 1:  # the project's Dask runner (metaseg.runner), local processes
+        from metaseg.runner import Runner
 
-        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-            records = pool.map(_write_one, jobs, chunksize=4)
-            tiles = [_report(r, progress) for r in records]
+        records: list[dict | None] = [None] * len(jobs)
+        with Runner(workers=int(workers), progress=False) as runner:
+            for outcome in runner.run(_write_one, jobs):
+                if not outcome.ok:
+                    raise ConfigError(f"SynthEarth tile {outcome.index} failed: {outcome.error}")
+                records[outcome.index] = _report(outcome.value, progress)
+        tiles = [r for r in records if r is not None]
     else:
         tiles = [_report(_write_one(job), progress) for job in jobs]
     for t in tiles:
