@@ -115,8 +115,13 @@ def resolve_variants(
     variants: Sequence[str],
     store: Any,
     limit: int | None = None,
+    extra: dict[str, Callable[[str | None], Any]] | None = None,
 ) -> Plan:
     """Read the split and resolve each variant to a prompt text (and version id) per tile.
+
+    ``extra`` (Python API only): more variants, name → ``fn(tile zone)`` returning the prompt record
+    (``.text``, ``.id``) that tile gets, e.g. the SynthEarth partner zone's prompt in
+    ``scripts/ablation.py``.
 
     Raises:
         ConfigError: unknown variant, empty split, split without labels, ``id:N`` for another
@@ -126,7 +131,8 @@ def resolve_variants(
     from training.datasets import build_dataset
     from training.datasets.prompts import wrong_zone
 
-    names = list(dict.fromkeys(parse_variant(v) for v in variants))
+    extra = dict(extra or {})
+    names = list(dict.fromkeys([parse_variant(v) for v in variants] + list(extra)))
     if not names:
         raise ConfigError("pass at least one --variant")
     base = build_dataset(dataset_name, root, split, prompt_mode="climate", store=store)
@@ -139,7 +145,10 @@ def resolve_variants(
     zones = list(base.zones[:n])
     plan = Plan(dataset=base, variants=names)
     for v in names:
-        if v in _modes():
+        if v in extra:
+            recs = [extra[v](z) for z in zones]
+            texts, ids = [str(r.text) for r in recs], [getattr(r, "id", None) for r in recs]
+        elif v in _modes():
             # the same reader, prompt mode and store as `training.evaluate --prompt-mode v`
             ds = (
                 base
@@ -323,11 +332,13 @@ def run_sweep(
     on_progress: Callable[[int, int], Any] | None = None,
     runner: Any = None,
     notes: str | None = None,
+    extra_variants: dict[str, Callable[[str | None], Any]] | None = None,
 ) -> dict[str, Any]:
     """Run a prompt experiment and return the report (see the module docstring for its keys).
 
     ``runner``: an already started :class:`metaseg.runner.Runner` to use (not closed here);
     otherwise one is started from ``workers``/``scheduler`` and closed at the end.
+    ``extra_variants``: more variants resolved by the caller (see :func:`resolve_variants`).
 
     Raises:
         KeyboardInterrupt: after storing the finished tiles and marking the experiment incomplete;
@@ -351,7 +362,7 @@ def run_sweep(
         names = [parse_variant(v) for v in variants]
         info = checkpoint_info(model, checkpoint)
         binfo = checkpoint_info(baseline, baseline_checkpoint) if (baseline or baseline_checkpoint) else None
-        plan = resolve_variants(dataset, root, split, names, store, limit=limit)
+        plan = resolve_variants(dataset, root, split, names, store, limit=limit, extra=extra_variants)
         cs = plan.dataset.class_set
         for role in (info, binfo):
             if role is not None and role["class_set"] and role["class_set"] != cs.name:
