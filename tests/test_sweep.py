@@ -127,7 +127,7 @@ def test_sweep_climate_equals_evaluate_and_is_stored(capsys, synth_root, tmp_pat
     monkeypatch.setenv("METASEG_DB", str(db))
     code, out, err = _run(capsys, ["--model", "metasegnet_demo", "--dataset", "synthearth", "--root", synth_root,
                                    "--split", "test", "--variant", "climate", "--variant", "none", "--variant",
-                                   "climate", "--workers", "0", "--device", "cpu", "--json"])  # fmt: skip
+                                   "climate", "--workers", "0", "--json"])  # fmt: skip
     assert code == 0, err
     rep = json.loads(out)
     assert {"experiment_id", "tiles", "variants"} <= set(rep) and "baseline" not in rep
@@ -172,7 +172,7 @@ def test_ctrl_c_stores_an_incomplete_experiment(synth_root, store):
     with Runner(workers=0, progress=False, on_progress=interrupt) as runner:
         with pytest.raises(KeyboardInterrupt) as info:
             run_sweep(model="metasegnet_demo", checkpoint=None, dataset="synthearth", root=str(synth_root),
-                      split="test", variants=["climate", "none"], store=store, runner=runner, device="cpu")  # fmt: skip
+                      split="test", variants=["climate", "none"], store=store, runner=runner)  # fmt: skip
     eid = info.value.experiment_id
     exp = ex.get_experiment(store, eid)
     assert (exp["status"], exp["tiles"], exp["n_tiles"]) == ("incomplete", 1, 3)
