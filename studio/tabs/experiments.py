@@ -168,7 +168,7 @@ def build(ctx: Studio) -> None:
                 )
             exp_scan_info = gr.Markdown("")
             with gr.Row():
-                exp_limit = gr.Number(label="Only the first N tiles (empty: all)", precision=0, value=None)
+                exp_limit = gr.Number(label="Only the first N tiles (0: all)", precision=0, value=0, minimum=0)
                 exp_start = gr.Button("Start experiment", variant="primary", elem_id="exp-start")
             exp_status = gr.Markdown("", elem_id="exp-status")
         with gr.Row():
@@ -188,7 +188,7 @@ def build(ctx: Studio) -> None:
             exp_b = gr.Dropdown([], label="Variant B (right)")
             exp_rank = gr.Button("Rank tiles", elem_id="exp-rank")
         exp_gallery = gr.Gallery(label="Tiles where B gains most over A, then where it loses most (A left, B right); "
-                                 "click one to open it in Segment with B's prompt", columns=3, height="auto",
+                                 "click one to open it in Segment with B's prompt", columns=4, height="auto",
                                  allow_preview=False, elem_id="exp-gallery")  # fmt: skip
         exp_picks = gr.State([])
         with gr.Row():
