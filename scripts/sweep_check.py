@@ -47,11 +47,11 @@ def _json(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[dict, fl
 
 
 def _tiles_stored(db: Path) -> int:
+    """Tiles stored so far over all experiments of the check's database."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            row = con.execute("SELECT count(*) FROM experiment_tiles WHERE experiment_id = "
-                              "(SELECT max(id) FROM experiments)").fetchone()  # fmt: skip
+            row = con.execute("SELECT count(*) FROM experiment_tiles").fetchone()
             return int(row[0])
         finally:
             con.close()
