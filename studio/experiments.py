@@ -259,12 +259,14 @@ def variant_names(data: Any) -> list[str]:
 
 
 def _spec(data: Any, variant: str) -> Any:
+    from metaseg.checkpoints import WEIGHTS_DIR
     from metaseg.runner import ModelSpec
 
     h = data.header
-    if variant == "baseline":
-        return ModelSpec(name=h["baseline"], checkpoint=h["baseline_checkpoint"])
-    return ModelSpec(name=h["model"], checkpoint=h["checkpoint"])
+    name, ck = (h["baseline"], h["baseline_checkpoint"]) if variant == "baseline" else (h["model"], h["checkpoint"])
+    if ck and Path(ck).resolve() == (WEIGHTS_DIR / f"{name}.safetensors").resolve():
+        ck = None  # the shipped demo weights: the same spec (and cached model) as the sweep's
+    return ModelSpec(name=name, checkpoint=ck)
 
 
 def gallery(

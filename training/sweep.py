@@ -265,18 +265,27 @@ def checkpoint_info(name: str | None, checkpoint: str | None) -> dict[str, Any]:
     from metaseg.checkpoints import demo_checkpoint_path, read_checkpoint_meta, resolve_checkpoint
 
     path = checkpoint if checkpoint else str(demo_checkpoint_path(str(name)))
-    weights, meta_path = resolve_checkpoint(path)
-    meta = read_checkpoint_meta(meta_path)
+    if Path(path).is_dir():  # an export folder (e.g. ONNX backends): hash its weight files, read its config
+        files = sorted(f for f in Path(path).iterdir() if f.suffix in (".safetensors", ".onnx", ".data"))
+        metas = [f for f in (Path(path) / "model.json", Path(path) / "config.json") if f.is_file()]
+        meta = json.loads(metas[0].read_text(encoding="utf-8")) if metas else {}
+        meta.setdefault("config", meta if "class_set" in meta else {})
+        weights = Path(path)
+    else:
+        weights, meta_path = resolve_checkpoint(path)
+        meta = read_checkpoint_meta(meta_path)
+        files = [weights]
     h = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
     variant = meta.get("model_variant") or meta["config"].get("name")
     if name and checkpoint and variant and variant != name:
         raise ConfigError(f"checkpoint {checkpoint} is a {variant}, not a {name}")
     return {
         "name": str(variant or name),
-        "checkpoint": str(weights),
+        "checkpoint": str(Path(weights).resolve()) if Path(weights).exists() else str(weights),
         "hash": h.hexdigest()[:12],
         "class_set": meta.get("class_set") or meta["config"].get("class_set"),
         "uses_text": bool(meta["config"].get("uses_text", True)),
