@@ -125,3 +125,41 @@ def test_separately_started_cluster_that_loses_a_worker(synth_root, tmp_path, re
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_ctrl_c_on_the_command_line_leaves_an_incomplete_experiment(synth_root, tmp_path):
+    """A real SIGINT to `python -m training.sweep`: exit 130, one line, finished tiles kept, never corrupt."""
+    import sqlite3
+
+    db = tmp_path / "int.sqlite"
+    env = dict(os.environ, PYTHONPATH=str(REPO), METASEG_DB=str(db))
+    proc = subprocess.Popen([sys.executable, "-m", "training.sweep", "--model", "metasegnet_demo", "--dataset",
+                             "synthearth", "--root", str(synth_root), "--split", "test", "--variant", "climate",
+                             "--variant", "wrong", "--workers", "0", "--no-progress"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def stored() -> int:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                return int(con.execute("SELECT count(*) FROM experiment_tiles").fetchone()[0])
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 300
+    while stored() == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert out == "" and err.count("\n") == 1 and "stored as incomplete" in err
+    with PromptStore(db) as store:
+        exp = ex.get_experiment(store, ex.list_experiments(store)[0]["id"])
+        data = ex.load(store, exp["id"])
+    assert exp["status"] == "incomplete" and 1 <= exp["tiles"] < 6
+    assert all(
+        data.variants[v][i].sum() == 64 * 64 for v in ("climate", "wrong") for i in range(exp["tiles"])
+    )

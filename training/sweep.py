@@ -499,7 +499,12 @@ def _public(m: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def quiet_dask_logs() -> None:
     """Dask configures its loggers (INFO, own handlers) on import: keep only errors on the console."""
+    import warnings
+
     import distributed  # noqa: F401 - import first, then override its logging configuration
+
+    # the runner's local cluster asks for no dashboard, yet distributed still warns when 8787 is taken
+    warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
 
     for name in ("distributed", "tornado", "bokeh"):
         logging.getLogger(name).setLevel(logging.ERROR)
