@@ -85,7 +85,7 @@ def _remote(args: argparse.Namespace, env: dict[str, str], db: Path, common: lis
         while sweep.poll() is None:
             if _tiles_stored(db) > before:  # the first batch of tiles is in: kill a worker mid-run
                 os.kill(workers[0].pid, signal.SIGKILL)
-                note = f"worker pid {workers[0].pid} SIGKILLed after {_tiles_stored(db)} stored tile(s)"
+                note = f"worker pid {workers[0].pid} SIGKILLed after {_tiles_stored(db) - before} stored tile(s)"
                 break
             time.sleep(0.2)
         out, err = sweep.communicate(timeout=args.timeout)
