@@ -18,6 +18,9 @@ It is one prompt experiment of ``python -m training.sweep`` (same runner, same s
 
 Scores are the sweep's (one confusion matrix over the split per variant, summed from per-tile
 counts; values in percent, equal to ``python -m training.evaluate`` for the same prompt mode).
+The sweep also counts, per tile, correct pixels on the *ambiguous* materials (striped, bright,
+dark: class set by the zone) and on all other pixels, from the material map regenerated from the
+manifest on the worker (``training.synth.diagnostics.ambiguous_materials``).
 
 The test set must come from a seed the models were never trained on: the script reads the
 training data's seed from the checkpoints' metadata and refuses to score on it. With no test set
@@ -38,6 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+AMBIGUOUS = ("striped", "bright", "dark")
+GROUPS = "training.synth.diagnostics:ambiguous_materials"
 PAPER_TABLE_V = (("no text", 67.1), ("generic prompt \"remote sensing image\"", 69.9), ("climate prompt", 70.4))
 DEFAULT_TEST_SEED = 12345
 
@@ -78,6 +83,20 @@ def training_seeds(metas: list[dict[str, Any]]) -> set[int]:
             if isinstance(man.get("seed"), int):
                 seeds.add(int(man["seed"]))
     return seeds
+
+
+def material_accuracy(hits: list[int], totals: list[int]) -> dict[str, float]:
+    """Pixel accuracy on the ambiguous materials (groups 1-3 of ``GROUPS``) and on all other pixels."""
+    tot = [max(1, t) for t in totals[:4]]
+    out = {
+        "acc_ambiguous": round(100.0 * sum(hits[1:4]) / max(1, sum(totals[1:4])), 2),
+        "acc_other": round(100.0 * hits[0] / tot[0], 2),
+        "ambiguous_share": round(100.0 * sum(totals[1:4]) / max(1, sum(totals[:4])), 2),
+    }
+    for code, name in enumerate(AMBIGUOUS, start=1):
+        out[f"acc_{name}"] = round(100.0 * hits[code] / tot[code], 2)
+        out[f"share_{name}"] = round(100.0 * totals[code] / max(1, sum(totals[:4])), 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset="synthearth", root=str(test_root), split="test", variants=variants,
         extra_variants={"partner": lambda z: store.current(partner_zone(z) if z else None, cs.name)},
         workers=args.workers, scheduler=args.scheduler, tta=args.tta, limit=args.limit, store=store,
-        notes="scripts/ablation.py",
+        notes="scripts/ablation.py", groups=GROUPS,
     )  # fmt: skip
     if report["status"] != "complete":
         raise SystemExit(f"error: experiment {report['experiment_id']} is incomplete: {report['errors'][:1]}")
@@ -149,11 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     train_prompts = meta_meta.get("train_prompts") or {}
     prompt_drift = sorted(z for z, t in climate_texts.items() if z in train_prompts and train_prompts[z] != t)
 
-    def row(m: dict[str, Any]) -> dict[str, Any]:
-        return {**m, "class_set": cs.name, "n_images": report["tiles"]}
+    totals = report["groups"]["totals"]
 
-    rows: list[tuple[str, str, dict[str, Any]]] = [("baseline_demo", "— (no text path)", row(report["baseline"]))]
-    rows += [("metasegnet_demo", labels[v], row(report["variants"][v])) for v in [*variants, "partner"]]
+    def row(m: dict[str, Any], hits: list[int]) -> dict[str, Any]:
+        out = {**m, "class_set": cs.name, "n_images": report["tiles"]}
+        out.update(material_accuracy(hits, totals))
+        return out
+
+    rows: list[tuple[str, str, dict[str, Any]]] = [
+        ("baseline_demo", "— (no text path)", row(report["baseline"], report["groups"]["baseline"]))
+    ]
+    rows += [("metasegnet_demo", labels[v], row(report["variants"][v], report["groups"]["hits"][v]))
+             for v in [*variants, "partner"]]  # fmt: skip
     for model_name, prompt, rep in rows:
         print(f"  {model_name} / {prompt}: mIoU {rep['miou']:.2f}  OA {rep['oa']:.2f}", file=sys.stderr)
 
@@ -192,6 +218,7 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], info: dict[str, Any], cl
     clim = by["climate (true zone)"]
     part = by["wrong: partner zone (all 3 rules flipped)"]
     table_wrong = by["wrong: WRONG_ZONE table (`--prompt-mode wrong`)"]
+    amb = "acc_ambiguous" in base
     head = ["model", "prompt"] + names + ["**mIoU**", "OA"]
     lines = [
         "# Results",
@@ -226,6 +253,23 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], info: dict[str, Any], cl
         cells = [f"`{model}`", prompt] + [f(r["per_class"].get(n, {}).get("iou")) for n in names]
         cells += [f"**{f(r['miou'])}**", f(r["oa"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if amb:
+        lines += [
+            "",
+            "## Pixel accuracy by material (where the prompt matters)",
+            "",
+            "The three *ambiguous* materials take their class from the zone's rule (docs/SYNTHEARTH.md); "
+            "the image cannot tell which. Shares of the test pixels: "
+            + ", ".join(f"{n} {base[f'share_{n}']:.1f} %" for n in AMBIGUOUS)
+            + f", all other materials {100 - base['ambiguous_share']:.1f} %.",
+            "",
+            "| model | prompt | striped (agri. / rangeland) | bright (bareland / developed) | dark (water / tree) "
+            "| all ambiguous | all other |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for model, prompt, r in rows:
+            lines.append("| " + " | ".join([f"`{model}`", prompt] + [f(r.get(f"acc_{n}")) for n in AMBIGUOUS]
+                                            + [f(r.get("acc_ambiguous")), f(r.get("acc_other"))]) + " |")
     d_clim = clim["miou"] - base["miou"]
     lines += [
         "",
@@ -237,6 +281,17 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], info: dict[str, Any], cl
         f"({'met' if part['miou'] < clim['miou'] else 'NOT met'}); WRONG_ZONE table {table_wrong['miou']:.1f} "
         f"({'met' if table_wrong['miou'] < clim['miou'] else 'NOT met'}).",
     ]
+    if amb:
+        lines += [
+            f"* Ambiguous pixels (striped / bright / dark materials, {base['ambiguous_share']:.1f} % of the test "
+            f"pixels; their class is set by the zone, not by the image): baseline {base['acc_ambiguous']:.1f} % "
+            f"correct, MetaSegNet climate {clim['acc_ambiguous']:.1f} %, partner prompt {part['acc_ambiguous']:.1f} %. "
+            "A model that ignores the prompt can do no better than guess one reading per visual style there.",
+            "* Per ambiguous material, climate prompt minus baseline: "
+            + ", ".join(f"{n} {clim[f'acc_{n}'] - base[f'acc_{n}']:+.1f}" for n in AMBIGUOUS)
+            + " points of pixel accuracy; partner prompt minus climate prompt: "
+            + ", ".join(f"{n} {part[f'acc_{n}'] - clim[f'acc_{n}']:+.1f}" for n in AMBIGUOUS) + ".",
+        ]
     if info["prompt_drift"]:
         lines.append(f"* Note: the prompt store's current text differs from the training prompt for "
                      f"{', '.join(info['prompt_drift'])} (the climate row used the store's text).")

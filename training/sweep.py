@@ -219,7 +219,7 @@ def read_tile(image: str, label: str, class_set: str) -> tuple[Any, Any]:
 
 
 def sweep_tile(
-    item: dict[str, Any], model: Any, baseline: Any, class_set: str, tta: bool = False
+    item: dict[str, Any], model: Any, baseline: Any, class_set: str, tta: bool = False, groups: str | None = None
 ) -> dict[str, Any]:
     """Score one tile: the baseline once, MetaSegNet once per distinct prompt text.
 
@@ -228,9 +228,13 @@ def sweep_tile(
         model, baseline: :class:`metaseg.runner.ModelSpec` (``baseline`` may be ``None``).
         class_set: the dataset's class-set name (label decoding, matrix size).
         tta: flip test-time augmentation.
+        groups: optional ``"module:function"`` mapping the image path to an ``H×W`` uint8 map of
+            pixel groups (or ``None``); then pixel accuracy per group is counted too (diagnostics,
+            e.g. ``training.synth.diagnostics:ambiguous_materials``; not stored in the experiment).
 
     Returns:
-        ``{"texts": [K×K per text], "baseline": K×K | None, "read_s", "model_s", "baseline_s"}``.
+        ``{"texts": [K×K per text], "baseline": K×K | None, "read_s", "model_s", "baseline_s"}``
+        plus ``"groups": {"hits": [per text], "baseline": hits | None, "totals"}`` with ``groups``.
     """
     from metaseg.classes import get_class_set
     from metaseg.metrics import ConfusionMatrix
@@ -241,9 +245,22 @@ def sweep_tile(
     k = get_class_set(class_set).num_classes
     whole = rgb.shape[:2]  # one pass over the whole tile, as training.evaluate does
 
+    gmap = None
+    if groups:
+        import importlib
+
+        import numpy as np
+
+        module, _, name = groups.partition(":")
+        gmap = getattr(importlib.import_module(module), name)(item["image"])
+        valid = (label != get_class_set(class_set).ignore_index) & (label < k)
+    hits: list[list[int]] = []
+
     def counts(pred: Any) -> list[list[int]]:
         cm = ConfusionMatrix(k)
         cm.update(label, pred)
+        if gmap is not None:
+            hits.append(np.bincount(gmap[(pred == label) & valid], minlength=256).tolist())
         return cm.matrix.tolist()
 
     t1 = time.perf_counter()
@@ -254,7 +271,11 @@ def sweep_tile(
     if baseline is not None:
         base = counts(load_predictor(baseline).predict(rgb, window=whole, tta=tta).index)
     t3 = time.perf_counter()
-    return {"texts": texts, "baseline": base, "read_s": t1 - t0, "model_s": t2 - t1, "baseline_s": t3 - t2}
+    out = {"texts": texts, "baseline": base, "read_s": t1 - t0, "model_s": t2 - t1, "baseline_s": t3 - t2}
+    if gmap is not None:
+        out["groups"] = {"hits": hits[: len(texts)], "baseline": hits[len(texts)] if baseline is not None else None,
+                         "totals": np.bincount(gmap[valid], minlength=256).tolist()}  # fmt: skip
+    return out
 
 
 # ----------------------------------------------------------------------------- client
@@ -342,12 +363,15 @@ def run_sweep(
     runner: Any = None,
     notes: str | None = None,
     extra_variants: dict[str, Callable[[str | None], Any]] | None = None,
+    groups: str | None = None,
 ) -> dict[str, Any]:
     """Run a prompt experiment and return the report (see the module docstring for its keys).
 
     ``runner``: an already started :class:`metaseg.runner.Runner` to use (not closed here);
     otherwise one is started from ``workers``/``scheduler`` and closed at the end.
     ``extra_variants``: more variants resolved by the caller (see :func:`resolve_variants`).
+    ``groups``: per-pixel group diagnostics (see :func:`sweep_tile`); the report then has
+    ``groups`` = ``{"totals": [...], "hits": {variant: [...]}, "baseline": [...]}`` (256 entries).
 
     Raises:
         KeyboardInterrupt: after storing the finished tiles and marking the experiment incomplete;
@@ -400,7 +424,7 @@ def run_sweep(
             desc = {"scheduler": scheduler} if scheduler else {"workers": workers}
             desc["n_workers"] = runner.n_workers
             return _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, root, split, cs,
-                            backend, desc, tta, notes)  # fmt: skip
+                            backend, desc, tta, notes, groups)  # fmt: skip
         finally:
             if own_runner:
                 runner.close()
@@ -410,7 +434,7 @@ def run_sweep(
 
 
 def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, root, split, cs, backend, desc, tta,
-             notes) -> dict[str, Any]:  # fmt: skip
+             notes, groups=None) -> dict[str, Any]:  # fmt: skip
     start = time.perf_counter()
     eid = ex.create(
         store, model_name=info["name"], checkpoint=info["checkpoint"], checkpoint_hash=info["hash"],
@@ -423,6 +447,8 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
     errors: list[dict[str, str]] = []
     timing = {"read_s": 0.0, "model_s": 0.0, "baseline_s": 0.0, "task_s": 0.0}
     last_flush = time.perf_counter()
+    ghits: dict[str, Any] = {}  # variant (and "baseline") -> per-group correct pixels
+    gtotals = [0] * 256
 
     def flush() -> None:
         nonlocal last_flush
@@ -451,6 +477,15 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
         for key in ("read_s", "model_s", "baseline_s"):
             timing[key] += float(value.get(key, 0.0))
         timing["task_s"] += float(outcome.seconds)
+        if value.get("groups"):
+            g = value["groups"]
+            by_hits = dict(zip(item["texts"], g["hits"], strict=True))
+            for v in plan.variants:
+                got = by_hits[plan.texts[v][i] if info["uses_text"] else ""]
+                ghits[v] = [a + b for a, b in zip(ghits.get(v, [0] * 256), got, strict=True)]
+            if g["baseline"] is not None:
+                ghits["baseline"] = [a + b for a, b in zip(ghits.get("baseline", [0] * 256), g["baseline"], strict=True)]
+            gtotals[:] = [a + b for a, b in zip(gtotals, g["totals"], strict=True)]
         buffer.append(ex.TileRecord(position=i, tile=item["tile"], image=item["image"], label=item["label"],
                                     zone=plan.zones[i], seconds=round(float(outcome.seconds), 4),
                                     baseline=value["baseline"], variants=variants))  # fmt: skip
@@ -460,7 +495,7 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
         return {k: round(v, 3) for k, v in timing.items()} | {"tile_mean_s": round(timing["task_s"] / n, 4)}
 
     try:
-        for outcome in runner.run(sweep_tile, items, spec, bspec, cs.name, tta):
+        for outcome in runner.run(sweep_tile, items, spec, bspec, cs.name, tta, groups):
             record(outcome)
             if len(buffer) >= FLUSH_TILES or time.perf_counter() - last_flush >= FLUSH_S:
                 flush()
@@ -485,6 +520,9 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
         dataset=dataset, split=split, class_set=cs.name, prompts=exp["prompts"], errors=errors,
         seconds=exp["seconds"], units="percent",
     )  # fmt: skip
+    if groups:
+        report["groups"] = {"totals": gtotals, "hits": {v: h for v, h in ghits.items() if v != "baseline"},
+                            "baseline": ghits.get("baseline")}  # fmt: skip
     return report
 
 
