@@ -179,3 +179,25 @@ def test_ctrl_c_stores_an_incomplete_experiment(synth_root, store):
     data = ex.load(store, eid)
     assert data.variants["climate"].sum() == 64 * 64  # one whole tile, nothing half-written
     assert np.isfinite(exp["results"]["climate"]["miou"])
+
+
+def test_group_diagnostics_count_correct_pixels_per_group(synth_root):
+    from metaseg.runner import ModelSpec
+    from training.sweep import read_tile, sweep_tile
+    from training.synth.diagnostics import ambiguous_materials
+
+    image = sorted(synth_root.glob("*/images/*.tif"))[0]
+    label = image.parent.parent / "labels" / image.name
+    groups = ambiguous_materials(str(image))
+    assert groups.shape == (64, 64) and set(np.unique(groups)) <= {0, 1, 2, 3}
+    assert ambiguous_materials(str(synth_root / "nowhere" / "images" / "x.tif")) is None
+    out = sweep_tile({"image": str(image), "label": str(label), "texts": ["", "a tile"]},
+                     ModelSpec(name="metasegnet_demo"), None, "openearthmap",
+                     groups="training.synth.diagnostics:ambiguous_materials")  # fmt: skip
+    g = out["groups"]
+    assert len(g["hits"]) == 2 and g["baseline"] is None and sum(g["totals"]) == 64 * 64
+    _, lab = read_tile(str(image), str(label), "openearthmap")
+    assert sum(g["totals"]) == int((lab != 255).sum())
+    for cm, hits in zip(out["texts"], g["hits"], strict=True):
+        assert sum(hits) == int(np.trace(np.asarray(cm)))  # correct pixels, split by group
+        assert all(h <= t for h, t in zip(hits, g["totals"], strict=True))
