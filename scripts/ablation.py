@@ -8,9 +8,11 @@ It is one prompt experiment of ``python -m training.sweep`` (same runner, same s
 ``python -m prompts_db experiment ID`` shows it afterwards). Rows:
 
 * ``baseline_demo`` (no text path at all; the sweep's baseline, run once per tile);
-* ``metasegnet_demo`` with the variants ``none`` (empty text), ``generic``, ``climate`` (the
-  tile's zone prompt) and ``wrong`` (``training.datasets``' fixed ``WRONG_ZONE`` table: another
-  main group; ``Aw → Dfc`` is a zone the model never saw) — ``training.evaluate``'s prompt modes;
+* ``metasegnet_demo`` with the variants ``none`` (empty text), ``generic`` (the paper's Table V
+  sentence "It is a remote sensing image."), ``store-generic`` (the store's zone-free prompt
+  listing the classes), ``climate`` (the tile's zone prompt) and ``wrong`` (``training.datasets``'
+  fixed ``WRONG_ZONE`` table: another main group; ``Aw → Dfc`` is a zone the model never saw) —
+  ``training.evaluate``'s prompt modes;
 * ``metasegnet_demo`` with the **partner** zone's prompt (``training.synth.partner_zone``: same
   visual style, every ambiguous rule flipped — the maximally wrong prompt among the zones the
   model was trained on): an extra variant handed to :func:`training.sweep.run_sweep`, resolved
@@ -144,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
     store = PromptStore()
     cs = get_class_set(meta_meta.get("class_set") or "openearthmap")
-    variants = ["none", "generic", "climate", "wrong"]
+    variants = ["none", "generic", "store-generic", "climate", "wrong"]
     labels = {
         "none": "none (empty text)",
-        "generic": "generic",
+        "generic": 'generic: the paper\'s "It is a remote sensing image."',
+        "store-generic": "generic: the store's zone-free prompt (`store-generic`)",
         "climate": "climate (true zone)",
         "wrong": "wrong: WRONG_ZONE table (`--prompt-mode wrong`)",
         "partner": "wrong: partner zone (all 3 rules flipped)",

@@ -56,11 +56,14 @@ def test_parse_variant():
 def test_variants_resolve_like_evaluate_and_the_store(synth_root, store):
     cfa_user = store.save("Cfa", "openearthmap", "my Cfa edit", source="user")
     other = store.save("Cfb", "loveda", "another class set", source="user")
-    variants = ["climate", "generic", "none", "wrong", "source:user", "source:llm", f"id:{cfa_user.id}"]
+    variants = ["climate", "generic", "store-generic", "none", "wrong", "source:user", "source:llm",
+                f"id:{cfa_user.id}"]  # fmt: skip
     plan = resolve_variants("synthearth", synth_root, "test", variants, store)
     zones = plan.zones
     assert set(zones) == {"Cfa", "BWh"}
-    for mode in ("climate", "generic", "none", "wrong"):  # the reader behind training.evaluate
+    from training.evaluate import PROMPT_MODES
+
+    for mode in PROMPT_MODES:  # the reader behind training.evaluate
         assert (
             plan.texts[mode]
             == build_dataset("synthearth", synth_root, "test", prompt_mode=mode, store=store).prompts
@@ -74,6 +77,9 @@ def test_variants_resolve_like_evaluate_and_the_store(synth_root, store):
     ):
         assert (text == "my Cfa edit") == (z == "Cfa") and (pid == cfa_user.id) == (z == "Cfa")
     assert plan.prompt_ids["none"] == [store.current("none", "openearthmap").id] * 3
+    generic = store.current(None, "openearthmap")
+    assert plan.prompt_ids["store-generic"] == [generic.id] * 3 and plan.texts["store-generic"] == [generic.text] * 3
+    assert plan.prompt_ids["generic"] == [None] * 3  # the paper's sentence is no stored version
     with pytest.raises(ConfigError, match="loveda classes"):
         resolve_variants("synthearth", synth_root, "test", [f"id:{other.id}"], store)
     with pytest.raises(PromptNotFoundError):

@@ -12,7 +12,8 @@ What a run does:
 
 1. **Variants are resolved here, on the client**, from the prompt store: for every tile and
    variant, the prompt *text* MetaSegNet gets and the stored version id it came from.
-   ``climate``, ``generic``, ``none`` and ``wrong`` are ``training.evaluate``'s prompt modes and
+   ``climate``, ``generic``, ``store-generic``, ``none`` and ``wrong`` are ``training.evaluate``'s
+   prompt modes (``training.evaluate.PROMPT_MODES``) and
    are taken from the same dataset reader (so ``climate`` here *is* ``training.evaluate
    --prompt-mode climate``); ``source:llm`` / ``source:user`` = the latest version of that source
    for the tile's zone, else the zone's current prompt; ``id:N`` = prompt version N on the tiles of
@@ -156,12 +157,11 @@ def resolve_variants(
                 else build_dataset(dataset_name, root, split, prompt_mode=v, store=store)
             )
             texts = [str(t) for t in ds.prompts[:n]]
-            key = {
-                "climate": lambda z: z,
-                "generic": lambda z: None,
-                "wrong": wrong_zone,
-                "none": lambda z: "none",
-            }[v]
+            # the stored version the text came from, checked against the store (None when the text
+            # is no stored version, e.g. the paper's generic sentence of `generic`)
+            key = {"climate": lambda z: z, "wrong": wrong_zone, "none": lambda z: "none"}.get(
+                v, lambda z: None
+            )
             ids = [_store_id(store, key(z), cs, t) for z, t in zip(zones, texts, strict=True)]
         elif v.startswith("source:"):
             source = SOURCES[v.split(":", 1)[1]]
@@ -219,7 +219,12 @@ def read_tile(image: str, label: str, class_set: str) -> tuple[Any, Any]:
 
 
 def sweep_tile(
-    item: dict[str, Any], model: Any, baseline: Any, class_set: str, tta: bool = False, groups: str | None = None
+    item: dict[str, Any],
+    model: Any,
+    baseline: Any,
+    class_set: str,
+    tta: bool = False,
+    groups: str | None = None,
 ) -> dict[str, Any]:
     """Score one tile: the baseline once, MetaSegNet once per distinct prompt text.
 
@@ -484,7 +489,9 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
                 got = by_hits[plan.texts[v][i] if info["uses_text"] else ""]
                 ghits[v] = [a + b for a, b in zip(ghits.get(v, [0] * 256), got, strict=True)]
             if g["baseline"] is not None:
-                ghits["baseline"] = [a + b for a, b in zip(ghits.get("baseline", [0] * 256), g["baseline"], strict=True)]
+                ghits["baseline"] = [
+                    a + b for a, b in zip(ghits.get("baseline", [0] * 256), g["baseline"], strict=True)
+                ]
             gtotals[:] = [a + b for a, b in zip(gtotals, g["totals"], strict=True)]
         buffer.append(ex.TileRecord(position=i, tile=item["tile"], image=item["image"], label=item["label"],
                                     zone=plan.zones[i], seconds=round(float(outcome.seconds), 4),
@@ -569,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
     p.add_argument("--variant", action="append", default=[], required=True,
-                   help="climate | generic | none | wrong | source:llm | source:user | id:N (repeatable)")  # fmt: skip
+                   help="climate | generic | store-generic | none | wrong | source:llm | source:user | id:N (repeatable)")  # fmt: skip
     w = p.add_mutually_exclusive_group()
     w.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     w.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
