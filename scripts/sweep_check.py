@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("separate cluster", rep, sec, note))
     ev_args = ["--dataset", "synthearth", "--root", args.root, "--split", "test", "--device", "cpu", "--json",
                "--no-progress", *limit]  # fmt: skip
+    ev_env = dict(env, OMP_NUM_THREADS="1")  # the sweep's workers run 1 torch thread (training.sweep --threads)
     ev, ev_sec = _json([PY, "-m", "training.evaluate", "--model", "metasegnet_demo", "--prompt-mode", "climate",
-                        *ev_args], env, args.timeout)  # fmt: skip
-    evb, _ = _json([PY, "-m", "training.evaluate", "--model", "baseline_demo", *ev_args], env, args.timeout)
+                        *ev_args], ev_env, args.timeout)  # fmt: skip
+    evb, _ = _json([PY, "-m", "training.evaluate", "--model", "baseline_demo", *ev_args], ev_env, args.timeout)
 
     ok = True
     ref = runs["workers 1"]

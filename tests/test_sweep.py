@@ -178,7 +178,7 @@ def test_ctrl_c_stores_an_incomplete_experiment(synth_root, store):
     with Runner(workers=0, progress=False, on_progress=interrupt) as runner:
         with pytest.raises(KeyboardInterrupt) as info:
             run_sweep(model="metasegnet_demo", checkpoint=None, dataset="synthearth", root=str(synth_root),
-                      split="test", variants=["climate", "none"], store=store, runner=runner)  # fmt: skip
+                      split="test", variants=["climate", "none"], store=store, runner=runner, threads=None)  # fmt: skip
     eid = info.value.experiment_id
     exp = ex.get_experiment(store, eid)
     assert (exp["status"], exp["tiles"], exp["n_tiles"]) == ("incomplete", 1, 3)

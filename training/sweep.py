@@ -225,6 +225,7 @@ def sweep_tile(
     class_set: str,
     tta: bool = False,
     groups: str | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Score one tile: the baseline once, MetaSegNet once per distinct prompt text.
 
@@ -369,12 +370,16 @@ def run_sweep(
     notes: str | None = None,
     extra_variants: dict[str, Callable[[str | None], Any]] | None = None,
     groups: str | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Run a prompt experiment and return the report (see the module docstring for its keys).
 
     ``runner``: an already started :class:`metaseg.runner.Runner` to use (not closed here);
     otherwise one is started from ``workers``/``scheduler`` and closed at the end.
     ``extra_variants``: more variants resolved by the caller (see :func:`resolve_variants`).
+    ``threads``: torch threads in every worker process (default 1: numbers are bitwise identical
+    for any number of workers or machines only at one thread count; scale with workers). ``None``
+    keeps what the cluster sets. Not applied to an in-process worker (``workers=0``).
     ``groups``: per-pixel group diagnostics (see :func:`sweep_tile`); the report then has
     ``groups`` = ``{"totals": [...], "hits": {variant: [...]}, "baseline": [...]}`` (256 entries).
 
@@ -390,6 +395,8 @@ def run_sweep(
         raise ConfigError("pass --model NAME or --checkpoint CKPT")
     if limit is not None and int(limit) < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if threads is not None and int(threads) < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     if runner is None:
         validate_workers(workers, scheduler)
     if not Path(root).is_dir():
@@ -407,9 +414,15 @@ def run_sweep(
                 raise ConfigError(
                     f"{role['name']} predicts {role['class_set']} classes but {dataset} uses {cs.name}"
                 )
-        spec = ModelSpec(name=model, checkpoint=checkpoint, device=device, backend=backend)
+        # CPU float results depend on the torch thread count (a near-tie pixel can flip), so every
+        # worker process runs the same count whatever the number of workers; an in-process worker
+        # (workers=0, e.g. the app) keeps its process's setting instead of changing it for the caller
+        pinned = None if (runner is None and not scheduler and int(workers) == 0) else threads
+        spec = ModelSpec(name=model, checkpoint=checkpoint, device=device, backend=backend, threads=pinned)
         bspec = (
-            ModelSpec(name=baseline, checkpoint=baseline_checkpoint, device=device, backend=backend)
+            ModelSpec(
+                name=baseline, checkpoint=baseline_checkpoint, device=device, backend=backend, threads=pinned
+            )
             if binfo is not None
             else None
         )
@@ -583,6 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default torch)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--tta", action="store_true", help="average horizontal/vertical flips")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker process (default 1; CPU results are bitwise reproducible "
+        "across worker counts and clusters at a fixed thread count)",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N tiles of the split")
     p.add_argument("--db", help="prompt database (default $METASEG_DB or data/metaseg.sqlite)")
     p.add_argument("--notes", help="free text stored with the experiment")
@@ -601,7 +621,7 @@ def run(args: argparse.Namespace) -> int:
             variants=args.variant, baseline=args.baseline, baseline_checkpoint=args.baseline_checkpoint,
             workers=args.workers, scheduler=args.scheduler, backend=args.backend,
             device=None if args.device == "auto" else args.device, tta=args.tta, limit=args.limit, store=store,
-            progress=not args.no_progress, notes=args.notes,
+            progress=not args.no_progress, notes=args.notes, threads=args.threads,
         )  # fmt: skip
     finally:
         if store is not None:
