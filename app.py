@@ -2,7 +2,7 @@
 
 This file only assembles: each part of the page (its layout and its handlers) lives in its own
 module under ``studio/tabs/`` (``locate`` panel, ``describe``, ``segment``, ``review``, ``label``,
-``models`` tabs, ``api`` endpoints); see ``studio.tabs.common.Studio`` for what they share. The
+``experiments``, ``models`` tabs, ``api`` endpoints); see ``studio.tabs.common.Studio`` for what they share. The
 work happens in ``studio`` (per-user session, map, orchestration) which calls ``metaseg`` and
 ``prompts_db``.
 
@@ -27,14 +27,14 @@ import gradio as gr
 
 from studio import services
 from studio.session import SessionState
-from studio.tabs import api, describe, label, locate, models, review, segment
+from studio.tabs import api, describe, experiments, label, locate, models, review, segment
 from studio.tabs.common import EXAMPLES, STATIC, Studio
 
 log = logging.getLogger("metaseg.app")
 
 CSS_PATH = STATIC / "studio.css"
 #: the tabs, left to right (a new tab: a module with ``build(ctx)`` / ``wire(ctx)``, added here)
-TABS = (describe, segment, review, label, models)
+TABS = (describe, segment, review, label, experiments, models)
 
 
 def build_demo() -> gr.Blocks:

@@ -1,4 +1,5 @@
-"""``python -m prompts_db``: list, show, generate, edit, history, restore and export prompts.
+"""``python -m prompts_db``: list, show, generate, edit, history, restore and export prompts;
+list and show prompt experiments (``experiments``, ``experiment ID``).
 
 With ``--json`` a prompt prints as one object with keys ``id, zone, class_set, text, source,
 parent_id, token_count, created_at``; ``list`` and ``history`` print a JSON list of them. User
@@ -67,9 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("id", type=int)
     c.add_argument("--json", action="store_true")
 
+    c = sub.add_parser("experiments", help="list prompt experiments (python -m training.sweep)")
+    c.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("experiment", help="show one prompt experiment: variants, mIoU/OA/mF1, per class")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--export", choices=("csv", "json"), help="print all per-tile counts as CSV or JSON")
+    c.add_argument("--out", help="with --export: output file (default: stdout)")
+
     c = sub.add_parser("export", help="export a table as CSV or JSON")
     c.add_argument("--format", choices=("csv", "json"), default="json")
-    c.add_argument("--table", default="prompts", help="prompts | qa | prompt_qa | runs | labels")
+    c.add_argument(
+        "--table",
+        default="prompts",
+        help="prompts | qa | prompt_qa | runs | labels | experiments | experiment_tiles | experiment_results",
+    )
     c.add_argument("--out", help="output file (default: stdout)")
     return p
 
@@ -96,6 +110,16 @@ def _show(rec: Any, as_json: bool) -> None:
     print(rec.text if rec.text else "(no text: run without a prompt)")
 
 
+def _write_or_print(data: str, out: str | None) -> None:
+    if out:
+        try:
+            Path(out).write_text(data, encoding="utf-8")
+        except OSError as err:
+            raise MetasegError(f"cannot write {out}: {err.strerror or err}") from None
+    else:
+        sys.stdout.write(data if data.endswith("\n") else data + "\n")
+
+
 def _read_text(path: str) -> str:
     from prompts_db.errors import PromptTextError
 
@@ -105,6 +129,35 @@ def _read_text(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise PromptTextError(f"cannot read prompt text from {path}: {err.__class__.__name__}") from None
+
+
+def _experiment_line(e: dict[str, Any]) -> str:
+    base = f" vs {e['baseline']}" if e.get("baseline") else ""
+    return (
+        f"{e['id']:>5}  {e['created'][:19]}  {e['status']:<10} {e['model']}{base}  "
+        f"{e['dataset']}/{e['split']} {e['tiles']}/{e['n_tiles']} tiles  {', '.join(e['variants'])}"
+    )
+
+
+def _show_experiment(exp: dict[str, Any]) -> None:
+    def f(v: float | None) -> str:
+        return "    -" if v is None else f"{v:6.2f}"
+
+    print(_experiment_line(exp))
+    print(
+        f"checkpoint {exp['checkpoint'] or '-'} ({exp['checkpoint_hash'] or '-'})  backend {exp['backend']}"
+    )
+    rows = ([("baseline", exp["baseline_results"])] if exp.get("baseline_results") else []) + list(
+        exp["results"].items()
+    )
+    width = max([len("variant")] + [len(r[0]) for r in rows]) + 2
+    print(f"{'variant':<{width}}{'mIoU':>8}{'mF1':>8}{'OA':>8}")
+    for name, m in rows:
+        print(f"{name:<{width}}{f(m['miou']):>8}{f(m['mf1']):>8}{f(m['oa']):>8}")
+    if exp["errors"]:
+        print(
+            f"{len(exp['errors'])} tile(s) failed, e.g. {exp['errors'][0]['tile']}: {exp['errors'][0]['reason']}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,15 +211,27 @@ def run(args: argparse.Namespace) -> int:
                     print(_line(r))
         elif args.command == "restore":
             _show(store.restore(args.id), args.json)
-        elif args.command == "export":
-            data = store.export(args.format, table=args.table)
-            if args.out:
-                try:
-                    Path(args.out).write_text(data, encoding="utf-8")
-                except OSError as err:
-                    raise MetasegError(f"cannot write {args.out}: {err.strerror or err}") from None
+        elif args.command == "experiments":
+            from prompts_db import experiments
+
+            rows = experiments.list_experiments(store)
+            if args.json:
+                print(json.dumps(rows, ensure_ascii=False))
             else:
-                sys.stdout.write(data if data.endswith("\n") else data + "\n")
+                for e in rows:
+                    print(_experiment_line(e))
+        elif args.command == "experiment":
+            from prompts_db import experiments
+
+            if args.export:
+                data = experiments.export(store, args.id, args.export)
+                _write_or_print(data, args.out)
+            elif args.json:
+                print(json.dumps(experiments.get_experiment(store, args.id), ensure_ascii=False))
+            else:
+                _show_experiment(experiments.get_experiment(store, args.id))
+        elif args.command == "export":
+            _write_or_print(store.export(args.format, table=args.table), args.out)
     finally:
         store.close()
     return 0

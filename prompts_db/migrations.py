@@ -9,6 +9,8 @@ History:
     ``runs(id, tile_hash, prompt_id, model_name, checkpoint_hash, per_class_iou, created_at)``.
   * v2 — prompts gain ``author``, ``token_count``, ``notes``; runs gain ``model_role``,
     ``class_set``, ``miou``, ``oa``; new tables ``qa``, ``prompt_qa``, ``labels``.
+  * v3 — new tables ``experiments``, ``experiment_tiles``, ``experiment_results`` (prompt
+    experiments of ``training.sweep``); existing tables unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from prompts_db.models import Base
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _columns(conn: Connection, table: str) -> set[str]:
@@ -64,8 +66,15 @@ def _v1_to_v2(conn: Connection) -> None:
     Base.metadata.create_all(conn)  # new tables and indexes only; existing ones are left alone
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    from prompts_db.models import Experiment, ExperimentResult, ExperimentTile
+
+    tables = [Experiment.__table__, ExperimentTile.__table__, ExperimentResult.__table__]
+    Base.metadata.create_all(conn, tables=tables)  # new tables and their indexes only
+
+
 #: Ordered upgrade steps: MIGRATIONS[i] takes a file from version i + 1 to i + 2.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_to_v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_to_v2, _v2_to_v3]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1  # developer invariant
 
 

@@ -1,28 +1,28 @@
 """Prompt ablation of the demo pair on held-out SynthEarth tiles → ``docs/RESULTS.md``.
 
-``python scripts/ablation.py [--test-root runs/data/synth_test] [--out docs/RESULTS.md]``
+``python scripts/ablation.py [--workers N | --scheduler ADDR] [--test-root runs/data/synth_test]``
 
 The analogue of the paper's Table V (no text / generic / climate prompt) on SynthEarth, where
 about a fifth of the pixels can only be labelled from the climate zone (docs/SYNTHEARTH.md).
-Rows:
+It is one prompt experiment of ``python -m training.sweep`` (same runner, same stored counts:
+``python -m prompts_db experiment ID`` shows it afterwards). Rows:
 
-* ``baseline_demo`` (no text path at all);
-* ``metasegnet_demo`` with ``--prompt-mode`` ``none`` (empty text), ``store-generic`` (the
-  store's zone-free prompt; the row is labelled "generic" in docs/RESULTS.md and was measured with
-  this text, not with the paper's "It is a remote sensing image.", which is ``--prompt-mode
-  generic`` since issue 12), ``climate`` (the tile's zone prompt) and ``wrong`` (``training.datasets``'
-  fixed ``WRONG_ZONE`` table: another main group; ``Aw → Dfc`` is a zone the model never saw);
+* ``baseline_demo`` (no text path at all; the sweep's baseline, run once per tile);
+* ``metasegnet_demo`` with the variants ``none`` (empty text), ``generic`` (the paper's Table V
+  sentence "It is a remote sensing image."), ``store-generic`` (the store's zone-free prompt
+  listing the classes), ``climate`` (the tile's zone prompt) and ``wrong`` (``training.datasets``'
+  fixed ``WRONG_ZONE`` table: another main group; ``Aw → Dfc`` is a zone the model never saw) —
+  ``training.evaluate``'s prompt modes;
 * ``metasegnet_demo`` with the **partner** zone's prompt (``training.synth.partner_zone``: same
   visual style, every ambiguous rule flipped — the maximally wrong prompt among the zones the
-  model was trained on). The reader has no such mode, so this row takes the ``climate`` dataset
-  and swaps each tile's prompt for the store prompt of its partner zone.
+  model was trained on): an extra variant handed to :func:`training.sweep.run_sweep`, resolved
+  here from the store like the others.
 
-Scores come from :func:`training.evaluate.evaluate_dataset` (the code behind
-``python -m training.evaluate``; values in percent, one confusion matrix over the split). On top
-of that, each tile's material map is regenerated from the manifest (``generate_tile`` is
-deterministic) to report pixel accuracy separately on the *ambiguous* materials (striped, bright,
-dark: class depends on the zone) and on all other pixels. A recording wrapper around the model
-keeps the predictions of the same pass, so nothing is run twice.
+Scores are the sweep's (one confusion matrix over the split per variant, summed from per-tile
+counts; values in percent, equal to ``python -m training.evaluate`` for the same prompt mode).
+The sweep also counts, per tile, correct pixels on the *ambiguous* materials (striped, bright,
+dark: class set by the zone) and on all other pixels, from the material map regenerated from the
+manifest on the worker (``training.synth.diagnostics.ambiguous_materials``).
 
 The test set must come from a seed the models were never trained on: the script reads the
 training data's seed from the checkpoints' metadata and refuses to score on it. With no test set
@@ -37,13 +37,14 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+AMBIGUOUS = ("striped", "bright", "dark")
+GROUPS = "training.synth.diagnostics:ambiguous_materials"
 PAPER_TABLE_V = (("no text", 67.1), ("generic prompt \"remote sensing image\"", 69.9), ("climate prompt", 70.4))
 DEFAULT_TEST_SEED = 12345
 
@@ -86,89 +87,18 @@ def training_seeds(metas: list[dict[str, Any]]) -> set[int]:
     return seeds
 
 
-class Recorder:
-    """Callable stand-in for a ``SegModel`` that keeps each batch's argmax (CPU, uint8).
-
-    ``evaluate_dataset`` only calls the model, reads ``uses_text`` and ``parameters()``; the
-    wrapper forwards those, so the scores are exactly those of the wrapped model.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.uses_text = model.uses_text
-        self.preds: list[Any] = []
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, images: Any, text: Any = None) -> Any:
-        out = self.model(images, text=text) if self.uses_text else self.model(images)
-        self.preds.append(out.logits.argmax(1).to("cpu", dtype=__import__("torch").uint8))
-        return out
-
-
-AMBIGUOUS = ("striped", "bright", "dark")
-
-
-def material_maps(dataset: Any, manifest: dict[str, Any], limit: int | None = None) -> list[Any]:
-    """Per tile (dataset order): H×W uint8 map, 1/2/3 = striped/bright/dark material, 0 = other.
-
-    Regenerated exactly from the manifest (seed, index, zone); the regenerated labels are checked
-    against the files on disk.
-    """
-    import numpy as np
-
-    from training.synth import M_BRIGHT, M_DARK, M_STRIPED, generate_tile
-
-    by_file = {t["file"]: t for t in manifest["tiles"]}
-    masks = []
-    for i, sample in enumerate(dataset.samples[:limit]):
-        t = by_file[Path(sample.image).name]
-        tile = generate_tile(t["zone"], size=int(manifest["size"]), seed=int(manifest["seed"]), index=int(t["index"]))
-        _, label = dataset.load_arrays(i)
-        expect = dataset.class_set.decode(tile.label)
-        if not np.array_equal(expect, label):
-            raise RuntimeError(f"regenerated labels of {sample.image} differ from the file (generator version?)")
-        amb = np.zeros(tile.material.shape, np.uint8)
-        for code, material in enumerate((M_STRIPED, M_BRIGHT, M_DARK), start=1):
-            amb[tile.material == material] = code
-        masks.append(amb)
-    return masks
-
-
-# ------------------------------------------------------------------------------------- runs
-def run_row(model: Any, dataset: Any, masks: list[Any], batch_size: int, tta: bool,
-            limit: int | None = None) -> dict[str, Any]:
-    """Official metrics (percent) + ambiguous / other pixel accuracy of one model × prompt setting."""
-    import numpy as np
-
-    from training.evaluate import build_report, evaluate_dataset
-
-    rec = Recorder(model)
-    t0 = time.perf_counter()
-    metrics, n = evaluate_dataset(rec if not tta else model, dataset, class_set=dataset.class_set,
-                                  batch_size=batch_size, tta=tta, limit=limit)
-    seconds = time.perf_counter() - t0
-    report = build_report(metrics, dataset.class_set, tuple(dataset.class_set.scored), n_images=n,
-                          seconds=round(seconds, 1))
-    if not tta:
-        preds = [p for batch in rec.preds for p in batch.numpy()]
-        hits = np.zeros(4, np.int64)  # other, striped, bright, dark
-        tots = np.zeros(4, np.int64)
-        for i, (pred, amb) in enumerate(zip(preds, masks, strict=True)):
-            _, label = dataset.load_arrays(i)
-            valid = label != dataset.class_set.ignore_index
-            ok = (pred == label) & valid
-            hits += np.bincount(amb[ok], minlength=4)
-            tots += np.bincount(amb[valid], minlength=4)
-        report["acc_ambiguous"] = round(100.0 * hits[1:].sum() / max(1, tots[1:].sum()), 2)
-        report["acc_other"] = round(100.0 * hits[0] / max(1, tots[0]), 2)
-        for code, name in enumerate(AMBIGUOUS, start=1):
-            report[f"acc_{name}"] = round(100.0 * hits[code] / max(1, tots[code]), 2)
-            report[f"share_{name}"] = round(100.0 * tots[code] / max(1, tots.sum()), 2)
-        report["ambiguous_share"] = round(100.0 * tots[1:].sum() / max(1, tots.sum()), 2)
-    del np
-    return report
+def material_accuracy(hits: list[int], totals: list[int]) -> dict[str, float]:
+    """Pixel accuracy on the ambiguous materials (groups 1-3 of ``GROUPS``) and on all other pixels."""
+    tot = [max(1, t) for t in totals[:4]]
+    out = {
+        "acc_ambiguous": round(100.0 * sum(hits[1:4]) / max(1, sum(totals[1:4])), 2),
+        "acc_other": round(100.0 * hits[0] / tot[0], 2),
+        "ambiguous_share": round(100.0 * sum(totals[1:4]) / max(1, sum(totals[:4])), 2),
+    }
+    for code, name in enumerate(AMBIGUOUS, start=1):
+        out[f"acc_{name}"] = round(100.0 * hits[code] / tot[code], 2)
+        out[f"share_{name}"] = round(100.0 * totals[code] / max(1, sum(totals[:4])), 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,15 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, help="baseline checkpoint (default: shipped baseline_demo)")
     p.add_argument("--out", default="docs/RESULTS.md", help="Markdown report to write")
     p.add_argument("--json-out", default="runs/ablation/ablation.json", help="raw reports (JSON)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tta", action="store_true", help="flip TTA (no ambiguous-pixel diagnostics then)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--workers", type=int, default=1, help="local Dask worker processes (training.sweep)")
+    w.add_argument("--scheduler", help="address of a running Dask scheduler")
+    p.add_argument("--tta", action="store_true", help="flip TTA")
     p.add_argument("--limit", type=int, default=None, help="only the first N test tiles (smoke tests)")
     p.add_argument("--from-json", default=None, help="only re-render --out from a saved --json-out file")
     args = p.parse_args(argv)
-    if args.from_json:
-        from metaseg.classes import get_class_set
+    from metaseg.classes import get_class_set
 
+    if args.from_json:
         data = json.loads((ROOT / args.from_json).read_text())
         rows = [(r.pop("model"), r.pop("prompt"), r) for r in data["rows"]]
         info = data["info"]
@@ -197,70 +128,84 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-rendered {args.out} from {args.from_json}", file=sys.stderr)
         return 0
 
-    import torch
-
-    from metaseg.checkpoints import demo_checkpoint_path, load_checkpoint
+    from metaseg.checkpoints import demo_checkpoint_path, read_checkpoint_meta, resolve_checkpoint
+    from prompts_db import PromptStore
+    from training.sweep import quiet_dask_logs, run_sweep
     from training.synth import partner_zone
-    from training.datasets import build_dataset
 
-    torch.set_num_threads(args.threads)
+    quiet_dask_logs()
     test_root = (ROOT / args.test_root) if not Path(args.test_root).is_absolute() else Path(args.test_root)
     manifest = ensure_test_set(test_root, args.test_n, args.test_seed)
-
     ck_meta = demo_checkpoint_path("metasegnet_demo") if args.metasegnet is None else Path(args.metasegnet)
     ck_base = demo_checkpoint_path("baseline_demo") if args.baseline is None else Path(args.baseline)
-    meta_model, meta_meta = load_checkpoint(ck_meta, expected_name="metasegnet_demo")
-    base_model, base_meta = load_checkpoint(ck_base, expected_name="baseline_demo",
-                                            text_encoder_module=None)
+    meta_meta = read_checkpoint_meta(resolve_checkpoint(ck_meta)[1])
+    base_meta = read_checkpoint_meta(resolve_checkpoint(ck_base)[1])
     seeds = training_seeds([meta_meta, base_meta])
     if int(manifest.get("seed", -1)) in seeds:
         raise SystemExit(f"error: test set seed {manifest.get('seed')} was used for training ({sorted(seeds)})")
 
-    datasets = {mode: build_dataset("synthearth", test_root, "test", prompt_mode=mode)
-                for mode in ("climate", "store-generic", "none", "wrong")}
-    climate = datasets["climate"]
-    partner = build_dataset("synthearth", test_root, "test", prompt_mode="climate")
-    partner.prompts = [partner.resolver.text_for_zone(partner_zone(z)) for z in partner.zones]
-    masks = material_maps(climate, manifest, args.limit) if not args.tta else []
+    store = PromptStore()
+    cs = get_class_set(meta_meta.get("class_set") or "openearthmap")
+    variants = ["none", "generic", "store-generic", "climate", "wrong"]
+    labels = {
+        "none": "none (empty text)",
+        "generic": 'generic: the paper\'s "It is a remote sensing image."',
+        "store-generic": "generic: the store's zone-free prompt (`store-generic`)",
+        "climate": "climate (true zone)",
+        "wrong": "wrong: WRONG_ZONE table (`--prompt-mode wrong`)",
+        "partner": "wrong: partner zone (all 3 rules flipped)",
+    }
+    print(f"sweeping {len(variants) + 1} prompt variants + the baseline over {test_root} ...", file=sys.stderr)
+    report = run_sweep(
+        model="metasegnet_demo", checkpoint=str(ck_meta) if args.metasegnet else None,
+        baseline="baseline_demo", baseline_checkpoint=str(ck_base) if args.baseline else None,
+        dataset="synthearth", root=str(test_root), split="test", variants=variants,
+        extra_variants={"partner": lambda z: store.current(partner_zone(z) if z else None, cs.name)},
+        workers=args.workers, scheduler=args.scheduler, tta=args.tta, limit=args.limit, store=store,
+        notes="scripts/ablation.py", groups=GROUPS,
+    )  # fmt: skip
+    if report["status"] != "complete":
+        raise SystemExit(f"error: experiment {report['experiment_id']} is incomplete: {report['errors'][:1]}")
+    climate_texts = {z: store.current(z, cs.name).text for z in {t["zone"] for t in manifest.get("tiles", [])}}
+    store.close()
     train_prompts = meta_meta.get("train_prompts") or {}
-    prompt_drift = sorted(z for z in set(climate.zones)
-                          if z in train_prompts and train_prompts[z] != climate.resolver.text_for_zone(z))
+    prompt_drift = sorted(z for z, t in climate_texts.items() if z in train_prompts and train_prompts[z] != t)
 
-    rows: list[tuple[str, str, dict[str, Any]]] = []
-    plan = [
-        ("baseline_demo", "— (no text path)", base_model, climate),
-        ("metasegnet_demo", "none (empty text)", meta_model, datasets["none"]),
-        ("metasegnet_demo", "generic", meta_model, datasets["store-generic"]),
-        ("metasegnet_demo", "climate (true zone)", meta_model, climate),
-        ("metasegnet_demo", "wrong: WRONG_ZONE table (`--prompt-mode wrong`)", meta_model, datasets["wrong"]),
-        ("metasegnet_demo", "wrong: partner zone (all 3 rules flipped)", meta_model, partner),
+    totals = report["groups"]["totals"]
+
+    def row(m: dict[str, Any], hits: list[int]) -> dict[str, Any]:
+        out = {**m, "class_set": cs.name, "n_images": report["tiles"]}
+        out.update(material_accuracy(hits, totals))
+        return out
+
+    rows: list[tuple[str, str, dict[str, Any]]] = [
+        ("baseline_demo", "— (no text path)", row(report["baseline"], report["groups"]["baseline"]))
     ]
-    for model_name, prompt, model, ds in plan:
-        print(f"evaluating {model_name} / {prompt} ...", file=sys.stderr, flush=True)
-        rep = run_row(model, ds, masks, args.batch_size, args.tta, args.limit)
-        print(f"  mIoU {rep['miou']:.2f}  OA {rep['oa']:.2f}  ({rep['seconds']} s)", file=sys.stderr, flush=True)
-        rows.append((model_name, prompt, rep))
+    rows += [("metasegnet_demo", labels[v], row(report["variants"][v], report["groups"]["hits"][v]))
+             for v in [*variants, "partner"]]  # fmt: skip
+    for model_name, prompt, rep in rows:
+        print(f"  {model_name} / {prompt}: mIoU {rep['miou']:.2f}  OA {rep['oa']:.2f}", file=sys.stderr)
 
     info = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "test_root": str(args.test_root), "test_seed": manifest.get("seed"),
-        "test_n": min(len(climate), args.limit or len(climate)),
+        "test_root": str(args.test_root), "test_seed": manifest.get("seed"), "test_n": report["tiles"],
         "test_size": manifest.get("size"), "synth_version": manifest.get("version"),
         "train_seeds": sorted(seeds), "tta": bool(args.tta),
         "checkpoints": {str(ck_meta): sha256_short(Path(str(ck_meta))), str(ck_base): sha256_short(Path(str(ck_base)))},
-        "prompt_drift": prompt_drift,
+        "prompt_drift": prompt_drift, "experiment_id": report["experiment_id"], "seconds": report["seconds"],
+        "runner": {"scheduler": args.scheduler} if args.scheduler else {"workers": args.workers},
         "meta_train": meta_meta.get("train_summary"), "base_train": base_meta.get("train_summary"),
         "val": {"metasegnet_demo": (meta_meta.get("val") or {}).get("miou"),
                 "baseline_demo": (base_meta.get("val") or {}).get("miou")},
-    }
+    }  # fmt: skip
     info["command"] = " ".join(["python scripts/ablation.py"] + list(argv if argv is not None else sys.argv[1:]))
     json_out = ROOT / args.json_out
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps({"info": info, "rows": [{"model": m, "prompt": p_, **r} for m, p_, r in rows]},
-                                   indent=2, default=str))
+                                   indent=2, default=str))  # fmt: skip
     out = ROOT / args.out
-    out.write_text(render(rows, info, climate.class_set, info["command"]))
-    print(f"wrote {out} and {json_out}", file=sys.stderr)
+    out.write_text(render(rows, info, cs, info["command"]))
+    print(f"wrote {out} and {json_out} (experiment {report['experiment_id']})", file=sys.stderr)
     return 0
 
 
@@ -294,7 +239,12 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], info: dict[str, Any], cl
         f"{', '.join(map(str, info['train_seeds'])) or 'unknown'}; the script refuses to score on a training seed).",
         "* Checkpoints (sha256/12): " + ", ".join(f"`{Path(k).name}` {v}" for k, v in info["checkpoints"].items()) + ".",
         f"* Flip TTA: {'on' if info['tta'] else 'off'}. Values in percent; mIoU over the 8 OpenEarthMap classes; "
-        "one confusion matrix over the whole split (`training.evaluate.evaluate_dataset`).",
+        "one confusion matrix over the whole split, summed from the per-tile counts of one `training.sweep` "
+        "experiment (equal to `python -m training.evaluate --prompt-mode MODE`).",
+        f"* Prompt experiment {info.get('experiment_id')} in the prompt store "
+        f"(`python -m prompts_db experiment {info.get('experiment_id')}`), {info.get('seconds')} s on "
+        + (f"the Dask cluster at {info['runner']['scheduler']}" if info.get("runner", {}).get("scheduler")
+           else f"{info.get('runner', {}).get('workers', 1)} local Dask worker(s)") + " (shared 2-core machine).",
         f"* Generated {info['date']}.",
         "",
         "## Prompt ablation (per-class IoU, mIoU, OA)",

@@ -219,7 +219,7 @@ def test_export_csv_and_json(store):
 
 def test_import_is_torch_free():
     code = (
-        "import sys, prompts_db, prompts_db.cli, prompts_db.llm; "
+        "import sys, prompts_db, prompts_db.cli, prompts_db.llm, prompts_db.experiments; "
         "s = prompts_db.PromptStore(); s.current('Cfa', 'loveda'); "
         "bad = [m for m in ('torch', 'transformers', 'timm') if m in sys.modules]; "
         "print(','.join(bad))"
@@ -254,7 +254,7 @@ def test_upgrade_from_v1_file_keeps_data(tmp_path):
     con.close()
     s = PromptStore(path)
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     cols = {r[1] for r in con.execute("PRAGMA table_info(prompts)")}
     assert {"author", "token_count", "notes"} <= cols
     con.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from studio import services, views
+from studio import experiments, services, views
 from studio.session import SessionState
 from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
 
@@ -58,6 +59,7 @@ def on_label_save(editor: Any, state: SessionState | None):
     index = services.painted_to_index(painted, cs, getattr(state.tile, "valid", None))
     row = services.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
                               services.label_dir() / state.tile_hash[:16])
+    experiments.keep_labelled_tile(state.tile_path, Path(row["path"]).parent)  # evaluable in Experiments
     state.ground_truth, state.ground_truth_source = index, "painted label"
     return state, f"Saved label #{row['id']} ({cs.name} encoding); it is now this tile's ground truth.", \
         labels_table(state), row["path"]
