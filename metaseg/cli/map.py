@@ -46,6 +46,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--asset", metavar="KEY", help="STAC asset to map (default: 'visual', else the first image)")
     parser.add_argument("--workers", metavar="N", type=int, help="worker processes of a local cluster (default 1; 0: one worker thread in this process)")
     parser.add_argument("--scheduler", metavar="ADDR", help="address of an existing Dask scheduler (tcp://host:port)")
+    parser.add_argument("--threads", metavar="N", type=int, default=1,
+                        help="torch threads in every worker process (default 1: masks are bitwise identical "
+                             "whatever the number of workers or machines; use one worker per core for speed)")
     parser.add_argument("--resume", action="store_true",
                         help="skip tiles whose mask exists and whose input, model, prompt and settings are unchanged")
     parser.add_argument("--vector", choices=("gpkg", "geojson"), default="gpkg", help="polygon file format")
@@ -76,6 +79,8 @@ def _check_args(args: argparse.Namespace) -> None:
     validate_workers(args.workers, args.scheduler)
     if args.workers is None:
         args.workers = 1
+    if args.threads < 1:
+        raise MetasegError(f"--threads must be >= 1, got {args.threads}")
     if args.min_area < 0 or args.min_area != args.min_area:
         raise MetasegError(f"--min-area must be >= 0 square metres, got {args.min_area}")
     if args.simplify < 0 or args.simplify != args.simplify:
@@ -123,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     _check_args(args)
-    spec = ModelSpec(name=args.model, checkpoint=args.checkpoint, device=args.device, backend=args.backend)
+    # CPU results can differ by a near-tie pixel between thread counts, so worker processes get a
+    # fixed thread count; an in-process worker (--workers 0) keeps this process's setting.
+    in_process = not args.scheduler and args.workers == 0
+    spec = ModelSpec(name=args.model, checkpoint=args.checkpoint, device=args.device, backend=args.backend,
+                     threads=None if in_process else args.threads)
     sources = discover(args.inputs, args.asset, exclude=args.out)
     model_fp, class_set, uses_text = _model(args, spec)
     if not uses_text and args.prompt is not None:
