@@ -14,6 +14,11 @@ Model sources, in order of precedence:
 3. the shipped demo weights (``Predictor.from_name("metasegnet_demo")`` / ``"baseline_demo"``).
 
 Tests may inject a factory (:meth:`ModelCache.set_factory`) that builds predictors directly.
+
+Inference backend: env ``METASEG_BACKEND`` = ``auto`` (default: ONNX Runtime fp32 on CPU when the
+verified graph can be had, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8`` (see
+:mod:`metaseg.backends`). The backend that ran is on each prediction (``Prediction.backend``)
+and in :attr:`PairResult.backends`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -143,6 +148,19 @@ def zone_code(location: dict[str, Any] | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- models
+def backend_from_env() -> str:
+    """``METASEG_BACKEND`` (default ``auto``); a bad value is logged and replaced by ``auto``."""
+    from metaseg.backends import check_backend
+    from metaseg.errors import ConfigError
+
+    raw = os.environ.get("METASEG_BACKEND", "").strip() or "auto"
+    try:
+        return check_backend(raw)
+    except ConfigError as exc:
+        log.warning("METASEG_BACKEND: %s; using auto", exc)
+        return "auto"
+
+
 @dataclass
 class LoadedModel:
     predictor: Any
@@ -205,11 +223,12 @@ class ModelCache:
             from metaseg.inference import Predictor
 
             device = os.environ.get("METASEG_DEVICE") or None
+            backend = backend_from_env()
             try:
                 if source.startswith("demo:"):
-                    predictor = Predictor.from_name(source[5:], device=device)
+                    predictor = Predictor.from_name(source[5:], device=device, backend=backend)
                 else:
-                    predictor = Predictor.from_checkpoint(source, device=device)
+                    predictor = Predictor.from_checkpoint(source, device=device, backend=backend)
             except CheckpointError as exc:
                 raise CheckpointError(
                     f"{role} model: {' '.join(str(exc).split())} (in the app: load a checkpoint in the Models "
@@ -231,7 +250,7 @@ class ModelCache:
             if loaded is not None:
                 p = loaded.predictor
                 cs = getattr(getattr(p, "class_set", None), "name", "?")
-                status += f" ({getattr(p, 'name', '?')}, {cs}, {getattr(p, 'device', '?')})"
+                status += f" ({getattr(p, 'name', '?')}, {cs}, {getattr(p, 'device', '?')}, {getattr(p, 'backend', 'torch')})"
             rows.append([role, self.source_of(role), status])
         return rows
 
@@ -256,6 +275,7 @@ class PairResult:
     seconds: dict[str, float]
     checkpoint_ids: dict[str, str]
     model_names: dict[str, str]
+    backends: dict[str, str] = field(default_factory=dict)  #: role → backend that ran (Prediction.backend)
 
 
 def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
@@ -270,9 +290,9 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
         raise CheckpointError(
             f"MetaSegNet predicts {cs_a.name} classes but the baseline predicts {cs_b.name}; load a matching pair"
         )
-    masks, seconds = {}, {}
+    masks, seconds, backends = {}, {}, {}
     with _infer_lock:  # one inference at a time: the cores (or the GPU) are shared anyway
-        _predict_both(models, rgb, valid, prompt, progress, masks, seconds)
+        _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends)
     from metaseg.classes import get_class_set
 
     return PairResult(
@@ -282,13 +302,14 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
         seconds=seconds,
         checkpoint_ids={r: models[r].checkpoint_id for r in ROLES},
         model_names={r: str(getattr(models[r].predictor, "name", r)) for r in ROLES},
+        backends=backends,
     )
 
 
 _infer_lock = threading.Lock()
 
 
-def _predict_both(models, rgb, valid, prompt, progress, masks, seconds) -> None:
+def _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends=None) -> None:
     for k, role in enumerate(ROLES):
         def cb(done: int, total: int, _k: int = k, _role: str = role) -> None:
             if progress is not None and total:
@@ -297,6 +318,8 @@ def _predict_both(models, rgb, valid, prompt, progress, masks, seconds) -> None:
         pred = models[role].predictor.predict(rgb, prompt, progress=cb, valid=valid)
         masks[role] = np.asarray(pred.index, dtype=np.uint8)
         seconds[role] = float(pred.seconds)
+        if backends is not None:
+            backends[role] = str(getattr(pred, "backend", "torch"))
 
 
 try:  # Hugging Face ZeroGPU: borrow a GPU for the duration of the call
