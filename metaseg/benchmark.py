@@ -558,6 +558,7 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
     spreads: dict[str, dict[str, float]] = {}
     before: dict[str, float | None] = {}
     runs: dict[str, list[float]] = {str(n): [] for n in options.sliding_sizes}
+    cpu_runs: dict[str, list[float]] = {str(n): [] for n in options.sliding_sizes}
     # Sizes are visited A B ... B A (order reversed on every other repeat) so that a change of
     # machine load between the runs of the small and the large tile does not bias their ratio.
     schedule: list[int] = []
@@ -574,10 +575,11 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
             rss_before = current_rss_mb() if device.type == "cpu" else None
             meter.reset()
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             pred = predictor.predict(tile, options.prompt, overlap=options.overlap)
             _sync(device)
             runs[key].append((time.perf_counter() - start) * 1e3)
+            cpu_runs[key].append((time.process_time() - cpu_start) * 1e3 / max(int(pred.windows), 1))
             peak = meter.peak_mb()
             if key not in times:  # first run of this size: its memory figures are the clean ones
                 times[key] = 0.0
@@ -593,6 +595,9 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
         "sliding": times,
         "sliding_windows": windows,
         "sliding_ms_per_window": {k: _sig(times[k] / max(windows[k], 1)) for k in times},
+        # process CPU time per window (all threads): insensitive to other processes' load, so a
+        # per-window cost that grows with the tile width shows here even on a busy machine
+        "sliding_cpu_ms_per_window": {k: _sig(median(v)) for k, v in cpu_runs.items() if v},
         "sliding_peak_mem_mb": mem,
         "sliding_rss_before_mb": before,
         "sliding_accumulator_mb": acc,
