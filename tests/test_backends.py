@@ -274,3 +274,25 @@ def test_app_reads_metaseg_backend(monkeypatch):
     assert seen == {"baseline_demo": "onnx-int8"}
     monkeypatch.setenv("METASEG_BACKEND", "bogus")
     assert services.backend_from_env() == "auto"
+
+
+def test_bn_folding_keeps_outputs():
+    from metaseg.backends import fold_batchnorm
+    from metaseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("baseline_demo", **SMALL).eval()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        ref = model(x).logits
+    n = fold_batchnorm(model)
+    assert n > 40 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.image_encoder.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x).logits, ref, atol=1e-4, rtol=1e-4)
+    assert fold_batchnorm(model) == 0  # idempotent
+    p = Predictor(create_model("baseline_demo", **SMALL).eval(), "cpu")
+    assert p.bn_folded > 40 and p.backend == "torch"
