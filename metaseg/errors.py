@@ -38,3 +38,7 @@ class ConfigError(MetasegError, ValueError):
 
 class DatasetNotFoundError(MetasegError, FileNotFoundError):
     """A dataset root does not contain the expected official layout."""
+
+
+class ImageryError(MetasegError):
+    """Imagery from the XYZ server cannot be had: switched off, unreachable, not an image, rate-limited."""

@@ -13,6 +13,11 @@ Format choice of :func:`write_mask` (by the output path's extension):
   (PNG cannot carry it).
 * any other extension → :class:`~metaseg.errors.MetasegError` naming the two choices.
 
+Cloud-Optimized GeoTIFF (:func:`write_mask_cog`, used by ``metaseg map``): the same pixels, colour
+map, nodata and tags, but tiled 512×512, deflate, with internal overviews (mode resampling, so
+zoomed-out views keep class values) for masks larger than one block, in the COG layout (IFDs
+first), written atomically (temporary file in the target folder, then ``os.replace``).
+
 GeoTIFF details: deflate-compressed, tiled 256×256 when both sides are at least 256 px (else
 striped), ``nodata=255``, embedded colour map (255 black; GDAL stores the nodata entry with alpha 0), band description listing the classes, and tags
 ``CLASS_SET`` (set name), ``CLASS_NAMES`` (JSON list in index order), ``CLASS_<i>`` (name of
@@ -24,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +46,7 @@ logger = logging.getLogger(__name__)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES = (".png",)
 BLOCK_SIZE = 256
+COG_BLOCK_SIZE = 512
 
 
 def _check_mask(index: np.ndarray) -> np.ndarray:
@@ -125,7 +133,6 @@ def write_mask_geotiff(
     index = _check_mask(index)
     path = Path(path)
     height, width = index.shape
-    names = [str(n) for n in class_set.names]
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": width,
@@ -149,19 +156,92 @@ def write_mask_geotiff(
         with rasterio.open(path, "w", **profile) as dst:
             # colour map before pixels: once data is written libtiff can no longer set the
             # palette photometric tag (GDAL logs "Cannot modify tag PhotometricInterpretation").
-            dst.write_colormap(1, colormap(class_set))
-            dst.write(index, 1)
-            dst.update_tags(
-                CLASS_SET=str(getattr(class_set, "name", "")),
-                CLASS_NAMES=json.dumps(names),
-                IGNORE_VALUE=str(_ignore_index(class_set)),
-                **{f"CLASS_{i}": n for i, n in enumerate(names)},
-            )
-            dst.set_band_description(
-                1, "class index: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
-                + f", {_ignore_index(class_set)}=no data"
-            )
+            _write_mask_band(dst, index, class_set)
     logger.info("wrote %dx%d mask GeoTIFF %s (crs=%s)", width, height, path, crs)
+    return path
+
+
+def _write_mask_band(dst: Any, index: np.ndarray, class_set: Any) -> None:
+    """Colour map, pixels, class tags and band description of an open single-band mask dataset."""
+    names = [str(n) for n in class_set.names]
+    # colour map before pixels: once data is written libtiff can no longer set the
+    # palette photometric tag (GDAL logs "Cannot modify tag PhotometricInterpretation").
+    dst.write_colormap(1, colormap(class_set))
+    dst.write(index, 1)
+    dst.update_tags(
+        CLASS_SET=str(getattr(class_set, "name", "")),
+        CLASS_NAMES=json.dumps(names),
+        IGNORE_VALUE=str(_ignore_index(class_set)),
+        **{f"CLASS_{i}": n for i, n in enumerate(names)},
+    )
+    dst.set_band_description(
+        1, "class index: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
+        + f", {_ignore_index(class_set)}=no data"
+    )
+
+
+def write_mask_cog(
+    path: str | Path,
+    index: np.ndarray,
+    class_set: Any,
+    crs: Any = None,
+    transform: Any = None,
+    *,
+    blocksize: int = COG_BLOCK_SIZE,
+) -> Path:
+    """Write a class mask as a Cloud-Optimized GeoTIFF, atomically.
+
+    The mask is built in memory (palette, tags, nodata 255), then copied by GDAL's ``COG`` driver
+    (tiled ``blocksize``, deflate, overviews with mode resampling) to a temporary file next to
+    ``path``, which then replaces ``path`` in one ``os.replace``: readers (and a resumed job) see
+    the old file or the complete new one, never a half-written mask.
+
+    Args:
+        path: output ``.tif``/``.tiff``.
+        index: class indices ``uint8`` H×W (255 = ignore / nodata).
+        class_set: the :class:`metaseg.classes.ClassSet` of the mask.
+        crs, transform: the source tile's georeference (``None`` for a plain file).
+        blocksize: internal tile size (a power of two, at least 16).
+
+    Returns:
+        The written path.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy as raster_copy
+
+    index = _check_mask(index)
+    path = Path(path)
+    if path.suffix.lower() not in GEOTIFF_SUFFIXES:
+        raise MetasegError(f"a Cloud-Optimized GeoTIFF needs a .tif/.tiff path, got {path.name!r}")
+    height, width = index.shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+        "nodata": _ignore_index(class_set), "photometric": "palette",
+    }
+    affine = _to_affine(transform)
+    if crs is not None:
+        profile["crs"] = crs
+    if affine is not None:
+        profile["transform"] = affine
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    with _writing(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with MemoryFile() as mem:
+                with mem.open(**profile) as dst:
+                    _write_mask_band(dst, index, class_set)
+                with mem.open() as src:
+                    raster_copy(
+                        src, str(tmp), driver="COG", BLOCKSIZE=int(blocksize), COMPRESS="DEFLATE",
+                        OVERVIEW_RESAMPLING="MODE", BIGTIFF="IF_SAFER",
+                    )
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    logger.info("wrote %dx%d mask COG %s (crs=%s)", width, height, path, crs)
     return path
 
 
@@ -250,6 +330,7 @@ __all__ = [
     "palette_bytes",
     "supported_suffixes",
     "write_mask",
+    "write_mask_cog",
     "write_mask_geotiff",
     "write_mask_png",
 ]

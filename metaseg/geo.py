@@ -99,6 +99,9 @@ class TileInfo:
         footprint: The four corners (top-left, top-right, bottom-right, bottom-left) as
             ``(lat, lon)`` in WGS84, or ``None`` when not georeferenced.
         format: ``"GTiff"``, ``"PNG"`` or ``"JPEG"``.
+        gsd_m: Ground sample distance at the tile's centre in metres per pixel (mean of the
+            ground length of one pixel along x and y, measured on the WGS84 sphere, so it is
+            right for projected, geographic and Web Mercator tiles alike) or ``None``.
     """
 
     path: str
@@ -111,6 +114,7 @@ class TileInfo:
     dtype: str
     footprint: list[tuple[float, float]] | None = None
     format: str = "GTiff"
+    gsd_m: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``locate --json`` object without ``zone``."""
@@ -124,6 +128,7 @@ class TileInfo:
             "bands": self.bands,
             "dtype": self.dtype,
             "footprint": [list(p) for p in self.footprint] if self.footprint else None,
+            "gsd_m": self.gsd_m,
         }
 
 
@@ -287,6 +292,40 @@ def _to_wgs84(crs, xs: Sequence[float], ys: Sequence[float]) -> list[tuple[float
     return out
 
 
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres between two WGS84 points (mean Earth radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def ground_sample_distance(crs, affine, width: int, height: int) -> float | None:
+    """Metres per pixel at the centre of a georeferenced raster, whatever its CRS.
+
+    The pixel's steps along x and y around the centre are projected to WGS84 and measured on the
+    sphere (spans of up to a quarter tile, divided by their pixel count, keep rounding away), so a
+    Web Mercator tile gets its true ground resolution at its latitude, not its nominal one.
+    """
+    if crs is None or affine is None or width < 1 or height < 1:
+        return None
+    cx, cy = width / 2, height / 2
+    step = max(1.0, min(width, height) / 4)
+    pix = [(cx, cy), (cx + step, cy), (cx, cy + step)]
+    xy = [affine @ c for c in pix]
+    pts = _to_wgs84(crs, [x for x, _ in xy], [y for _, y in xy])
+    if pts is None:
+        return None
+    (la0, lo0), (la1, lo1), (la2, lo2) = pts
+    dx = haversine_m(la0, lo0, la1, lo1) / step
+    dy = haversine_m(la0, lo0, la2, lo2) / step
+    gsd = (dx + dy) / 2
+    return float(gsd) if math.isfinite(gsd) and gsd > 0 else None
+
+
 def _inspect_tiff(p: Path) -> TileInfo:
     with _rasterio_open(p) as ds:
         return _tiff_info(p, ds)
@@ -294,7 +333,7 @@ def _inspect_tiff(p: Path) -> TileInfo:
 
 def _tiff_info(p: Path, ds) -> TileInfo:
     crs, affine = _georef(ds)
-    location, footprint = Location.none(), None
+    location, footprint, gsd = Location.none(), None, None
     if crs is None or affine is None:
         log.info("%s has no usable georeference (crs=%s)", p.name, _crs_string(crs))
     else:
@@ -305,6 +344,7 @@ def _tiff_info(p: Path, ds) -> TileInfo:
         if pts is not None:
             footprint = [(float(la), float(lo)) for la, lo in pts[:4]]
             location = Location(float(pts[4][0]), float(pts[4][1]), "geotiff")
+            gsd = ground_sample_distance(crs, affine, ds.width, ds.height)
     return TileInfo(
         path=str(p),
         location=location,
@@ -316,6 +356,7 @@ def _tiff_info(p: Path, ds) -> TileInfo:
         dtype=str(ds.dtypes[0]) if ds.count else "none",
         footprint=footprint,
         format="GTiff",
+        gsd_m=gsd,
     )
 
 

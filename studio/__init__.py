@@ -2,6 +2,7 @@
 
 ``studio.session`` (per-user state), ``studio.mapview`` (offline Folium map with a click bridge),
 ``studio.services`` (models, segmentation, review, labels; calls ``metaseg`` and ``prompts_db``),
-``studio.views`` (escaped HTML snippets, display-size images). Imports flow
-``app.py`` → ``studio`` → ``prompts_db`` → ``metaseg``; nothing here imports gradio.
+``studio.views`` (escaped HTML snippets, display-size images), ``studio.tabs`` (the Gradio layer: one
+module per tab, assembled by ``app.py``; the only part that imports gradio). Imports flow
+``app.py`` → ``studio`` → ``prompts_db`` → ``metaseg``; nothing outside ``studio.tabs`` imports gradio.
 """

@@ -152,6 +152,18 @@ def _folium_classes():
     return folium, OfflineMap, ClickBridge
 
 
+def imagery_layer():
+    """The configured XYZ imagery source (``METASEG_IMAGERY_URL``, read now) or ``None``."""
+    from metaseg.errors import ImageryError
+    from metaseg.imagery import source_from_env
+
+    try:
+        return source_from_env()
+    except ImageryError as exc:
+        log.warning("no imagery base layer: %s", exc)
+        return None
+
+
 def map_page(
     lat: float | None = None,
     lon: float | None = None,
@@ -182,6 +194,12 @@ def map_page(
         folium.TileLayer(
             "OpenStreetMap", name="OpenStreetMap (online)", attr="© OpenStreetMap contributors"
         ).add_to(m)
+        imagery = imagery_layer()
+        if imagery is not None:  # the layer "Fetch imagery here" downloads from, with its credit
+            folium.TileLayer(
+                tiles=imagery.template, attr=html.escape(imagery.attribution), name="Satellite imagery (online)",
+                subdomains="".join(imagery.subdomains), max_zoom=19, max_native_zoom=19, show=False,
+            ).add_to(m)
         uri = koppen_overlay_uri()
         if uri:
             folium.raster_layers.ImageOverlay(

@@ -124,7 +124,8 @@ def locate_point(lat: Any, lon: Any, source: str = "typed") -> dict[str, Any]:
     zone = zone_dict(lat_f, lon_f)
     return {
         "lat": lat_f, "lon": lon_f, "source": source, "crs": None,
-        "width": None, "height": None, "bands": None, "dtype": None, "footprint": None, "zone": zone,
+        "width": None, "height": None, "bands": None, "dtype": None, "footprint": None, "gsd_m": None,
+        "zone": zone,
     }
 
 
@@ -275,7 +276,7 @@ class PairResult:
     seconds: dict[str, float]
     checkpoint_ids: dict[str, str]
     model_names: dict[str, str]
-    backends: dict[str, str] = field(default_factory=dict)  #: role → backend that ran (Prediction.backend)
+    backends: dict[str, str] = field(default_factory=dict)  # inference backend that ran, per role
 
 
 def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
@@ -610,3 +611,155 @@ def random_predictor(role: str, source: str | None = None, **overrides: Any):
 if os.environ.get("METASEG_RANDOM_WEIGHTS") == "1":  # pragma: no cover - developer switch
     log.warning("METASEG_RANDOM_WEIGHTS=1: using randomly initialised models (masks are meaningless)")
     MODELS.set_factory(random_predictor)
+
+
+# --------------------------------------------------------------------------- ground sample distance
+#: A tile this many times coarser or finer than the model's training GSD is "far outside" it.
+GSD_FAR = 2.0
+
+
+def model_gsd_range(role: str = "metasegnet") -> tuple[float, float] | None:
+    """``(min, max)`` m/px the model was trained on (recorded in its checkpoint, else its defaults)."""
+    from metaseg.checkpoints import gsd_range_m
+
+    p = MODELS.get(role).predictor
+    meta = dict(getattr(p, "meta", {}) or {})
+    cs = getattr(getattr(p, "class_set", None), "name", None)
+    if cs and "class_set" not in meta:
+        meta["class_set"] = cs
+    return gsd_range_m(meta)
+
+
+def gsd_check(tile_gsd: float | None, rng: tuple[float, float] | None) -> tuple[str, float | None]:
+    """``("ok" | "coarser" | "finer" | "unknown", target m/px)``: where a tile's GSD lies against
+    the model's range (far = more than :data:`GSD_FAR` times outside); ``target`` is the nearest
+    GSD inside the range (what a much finer tile is resampled to)."""
+    if not tile_gsd or not rng:
+        return "unknown", None
+    lo, hi = rng
+    if tile_gsd > hi * GSD_FAR:
+        return "coarser", hi
+    if tile_gsd < lo / GSD_FAR:
+        return "finer", lo
+    return "ok", min(max(tile_gsd, lo), hi)
+
+
+def gsd_note(tile_gsd: float | None, rng: tuple[float, float] | None, resampled_to: float | None = None) -> str:
+    """One plain sentence about the tile's GSD against the model's (empty when unknown)."""
+    kind, target = gsd_check(tile_gsd, rng)
+    if kind == "unknown":
+        return ""
+    lo, hi = rng
+    model = f"{lo:g} m/px" if lo == hi else f"{lo:g}–{hi:g} m/px"
+    tile = f"{tile_gsd:.3g} m/px"
+    if resampled_to:
+        return (f"Ground sample distance: the tile is {tile}; it was resampled to {resampled_to:g} m/px (the model "
+                f"was trained on {model}) for prediction, and the masks brought back to the tile's grid.")
+    if kind == "coarser":
+        return (f"⚠️ Ground sample distance: this tile is {tile}, about {tile_gsd / hi:.0f}× coarser than the "
+                f"{model} the model was trained on. Objects are far smaller than the model expects: treat "
+                "this result with great caution.")
+    if kind == "finer":
+        return (f"⚠️ Ground sample distance: this tile is {tile}, about {lo / tile_gsd:.0f}× finer than the "
+                f"{model} the model was trained on. Tick “Resample to the model's GSD” and segment again "
+                f"to predict at {target:g} m/px.")
+    return f"Ground sample distance: {tile} (the model was trained on {model})."
+
+
+def resample(rgb: np.ndarray, valid: np.ndarray | None, factor: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Shrink a tile by ``factor`` (> 1; area-averaged pixels, nearest-neighbour validity)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    if valid is None:
+        return small, None
+    v = np.asarray(Image.fromarray(np.asarray(valid, np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
+    return small, v
+
+
+def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A class mask back onto a ``shape`` grid (nearest neighbour)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
+
+
+def run_pair_at_gsd(rgb: np.ndarray, valid: np.ndarray | None, prompt: str, tile_gsd: float | None,
+                    target_gsd: float | None, progress=None) -> PairResult:
+    """:func:`run_pair` at ``target_gsd`` (tile shrunk first, masks brought back to the tile grid)."""
+    if not tile_gsd or not target_gsd or target_gsd <= tile_gsd:
+        return run_pair(rgb, valid, prompt, progress=progress)
+    small, small_valid = resample(rgb, valid, target_gsd / tile_gsd)
+    result = run_pair(small, small_valid, prompt, progress=progress)
+    shape = rgb.shape[:2]
+    result.metasegnet = upsample_mask(result.metasegnet, shape)
+    result.baseline = upsample_mask(result.baseline, shape)
+    if valid is not None:
+        result.metasegnet[~np.asarray(valid, bool)] = IGNORE
+        result.baseline[~np.asarray(valid, bool)] = IGNORE
+    return result
+
+
+# --------------------------------------------------------------------------- polygons
+def write_polygons(masks: dict[str, np.ndarray], class_names: list[str], tile_info: Any, outdir: Path) -> list[str]:
+    """Masks (role → class indices) as polygons (``model``, ``class``, ``area_m2`` per polygon) in a
+    GeoPackage and a GeoJSON (WGS84), via :mod:`metaseg.vectorize` (as ``metaseg map``)."""
+    from metaseg.vectorize import mask_to_features, write_features
+
+    crs, transform = getattr(tile_info, "crs", None), getattr(tile_info, "transform", None)
+    if not crs or not transform:
+        raise MetasegError("this tile has no georeference: polygons need a GeoTIFF tile (the PNG masks are there)")
+    features = []
+    for role, mask in masks.items():
+        features += mask_to_features(mask, transform, crs, list(class_names), ignore=IGNORE, extra={"model": role})
+    paths = []
+    for name in ("polygons.gpkg", "polygons.geojson"):
+        out = outdir / name
+        out.unlink(missing_ok=True)
+        paths.append(str(write_features(features, out, crs="EPSG:4326")))
+    return paths
+
+
+# --------------------------------------------------------------------------- imagery
+_imagery_limits: dict[tuple[int, float], Any] = {}
+_imagery_lock = threading.Lock()
+
+
+def imagery_limiter():
+    """The per-session rate limiter (``METASEG_IMAGERY_PER_MINUTE`` fetches a minute, default 6)."""
+    from metaseg.imagery import RateLimiter
+
+    calls = _env_int("METASEG_IMAGERY_PER_MINUTE", 6)
+    with _imagery_lock:
+        lim = _imagery_limits.get((calls, 60.0))
+        if lim is None:
+            lim = _imagery_limits[(calls, 60.0)] = RateLimiter(calls, 60.0)
+        return lim
+
+
+def imagery_status() -> tuple[bool, str]:
+    """Whether imagery can be fetched (from the environment now) and the credit/reason to show."""
+    from metaseg.errors import ImageryError
+    from metaseg.imagery import source_from_env
+
+    try:
+        src = source_from_env()
+    except ImageryError as exc:
+        return False, str(exc)
+    if src is None:
+        return False, "Imagery fetching is switched off on this server (METASEG_IMAGERY_URL=off)."
+    return True, src.attribution
+
+
+def fetch_imagery(lat: Any, lon: Any, zoom: Any, out: Path, session_key: str):
+    """Rate-limited :func:`metaseg.imagery.fetch_imagery` into ``out`` for one session."""
+    from metaseg.climate import validate
+    from metaseg.imagery import fetch_imagery as _fetch
+    from metaseg.imagery import require_source
+
+    lat_f, lon_f = validate(lat, lon)
+    src = require_source()
+    imagery_limiter().check(session_key)
+    return _fetch(lat_f, lon_f, zoom, out, source=src)

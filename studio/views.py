@@ -55,6 +55,8 @@ def location_html(loc: dict[str, Any] | None, note: str | None = None) -> str:
         facts = f'{esc(loc["width"])}×{esc(loc["height"])} px, {esc(loc["bands"])} band(s), {esc(loc["dtype"])}'
         if loc.get("crs"):
             facts += f", {esc(loc['crs'])}"
+        if isinstance(loc.get("gsd_m"), (int, float)) and loc["gsd_m"] > 0:
+            facts += f', <span class="ms-gsd" data-gsd="{float(loc["gsd_m"]):.4f}">{float(loc["gsd_m"]):.3g} m/px</span>'
         parts.append(f'<div class="ms-file">{facts}</div>')
     zone = loc.get("zone")
     if zone and zone.get("code"):

@@ -15,6 +15,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # No real LLM endpoint or key leaks in from the developer's shell.
 for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "METASEG_LLM_MODEL"):
     os.environ.pop(_var, None)
+# No imagery server either: tests that fetch point METASEG_IMAGERY_URL at a loopback XYZ server.
+for _var in ("METASEG_IMAGERY_ATTRIBUTION", "METASEG_IMAGERY_CACHE", "METASEG_IMAGERY_SUBDOMAINS"):
+    os.environ.pop(_var, None)
+os.environ["METASEG_IMAGERY_URL"] = "off"
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +41,18 @@ def app_server():
         yield url
     finally:
         app.demo.close()
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``CI=true`` a skipped ``browser`` test is a failure: CI must prove the UI, not skip it."""
+    outcome = yield
+    report = outcome.get_result()
+    if _ci() and report.skipped and item.get_closest_marker("browser") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"browser test skipped under CI=true ({reason}); install Chromium and Playwright"

@@ -2,7 +2,8 @@
 
 Endpoints (api_name exactly): ``/locate`` (file, lat, lon) → the ``locate --json`` object;
 ``/segment`` (file, prompt) → MetaSegNet overlay, baseline overlay, class fractions;
-``/save_prompt`` (zone, class_set, text) → the saved prompt version.
+``/save_prompt`` (zone, class_set, text) → the saved prompt version; ``/imagery`` (lat, lon, zoom) →
+the GeoTIFF around the point from ``METASEG_IMAGERY_URL`` (a loopback XYZ server here) + its locate object.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def client(app_server):
 def test_api_lists_exactly_named_endpoints(client):
     info = client.view_api(print_info=False, return_format="dict")
     endpoints = info["named_endpoints"]
-    assert set(endpoints) == {"/locate", "/segment", "/save_prompt"}  # UI events stay undocumented
+    assert set(endpoints) == {"/locate", "/segment", "/save_prompt", "/imagery"}  # UI events stay undocumented
 
     def params(name):
         return [p["parameter_name"] for p in endpoints[name]["parameters"]]
@@ -42,6 +43,7 @@ def test_api_lists_exactly_named_endpoints(client):
     assert params("/segment") == ["file", "prompt"]
     assert params("/save_prompt") == ["zone", "class_set", "text"]
     assert len(endpoints["/segment"]["returns"]) == 3
+    assert params("/imagery") == ["lat", "lon", "zoom"] and len(endpoints["/imagery"]["returns"]) == 2
 
 
 def test_locate_file_and_coordinates(client, tmp_path):
@@ -95,3 +97,38 @@ def test_save_prompt_returns_the_version(client):
     assert PromptStore().current("Dfb", "openearthmap").id == rec["id"]
     with pytest.raises(Exception, match="(?i)empty|text"):
         client.predict("Dfb", "openearthmap", "   ", api_name="/save_prompt")
+
+
+def test_imagery_from_a_loopback_xyz_server_then_segment(client, monkeypatch):
+    """Done-when: /imagery (46.95, 7.45, zoom 16) → a GeoTIFF containing the point, zone Cfb, gsd_m
+    within 20 % of Web Mercator's resolution there; /segment works on it; server down → clean error."""
+    import math
+
+    from gradio_client import handle_file
+
+    from metaseg.geo import inspect_tile
+    from tests.fixtures.app_server import free_port
+    from tests.fixtures.xyz_server import FakeXYZServer
+
+    with FakeXYZServer() as srv:
+        monkeypatch.setenv("METASEG_IMAGERY_URL", srv.template)
+        tif, loc = client.predict(46.95, 7.45, 16, api_name="/imagery")
+        assert srv.tiles_served() > 0
+    assert LOCATE_KEYS | {"gsd_m"} <= set(loc)
+    assert loc["source"] == "geotiff" and loc["crs"] == "EPSG:3857" and loc["zone"]["code"] == "Cfb"
+    wm = 156543.03392804097 * math.cos(math.radians(46.95)) / 2**16
+    assert abs(loc["gsd_m"] - wm) / wm < 0.2
+    info = inspect_tile(tif)
+    lats, lons = [p[0] for p in info.footprint], [p[1] for p in info.footprint]
+    assert min(lats) < 46.95 < max(lats) and min(lons) < 7.45 < max(lons)
+    a, b, fractions = client.predict(handle_file(tif), "", api_name="/segment")
+    assert np.asarray(Image.open(a)).shape[:2] == (1024, 1024) and set(fractions) == {"metasegnet", "baseline"}
+    # the imagery server goes away: a one-line error, and the app keeps answering
+    monkeypatch.setenv("METASEG_IMAGERY_URL", f"http://127.0.0.1:{free_port()}/{{z}}/{{x}}/{{y}}.png")
+    with pytest.raises(Exception, match="unreachable") as err:
+        client.predict(46.95, 7.45, 16, api_name="/imagery")
+    assert "Traceback" not in str(err.value)
+    assert client.predict(None, 46.95, 7.45, api_name="/locate")["zone"]["code"] == "Cfb"
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "off")
+    with pytest.raises(Exception, match="switched off"):
+        client.predict(46.95, 7.45, None, api_name="/imagery")

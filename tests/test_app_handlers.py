@@ -19,6 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from studio import session
+from studio.tabs import api, describe, locate, segment
+from studio.tabs import label as label_tab
+from studio.tabs import models as models_tab
+from studio.tabs import review as review_tab
 from tests.fixtures.geotiffs import write_geotiff, write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +103,7 @@ def geotiff(tmp_path):
 
 
 def _load(app, path, class_set="openearthmap", state=None):
-    return app.on_tile(str(path), class_set, state)
+    return locate.on_tile(str(path), class_set, state)
 
 
 # --------------------------------------------------------------------------- locate
@@ -137,10 +142,10 @@ def test_jpeg_with_exif_gps_is_located(app_module, tmp_path):
 
 
 def test_typed_and_clicked_coordinates(app_module):
-    state = app_module.on_coords(30.04, 31.24, "openearthmap", None)[0]  # Cairo
+    state = locate.on_coords(30.04, 31.24, "openearthmap", None)[0]  # Cairo
     assert state.location["source"] == "typed" and state.location["zone"]["code"] == "BWh"
     assert state.location["crs"] is None and state.location["width"] is None
-    out = app_module.on_map_click({"lat": 1.35, "lng": 103.82}, "openearthmap", state)  # Singapore
+    out = locate.on_map_click({"lat": 1.35, "lng": 103.82}, "openearthmap", state)  # Singapore
     state = out[0]
     assert state.location["source"] == "map" and state.location["zone"]["code"] == "Af"
     assert "Af" in out[6] and "map click" in out[1]
@@ -149,7 +154,7 @@ def test_typed_and_clicked_coordinates(app_module):
 
 
 def test_ocean_and_no_location_fall_back_to_generic_prompt(app_module, tmp_path):
-    out = app_module.on_map_click({"lat": 0.0, "lng": -30.0}, "openearthmap", None)
+    out = locate.on_map_click({"lat": 0.0, "lng": -30.0}, "openearthmap", None)
     assert out[0].location["zone"]["reason"] == "ocean"
     assert "Ocean" in out[1] and "generic" in out[6]
     png = tmp_path / "plain.png"
@@ -180,11 +185,11 @@ def test_bad_uploads_raise_gr_error(app_module, tmp_path, monkeypatch, geotiff, 
 
 def test_invalid_coordinates_raise_gr_error(app_module):
     with pytest.raises(gr.Error, match="(?i)lat"):
-        app_module.on_coords(95, 10, "openearthmap", None)
+        locate.on_coords(95, 10, "openearthmap", None)
     with pytest.raises(gr.Error):
-        app_module.on_coords(None, 10, "openearthmap", None)
+        locate.on_coords(None, 10, "openearthmap", None)
     # a malformed click message is ignored, not an error
-    out = app_module.on_map_click({"lat": "x"}, "openearthmap", None)
+    out = locate.on_map_click({"lat": "x"}, "openearthmap", None)
     assert out[0].location is None
 
 
@@ -192,45 +197,48 @@ def test_invalid_coordinates_raise_gr_error(app_module):
 def test_save_restore_and_llm_disabled(app_module):
     from studio import services
 
-    state = app_module.on_coords(52.39, 13.06, "openearthmap", None)[0]
+    state = locate.on_coords(52.39, 13.06, "openearthmap", None)[0]
     first = state.prompt_id
-    out = app_module.on_save_prompt("Temperate test prompt: <b>red roofs</b>.", "openearthmap", state)
+    out = describe.on_save_prompt("Temperate test prompt: <b>red roofs</b>.", "openearthmap", state)
     state = out[0]
     store = services.get_store()
     rec = store.get(state.prompt_id)
     assert rec.version == 2 and rec.source == "user" and rec.parent_id == first
     assert rec.text == "Temperate test prompt: <b>red roofs</b>."
-    out = app_module.on_restore(first, "openearthmap", state)
+    out = describe.on_restore(first, "openearthmap", state)
     restored = store.get(out[0].prompt_id)
     assert restored.version == 3 and restored.text == store.get(first).text
     hist = out[4]
     assert list(hist["version"]) == [3, 2, 1]
     with pytest.raises(gr.Error, match="OPENAI"):
-        app_module.on_regenerate("openearthmap", state)
-    assert "250" in app_module.on_prompt_edit("a short prompt")
+        describe.on_regenerate("openearthmap", state)
+    assert describe.regen_button_state()[0]["interactive"] is False
+    assert "250" in describe.on_prompt_edit("a short prompt")
 
 
 def test_llm_regeneration_when_configured(app_module, monkeypatch):
     from tests.fixtures.openai_server import FakeOpenAIServer
 
-    state = app_module.on_coords(30.04, 31.24, "openearthmap", None)[0]
+    state = locate.on_coords(30.04, 31.24, "openearthmap", None)[0]
     with FakeOpenAIServer() as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("METASEG_LLM_MODEL", "tiny-model")
         from studio import services
 
         assert services.llm_status()[0]
-        out = app_module.on_regenerate("openearthmap", state)
+        button, hint = describe.regen_button_state()  # decided when a page loads, not at import
+        assert button["interactive"] is True and "tiny-model" in hint
+        out = describe.on_regenerate("openearthmap", state)
     rec = services.get_store().get(out[0].prompt_id)
     assert rec.source == "llm:tiny-model" and rec.zone == "BWh" and rec.version == 2
     assert out[1] == rec.text and out[0] is state
 
 
 def test_class_set_change_reloads_prompt(app_module):
-    state = app_module.on_coords(52.39, 13.06, "openearthmap", None)[0]
-    out = app_module.on_class_set("potsdam", state)
+    state = locate.on_coords(52.39, 13.06, "openearthmap", None)[0]
+    out = describe.on_class_set("potsdam", state)
     assert "potsdam" in out[2] and "Cfb" in out[2] and out[1].strip()
-    assert out[0].prompt_id != app_module.on_class_set("openearthmap", state)[0].prompt_id
+    assert out[0].prompt_id != describe.on_class_set("openearthmap", state)[0].prompt_id
 
 
 # --------------------------------------------------------------------------- segment / review / label
@@ -244,18 +252,20 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
         seen.append(frac)
 
     stored = services.get_store().get(state.prompt_id).text
-    out = app_module.on_segment(stored, 0.5, state, progress=progress)
-    state, ov_a, ov_b, dis, dis_txt, fractions, files, legend, status = out
-    assert ov_a.shape == ov_b.shape == state.tile.rgb.shape
+    out = segment.on_segment(stored, 0.5, state, progress=progress)
+    state, (ov_a, ov_b), dis, dis_txt, fractions, files, legend, status, gsd = out
+    assert ov_a.shape == ov_b.shape == state.tile.rgb.shape  # the two sides of the ImageSlider
     assert not np.array_equal(ov_a, ov_b)  # the fake models differ
     assert dis.shape == ov_a.shape and "disagree" in dis_txt
     assert list(fractions.columns) == ["class", "MetaSegNet %", "baseline %"]
     assert abs(fractions["MetaSegNet %"].sum() - 100) < 0.5
     assert [Path(f).suffix for f in files] == [".tif", ".tif"]  # georeferenced tile → GeoTIFF
+    assert "backend torch" in status
+    assert "0.5 m/px" in gsd and "⚠️" not in gsd  # SynthEarth's 0.5 m tiles match the model's range
     assert seen and max(seen) <= 1.0 and seen[-1] == pytest.approx(1.0)
     assert "bareland" in legend
 
-    review = app_module.on_review(state)
+    review = review_tab.on_review(state)
     metrics_html, iou, chart, only, only_legend, compare = review
     assert "mIoU" in metrics_html
     assert list(iou.columns) == ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
@@ -270,16 +280,16 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     expected = services.scores(state.prediction.metasegnet, state.ground_truth, get_class_set("openearthmap"))
     assert mseg["miou"] == pytest.approx(expected["miou"])
     # a second prompt version on the same tile shows up in the comparison table
-    state = app_module.on_save_prompt("another prompt", "openearthmap", state)[0]
-    state = app_module.on_segment("another prompt", 0.5, state, progress=progress)[0]
-    compare = app_module.on_review(state)[5]
+    state = describe.on_save_prompt("another prompt", "openearthmap", state)[0]
+    state = segment.on_segment("another prompt", 0.5, state, progress=progress)[0]
+    compare = review_tab.on_review(state)[5]
     assert len(compare) == 4 and set(compare["prompt v"].dropna()) == {1, 2}
 
     # opacity changes re-blend without re-running the models
     calls = len(fake_models.get("metasegnet").predictor.calls)
-    ov_full = app_module.on_opacity(1.0, state)[0]
+    ov_full = segment.on_opacity(1.0, state)[0][0]
     assert len(fake_models.get("metasegnet").predictor.calls) == calls
-    assert not np.array_equal(ov_full, app_module.on_opacity(0.0, state)[0])
+    assert not np.array_equal(ov_full, segment.on_opacity(0.0, state)[0][0])
 
 
 def test_large_tile_reports_window_progress(app_module, fake_models, tmp_path):
@@ -287,7 +297,7 @@ def test_large_tile_reports_window_progress(app_module, fake_models, tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 320, 3), dtype=np.uint8)).save(png)
     state = _load(app_module, png)[0]
     seen = []
-    app_module.on_segment("p", 0.5, state, progress=lambda f, desc=None: seen.append((f, desc)))
+    segment.on_segment("p", 0.5, state, progress=lambda f, desc=None: seen.append((f, desc)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any("window 20/20" in (d or "") for _, d in seen)  # 4×5 windows per model
@@ -298,11 +308,11 @@ def test_unsaved_prompt_edit_is_not_logged_as_a_version(app_module, fake_models)
 
     state = _load(app_module, SYNTH)[0]
     stored = services.get_store().get(state.prompt_id).text
-    out = app_module.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)
-    assert out[0].prediction.prompt_id == state.prompt_id and "not saved" not in out[-1]
-    out = app_module.on_segment(stored + " Edited.", 0.5, state, progress=lambda *a, **k: None)
-    assert out[0].prediction.prompt_id is None and "not saved" in out[-1]
-    app_module.on_review(out[0])
+    out = segment.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)
+    assert out[0].prediction.prompt_id == state.prompt_id and "not saved" not in out[-2]
+    out = segment.on_segment(stored + " Edited.", 0.5, state, progress=lambda *a, **k: None)
+    assert out[0].prediction.prompt_id is None and "not saved" in out[-2]
+    review_tab.on_review(out[0])
     assert next(r for r in services.get_store().runs(state.tile_hash) if r["model_role"] == "metasegnet")[
         "prompt_id"] is None
 
@@ -311,37 +321,37 @@ def test_plain_png_downloads_png(app_module, fake_models, tmp_path):
     png = tmp_path / "plain.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(png)
     state = _load(app_module, png)[0]
-    files = app_module.on_segment("prompt", 0.4, state, progress=lambda *a, **k: None)[6]
+    files = segment.on_segment("prompt", 0.4, state, progress=lambda *a, **k: None)[5]
     assert [Path(f).suffix for f in files] == [".png", ".png"]
 
 
 def test_segment_needs_tile_and_prompt(app_module, fake_models):
     with pytest.raises(gr.Error, match="tile"):
-        app_module.on_segment("x", 0.5, None, progress=lambda *a, **k: None)
+        segment.on_segment("x", 0.5, None, progress=lambda *a, **k: None)
     state = _load(app_module, SYNTH)[0]
     with pytest.raises(gr.Error, match="prompt"):
-        app_module.on_segment("   ", 0.5, state, progress=lambda *a, **k: None)
+        segment.on_segment("   ", 0.5, state, progress=lambda *a, **k: None)
     with pytest.raises(gr.Error, match="Segment"):
-        app_module.on_review(state)
+        review_tab.on_review(state)
 
 
 def test_uploaded_label_is_decoded_and_checked(app_module, fake_models, tmp_path):
     from metaseg.classes import get_class_set
 
     state = _load(app_module, SYNTH)[0]
-    state = app_module.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
+    state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
     cs = get_class_set("openearthmap")
     gt = np.zeros((256, 256), np.uint8)
     gt[:, 128:] = 5  # water
     raw = cs.encode(gt)
     path = tmp_path / "label.png"
     Image.fromarray(raw.astype(np.uint8)).save(path)
-    state, msg = app_module.on_label_upload(str(path), state)
+    state, msg = review_tab.on_label_upload(str(path), state)
     assert np.array_equal(state.ground_truth, gt) and "uploaded" in msg
     small = tmp_path / "small.png"
     Image.fromarray(raw[:10, :10].astype(np.uint8)).save(small)
     with pytest.raises(gr.Error, match="256"):
-        app_module.on_label_upload(str(small), state)
+        review_tab.on_label_upload(str(small), state)
 
 
 def test_painted_colours_map_to_nearest_class():
@@ -366,15 +376,15 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
     from studio import services
 
     state = _load(app_module, SYNTH)[0]
-    state = app_module.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
-    update, legend = app_module.on_label_start("MetaSegNet prediction", state)
+    state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
+    update, legend = label_tab.on_label_start("MetaSegNet prediction", state)
     value = update["value"]
     assert "building" in legend and len(update["brush"].colors) == 8
     cs = get_class_set("openearthmap")
     painted = value["background"].copy()
     painted[:20, :20] = cs.colors[7]  # paint a building in the corner
     editor = {"background": value["background"], "layers": [], "composite": painted}
-    state, msg, labels, path = app_module.on_label_save(editor, state)
+    state, msg, labels, path = label_tab.on_label_save(editor, state)
     assert "Saved label" in msg and Path(path).suffix == ".tif"
     expected = state.prediction.metasegnet.copy()
     expected[:20, :20] = 7
@@ -382,10 +392,10 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
     assert np.array_equal(read_label(path, cs), expected)  # official encoding on disk
     assert inspect_tile(path).crs == inspect_tile(SYNTH).crs  # georeferenced like the tile
     assert len(services.get_store().labels(state.tile_hash)) == 1 and len(labels) == 1
-    table, zip_path = app_module.on_labels_export(state)
+    table, zip_path = label_tab.on_labels_export(state)
     assert Path(zip_path).suffix == ".zip" and Path(zip_path).stat().st_size > 0
     with pytest.raises(gr.Error, match="tile"):
-        app_module.on_label_start("baseline prediction", app_module.SessionState())
+        label_tab.on_label_start("baseline prediction", session.SessionState())
 
 
 def test_checkpoint_loading_errors_are_user_errors(app_module, tmp_path):
@@ -393,7 +403,7 @@ def test_checkpoint_loading_errors_are_user_errors(app_module, tmp_path):
 
     try:
         with pytest.raises(gr.Error, match="(?i)checkpoint|not found|missing|cannot"):
-            app_module.on_load_checkpoints(str(tmp_path / "missing.safetensors"), "")
+            models_tab.on_load_checkpoints(str(tmp_path / "missing.safetensors"), "")
     finally:
         services.MODELS.set_source("metasegnet", None)
         services.MODELS.set_source("baseline", None)
@@ -425,7 +435,7 @@ def test_launch_settings_from_env(app_module, monkeypatch):
 
 def test_models_load_lazily_and_report_status(app_module, fake_models):
     assert fake_models.loaded("metasegnet") is None
-    table = app_module.on_load_checkpoints("", "")
+    table = models_tab.on_load_checkpoints("", "")
     assert list(table["model"]) == ["metasegnet", "baseline"]
     assert all(s.startswith("loaded") for s in table["status"])
     assert "demo:metasegnet_demo" in list(table["source"])
@@ -433,17 +443,17 @@ def test_models_load_lazily_and_report_status(app_module, fake_models):
 
 # --------------------------------------------------------------------------- API functions
 def test_api_functions(app_module, geotiff, fake_models):
-    loc = app_module.api_locate(str(geotiff), None, None)
+    loc = api.api_locate(str(geotiff), None, None)
     assert set(loc) >= {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "zone"}
     assert loc["source"] == "geotiff" and loc["zone"]["code"] == "Cfb"
-    typed = app_module.api_locate(None, -25.6, -54.4)
+    typed = api.api_locate(None, -25.6, -54.4)
     assert typed["source"] == "typed" and typed["crs"] is None and typed["zone"]["code"] == "Cfa"
     with pytest.raises(gr.Error):
-        app_module.api_locate(None, None, None)
-    a, b, fr = app_module.api_segment(str(SYNTH), "")
+        api.api_locate(None, None, None)
+    a, b, fr = api.api_segment(str(SYNTH), "")
     assert a.shape == b.shape == (256, 256, 3)
     assert set(fr) == {"metasegnet", "baseline"} and abs(sum(fr["baseline"].values()) - 1) < 1e-6
-    rec = app_module.api_save_prompt("Cfa", "loveda", "A humid subtropical prompt.")
+    rec = api.api_save_prompt("Cfa", "loveda", "A humid subtropical prompt.")
     assert rec["zone"] == "Cfa" and rec["class_set"] == "loveda" and rec["source"] == "user"
     assert set(rec) == {"id", "zone", "class_set", "text", "source", "parent_id", "token_count", "created_at"}
 
@@ -494,8 +504,8 @@ def test_real_random_models_segment(app_module):
     services.MODELS.set_factory(services.random_predictor)
     try:
         state = _load(app_module, SYNTH)[0]
-        out = app_module.on_segment("A temperate prompt.", 0.5, state, progress=lambda *a, **k: None)
-        assert out[1].shape == (256, 256, 3)
+        out = segment.on_segment("A temperate prompt.", 0.5, state, progress=lambda *a, **k: None)
+        assert out[1][0].shape == (256, 256, 3)
         assert out[0].prediction.metasegnet.max() < 8
     finally:
         services.MODELS.set_factory(None)
@@ -543,11 +553,206 @@ def test_shipped_demo_weights_through_the_app(app_module):
     try:
         state = _load(app_module, SYNTH)[0]
         stored = services.get_store().get(state.prompt_id).text
-        state = app_module.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)[0]
+        state = segment.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)[0]
         assert services.MODELS.loaded("metasegnet").source == "demo:metasegnet_demo"
-        html_metrics = app_module.on_review(state)[0]
+        html_metrics = review_tab.on_review(state)[0]
         assert "mIoU" in html_metrics
         runs = services.get_store().runs(state.tile_hash)
         assert all(r["miou"] is not None and 0 <= r["miou"] <= 1 for r in runs)
     finally:
         services.MODELS.clear()
+
+
+# --------------------------------------------------------------------------- layout (DESIGN.md §6.1)
+def test_each_tab_is_built_by_its_own_module():
+    """app.py only assembles; no function creates more than one ``gr.Tab``; tab ids are unique."""
+    import ast
+
+    tabs_dir = ROOT / "studio" / "tabs"
+    seen_ids = []
+    for path in [ROOT / "app.py", *sorted(tabs_dir.glob("*.py"))]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            calls = [c for c in ast.walk(fn) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                     and c.func.attr == "Tab"]
+            assert len(calls) <= 1, f"{path.name}:{fn.name} builds {len(calls)} tabs"
+            if calls and path.name == "app.py":
+                raise AssertionError("app.py builds a tab itself")
+        if path.name == "app.py":
+            handlers = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("on_")]
+            assert handlers == []
+    import app
+
+    for module in app.TABS:
+        seen_ids.append(module.TAB_ID)
+    assert len(seen_ids) == len(set(seen_ids)) and "segment" in seen_ids
+
+
+def test_open_tile_hook_fills_prompt_and_selects_segment(app_module):
+    """The hook other tabs (Experiments) use: a tile path + a prompt → Segment tab, ready to run."""
+    from studio.tabs.common import Studio
+
+    out = segment.open_tile(str(SYNTH), "An experiment's prompt.", "openearthmap", None)
+    state = out[0]
+    assert state.tile is not None and state.location["zone"]["code"] == "Cfa"
+    assert out[5] == "An experiment's prompt."
+    assert out[-1].selected == "segment"
+    assert state.ground_truth is not None  # the example's ground truth comes along, as for an upload
+    with gr.Blocks() as demo:
+        ctx = Studio(demo=demo, state=gr.State())
+        locate.build(ctx)
+        with gr.Tabs() as ctx.tabs:
+            describe.build(ctx)
+    assert len(segment.open_tile_outputs(ctx)) == len(out)
+    kept = segment.open_tile(str(SYNTH), "", "openearthmap", None)
+    assert kept[5] == services_store_text(kept[0])
+    with pytest.raises(gr.Error, match="(?i)not found|no such|missing"):
+        segment.open_tile(str(ROOT / "missing.tif"), "p", "openearthmap", None)
+
+
+def services_store_text(state):
+    from studio import services
+
+    return services.get_store().get(state.prompt_id).text
+
+
+# --------------------------------------------------------------------------- imagery, GSD, polygons (issue 15)
+@pytest.fixture
+def xyz_env(monkeypatch):
+    from tests.fixtures.xyz_server import FakeXYZServer
+
+    with FakeXYZServer() as srv:
+        monkeypatch.setenv("METASEG_IMAGERY_URL", srv.template)
+        monkeypatch.setenv("METASEG_IMAGERY_ATTRIBUTION", "Loopback tiles")
+        yield srv
+
+
+def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeypatch):
+    state = locate.on_map_click({"lat": 46.95, "lng": 7.45}, "openearthmap", None)[0]
+    out = locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
+    state, loc_html, map_html, lat, lon, prompt, info, _dd, _t, preview, gt, file_box = out
+    assert file_box is None  # the upload box is emptied: the fetched tile is the session's tile
+    assert state.location["source"] == "geotiff" and state.location["crs"] == "EPSG:3857"
+    assert state.location["zone"]["code"] == "Cfb" and "Cfb" in info and prompt.strip()
+    assert state.location["gsd_m"] == pytest.approx(1.629, rel=0.02)
+    assert abs(lat - 46.95) < 1e-3 and abs(lon - 7.45) < 1e-3
+    assert Path(state.tile_path).parent == state.workdir and preview.shape == (1024, 1024, 3)
+    assert "Loopback tiles" in loc_html and "zoom 16" in loc_html and 'data-gsd="1.6' in loc_html
+    assert "L.polygon" in html.unescape(map_html)  # the fetched footprint on the map
+    seg = segment.on_segment(prompt, 0.5, state, progress=lambda *a, **k: None)
+    assert seg[1][0].shape == (1024, 1024, 3) and "Done" in seg[7]
+    assert "coarser" in seg[8] and "⚠️" in seg[8]  # 1.6 m/px under a 0.25-0.5 m model
+    # the per-session rate limit, then the switch
+    monkeypatch.setenv("METASEG_IMAGERY_PER_MINUTE", "1")
+    other = session.SessionState()
+    locate.on_fetch_imagery(46.95, 7.45, "auto", "openearthmap", other)
+    with pytest.raises(gr.Error, match="too many"):
+        locate.on_fetch_imagery(46.95, 7.45, "auto", "openearthmap", other)
+    locate.on_fetch_imagery(46.95, 7.45, "15", "openearthmap", state)  # another session is not held up
+    assert [p.name for p in state.workdir.glob("imagery-*.tif")] == [Path(state.tile_path).name]  # no pile-up
+    monkeypatch.setenv("METASEG_IMAGERY_URL", "off")
+    with pytest.raises(gr.Error, match="switched off"):
+        locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", session.SessionState())
+    assert locate.imagery_controls()[0]["interactive"] is False
+    with pytest.raises(gr.Error, match="(?i)click the map"):
+        locate.on_fetch_imagery(None, None, "16", "openearthmap", None)
+
+
+def test_imagery_server_down_is_a_clean_error(monkeypatch):
+    from tests.fixtures.app_server import free_port
+
+    monkeypatch.setenv("METASEG_IMAGERY_URL", f"http://127.0.0.1:{free_port()}/{{z}}/{{x}}/{{y}}.png")
+    state = session.SessionState()
+    with pytest.raises(gr.Error, match="unreachable") as err:
+        locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
+    assert "\n" not in err.value.message and state.tile is None
+    assert locate.on_coords(46.95, 7.45, "openearthmap", state)[0].location["zone"]["code"] == "Cfb"
+    assert locate.imagery_controls()[0]["interactive"] is True  # configured (the server may come back)
+
+
+def test_gsd_far_outside_the_model_and_resampling(fake_models, tmp_path):
+    coarse = write_geotiff(tmp_path / "landsat.tif", 52.39, 13.06, crs="EPSG:32633", size=64, pixel_size=30.0)
+    state = _load(None, coarse)[0]
+    note = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[-1]
+    assert "29.9 m/px" in note and "60× coarser" in note and "0.25–0.5 m/px" in note  # UTM scale factor
+    fine = write_geotiff(tmp_path / "drone.tif", 52.39, 13.06, crs="EPSG:32633", size=128, pixel_size=0.05)
+    state = _load(None, fine)[0]
+    out = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)
+    assert "finer" in out[-1] and "Resample" in out[-1]
+    out = segment.on_segment("p", 0.5, state, None, True, progress=lambda *a, **k: None)
+    assert "resampled to 0.25 m/px" in out[-1]
+    seen = fake_models.get("metasegnet").predictor
+    assert out[0].prediction.metasegnet.shape == (128, 128)  # back on the tile's grid
+    assert len(seen.calls) == 3
+    from studio import services
+
+    small, valid = services.resample(np.zeros((128, 128, 3), np.uint8), np.ones((128, 128), bool), 5.0)
+    assert small.shape == (26, 26, 3) and valid.shape == (26, 26)
+
+
+def test_polygon_downloads_carry_class_and_area(fake_models, tmp_path):
+    from pyogrio.raw import read as ogr_read
+
+    from metaseg.classes import get_class_set
+
+    # four flat quadrants → a handful of polygons from the fake models
+    data = np.zeros((3, 64, 64), np.uint8)
+    data[:, :32, 32:] = 40
+    data[:, 32:, :32] = 100
+    data[:, 32:, 32:] = 200
+    tif = write_geotiff(tmp_path / "quads.tif", 52.39, 13.06, crs="EPSG:32633", size=64, bands=3,
+                        dtype="uint8", pixel_size=0.5, data=data)
+    state = _load(None, tif)[0]
+    state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
+    files = segment.on_polygons(state)
+    assert [Path(f).suffix for f in files] == [".tif", ".tif", ".gpkg", ".geojson"]
+    names = set(get_class_set("openearthmap").names)
+    for f in files[2:]:
+        meta, _fids, geoms, fields = ogr_read(f)
+        cols = dict(zip(meta["fields"], fields, strict=True))
+        assert {"class", "area_m2", "model"} <= set(cols) and set(cols["class"]) <= names and len(geoms) >= 2
+        for role in ("metasegnet", "baseline"):
+            total = cols["area_m2"][cols["model"] == role].sum()
+            assert total == pytest.approx(64 * 64 * 0.25, rel=0.02)  # 32 m × 32 m on the ground
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(png)
+    state = segment.on_segment("p", 0.5, _load(None, png)[0], progress=lambda *a, **k: None)[0]
+    with pytest.raises(gr.Error, match="georeference"):
+        segment.on_polygons(state)
+
+
+def test_review_numbers_match_hand_computed_values():
+    """Per-class IoU, ΔIoU, mIoU, OA and mF1 shown in the Review tab for a known 4×4 pair."""
+    import re
+
+    from studio.session import PairPrediction
+
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 255]], np.uint8)
+    a = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [2, 2, 2, 2], [2, 2, 1, 0]], np.uint8)
+    b = np.array([[0, 1, 1, 1], [1, 1, 1, 1], [2, 2, 0, 0], [2, 2, 2, 2]], np.uint8)
+    state = session.SessionState(tile_hash="f" * 64)
+    state.prediction = PairPrediction(metasegnet=a, baseline=b, class_set="openearthmap", prompt_id=None,
+                                      prompt_text="p")
+    state.ground_truth, state.ground_truth_source = gt, "hand-made label"
+    metrics, iou, _chart, _only, _legend, _cmp = review_tab.on_review(state)
+    # counted by hand over the 15 labelled pixels (the ignore pixel is left out)
+    iou_a = {"bareland": 3 / 4, "rangeland": 4 / 6, "developed space": 6 / 7}
+    iou_b = {"bareland": 1 / 6, "rangeland": 4 / 7, "developed space": 5 / 7}
+    f1_a, f1_b = [6 / 7, 8 / 10, 12 / 13], [2 / 7, 8 / 11, 10 / 12]
+    rows = {r["class"]: r for r in iou.to_dict("records")}
+    for name in iou_a:
+        assert rows[name]["MetaSegNet IoU %"] == pytest.approx(100 * iou_a[name], abs=0.006)
+        assert rows[name]["baseline IoU %"] == pytest.approx(100 * iou_b[name], abs=0.006)
+        assert rows[name]["ΔIoU"] == pytest.approx(100 * (iou_a[name] - iou_b[name]), abs=0.006)
+    for absent in ("road", "water", "building"):
+        assert rows[absent]["MetaSegNet IoU %"] is None or np.isnan(rows[absent]["MetaSegNet IoU %"])
+    cells = re.findall(r"<tr><td>(\w+)</td><td>([\d.]+)</td><td>([\d.]+)</td><td>([\d.]+)</td></tr>", metrics)
+    shown = {m: tuple(float(v) for v in vals) for m, *vals in cells}
+    miou_a, miou_b = sum(iou_a.values()) / 3, sum(iou_b.values()) / 3
+    assert shown["MetaSegNet"] == pytest.approx((100 * miou_a, 100 * 13 / 15, 100 * sum(f1_a) / 3), abs=0.051)
+    assert shown["Baseline"] == pytest.approx((100 * miou_b, 100 * 10 / 15, 100 * sum(f1_b) / 3), abs=0.051)
+    delta = float(re.search(r"ΔmIoU \(MetaSegNet − baseline\): <b>([+-][\d.]+)</b>", metrics).group(1))
+    assert delta == pytest.approx(100 * (miou_a - miou_b), abs=0.051)
+    assert "hand-made label" in metrics

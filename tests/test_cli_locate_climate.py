@@ -108,7 +108,7 @@ def test_locate_example_subprocess():
     proc = _subprocess("locate", str(IGUACU_TIF), "--json")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
-    assert LOCATE_KEYS <= set(d) <= LOCATE_KEYS | {"footprint"}
+    assert LOCATE_KEYS <= set(d) <= LOCATE_KEYS | {"footprint", "gsd_m"}
     assert d["source"] == "geotiff" and d["crs"] == "EPSG:32621"
     assert (d["width"], d["height"], d["bands"], d["dtype"]) == (512, 512, 3, "uint16")
     assert d["zone"]["code"] == "Cfa" and set(d["zone"]) == CLIMATE_KEYS

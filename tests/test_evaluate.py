@@ -154,7 +154,7 @@ def test_prompt_modes_reach_the_model(monkeypatch, capsys, synth_root):
     from prompts_db import PromptStore
 
     seen = {}
-    for mode in ("climate", "generic", "none", "wrong"):
+    for mode in ("climate", "generic", "store-generic", "none", "wrong"):
         model = StubModel(uses_text=True)
         _patch(monkeypatch, model)
         rc, out, err = _run(capsys, ["--model", "x", "--dataset", "synthearth", "--root", str(synth_root),
@@ -164,7 +164,8 @@ def test_prompt_modes_reach_the_model(monkeypatch, capsys, synth_root):
         seen[mode] = model.prompts
     store = PromptStore()
     assert set(seen["climate"]) == {store.current(z, "openearthmap").text for z in ("Cfa", "BWh")}
-    assert set(seen["generic"]) == {store.current(None, "openearthmap").text}
+    assert set(seen["generic"]) == {"It is a remote sensing image."}  # the paper's Table V sentence
+    assert set(seen["store-generic"]) == {store.current(None, "openearthmap").text}
     assert set(seen["none"]) == {""}
     assert set(seen["wrong"]).isdisjoint(seen["climate"]) and len(seen["wrong"]) == 4
 

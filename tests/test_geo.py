@@ -65,7 +65,7 @@ def test_epsg_code_reported_when_present(tmp_path):
     info = inspect_tile(write_geotiff(tmp_path / "a.tif", 52.39, 13.06, crs="EPSG:32633"))
     assert info.crs == "EPSG:32633"
     d = info.to_dict()
-    assert set(d) == {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "footprint"}
+    assert set(d) == {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "footprint", "gsd_m"}
     assert d["footprint"][0] == list(info.footprint[0])
 
 

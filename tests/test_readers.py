@@ -80,7 +80,9 @@ def test_openearthmap_zones_from_georeference_and_generic_fallback(roots):
 
 def test_prompt_modes(roots):
     climate = build_dataset("openearthmap", roots["oem"], "train", store=FakeStore())
-    generic = build_dataset("openearthmap", roots["oem"], "train", prompt_mode="generic", store=FakeStore())
+    generic = build_dataset("openearthmap", roots["oem"], "train", prompt_mode="store-generic", store=FakeStore())
+    paper = build_dataset("openearthmap", roots["oem"], "train", prompt_mode="generic", store=FakeStore())
+    assert set(paper.prompts) == {"It is a remote sensing image."}
     none = build_dataset("openearthmap", roots["oem"], "train", prompt_mode="none", store=FakeStore())
     wrong = build_dataset("openearthmap", roots["oem"], "train", prompt_mode="wrong", store=FakeStore())
     assert all(p == "prompt for generic / openearthmap" for p in generic.prompts)

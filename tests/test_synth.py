@@ -180,3 +180,31 @@ def test_parallel_workers_write_identical_sets(tmp_path):
             assert pa.read_bytes() == pb.read_bytes()
     for split in ("train", "val", "test"):
         assert (tmp_path / "a" / f"{split}.txt").read_text() == (tmp_path / "b" / f"{split}.txt").read_text()
+
+
+# ----------------------------------------------------------------------------- splits (issue 15)
+@pytest.mark.parametrize("fractions", [(0.7, 0.15, 0.15), (0.8, 0.1, 0.1), (0.6, 0.2, 0.2)])
+def test_splits_are_rounded_over_the_whole_set(fractions):
+    """n = 3 … 50: every split with a non-zero fraction gets tiles; counts track n × fraction."""
+    from training.synth.generator import DEFAULT_ZONES, assign_splits
+
+    for n in range(3, 51):
+        split_of = assign_splits(n, DEFAULT_ZONES, fractions, seed=0)
+        assert sorted(split_of) == list(range(n))
+        counts = [sum(1 for s in split_of.values() if s == name) for name in ("train", "val", "test")]
+        assert sum(counts) == n and min(counts) >= 1, (n, counts)
+        if min(f * n for f in fractions) >= 1:
+            assert all(abs(c - f * n) < 1 for c, f in zip(counts, fractions, strict=True)), (n, counts)
+        # val and test come from as many zones as they have tiles
+        for name, c in zip(("val", "test"), counts[1:], strict=True):
+            zones = {DEFAULT_ZONES[i % len(DEFAULT_ZONES)] for i, s in split_of.items() if s == name}
+            assert len(zones) == min(c, len(DEFAULT_ZONES), n), (n, name)
+    assert assign_splits(24, DEFAULT_ZONES, (0.7, 0.15, 0.15), seed=3) == \
+        assign_splits(24, DEFAULT_ZONES, (0.7, 0.15, 0.15), seed=3)
+    # the reported cases: 24 used to give 16/0/8 and 40 gave 32/8/0
+    from training.synth.generator import split_counts
+
+    assert split_counts(24, (0.7, 0.15, 0.15)) == (17, 4, 3)
+    assert split_counts(40, (0.7, 0.15, 0.15)) == (28, 6, 6)
+    assert split_counts(2, (0.7, 0.15, 0.15)) == (1, 1, 0) and split_counts(1, (0.7, 0.15, 0.15)) == (1, 0, 0)
+    assert split_counts(10, (1.0, 0.0, 0.0)) == (10, 0, 0)

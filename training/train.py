@@ -16,21 +16,45 @@ What a run writes into ``out_dir`` (rank 0 only):
 
 Choices worth knowing:
 
+* **Encoder start** (``pretrained``): checked before any work (:func:`metaseg.models.image_encoders.check_pretrained`):
+  ``timm`` needs the weights in the Hugging Face cache or a reachable hub; offline without them
+  the run stops with one line naming ``pretrained`` and the fix (exit 2).
+* **Mixed precision** (``amp``): CPU runs under bfloat16 autocast; CUDA under bfloat16 where
+  supported, else float16 with a ``GradScaler`` (:func:`amp_policy`). The contrastive logits of
+  L_itm are always computed in float32.
+* **Weight decay** applies to weight matrices/kernels only: norms, biases and position
+  embeddings / relative-position tables are in a second AdamW group with weight decay 0
+  (:func:`param_groups`).
 * **ITM negatives**: every MetaSegNet step gets, per sample, the prompt of another climate zone
   for the same class set (from ``prompts_db``; zone ≠ the sample's zone and text ≠ its prompt,
-  drawn with a seeded generator). Single-zone datasets (LoveDA, Potsdam) thus still see
-  genuinely different negative texts. ``negatives=false`` leaves only the contrastive term.
+  drawn with a seeded generator). ``negatives=false`` leaves only the contrastive term.
+* **What L_itm does on single-prompt datasets** (LoveDA, Potsdam: every tile has the same zone,
+  so the same prompt): the contrastive term is exactly 0, because a text identical to the
+  positive is never a negative (batch and queue hold only that one text). The matching term
+  still gets other zones' prompts as negatives, but since the positive text never changes it can
+  be solved from the text alone: there it trains the text projection and matching head to tell
+  the dataset's prompt from other zones' prompts, a text-side regulariser, not an image-text
+  correspondence signal. The image-text signal exists only where tiles carry different prompts
+  (OpenEarthMap: each tile's own zone from its georeference). The run logs which case applies
+  and records it as ``itm_signal`` in the checkpoint metadata.
 * **Text features** are computed once per distinct prompt (the model's ``encode_text`` cache);
   prompts are resolved once per tile at dataset construction, never re-tokenised per step.
-* **Validation** runs without flip TTA (``training.evaluate --tta`` does the full protocol);
-  mIoU/OA/mF1 over the class set's scored classes, confusion matrices summed across ranks.
+* **Validation** uses the evaluation protocol of ``training.evaluate``
+  (:func:`training.evaluate.confusion_dataset`): validation tiles at their native size (not
+  resized to ``image_size``), float32 on CPU, flip TTA only with ``val_tta=true``; mIoU/OA/mF1
+  over the class set's scored classes, confusion matrices summed across ranks. So ``best_miou``
+  equals what ``training.evaluate`` reports for ``best.safetensors`` on the same split.
 * **Resume granularity is the epoch**: ``last.*`` is written after every epoch (and when
   ``max_steps`` ends a run mid-epoch); a resumed run starts with the next epoch.
 * **DDP**: with ``WORLD_SIZE > 1`` (``torchrun --nproc_per_node N -m training.train ...``) the
   process group is initialised (NCCL on CUDA, gloo on CPU), training uses a
   ``DistributedSampler``, validation shards tiles by rank, and only rank 0 writes files.
+  ``batch_size`` is per process, so the global batch is ``batch_size × N``. The learning rate
+  follows ``lr_scaling``: ``none`` by default (``lr`` as given, as in the paper's single-GPU
+  setting), or ``linear``/``sqrt`` in the global batch relative to ``lr_reference_batch``
+  (:func:`lr_scale`). The rule and the resulting peak lr are logged and stored as ``lr_rule``.
 * **CPU**: ``torch.set_num_threads`` uses all cores (split among local processes),
-  DataLoader workers default to 0, autocast is off.
+  DataLoader workers default to 0.
 """
 
 from __future__ import annotations
@@ -44,7 +68,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +142,124 @@ def scores_from_confusion(cm, scored: tuple[int, ...]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- schedule
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Learning rate before optimiser step ``step`` (0-based): linear warm-up, then cosine."""
+def lr_at(step: int, total: int, cfg: TrainConfig, scale: float = 1.0) -> float:
+    """Learning rate before optimiser step ``step`` (0-based): linear warm-up, then cosine.
+
+    ``scale`` multiplies ``lr`` and ``min_lr`` (the DDP rule of :func:`lr_scale`).
+    """
+    lr, min_lr = cfg.lr * scale, cfg.min_lr * scale
     if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return lr * (step + 1) / cfg.warmup_steps
     span = max(1, total - cfg.warmup_steps)
     t = min(1.0, max(0, step - cfg.warmup_steps) / span)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def lr_scale(cfg: TrainConfig, world: int) -> float:
+    """Factor applied to ``lr`` for a global batch of ``batch_size × world`` (see ``lr_scaling``)."""
+    ratio = cfg.batch_size * max(1, world) / cfg.lr_reference_batch
+    if cfg.lr_scaling == "linear":
+        return ratio
+    if cfg.lr_scaling == "sqrt":
+        return math.sqrt(ratio)
+    return 1.0
+
+
+# --------------------------------------------------------------------------- optimiser and precision
+#: Parameter names (last component) that never get weight decay besides 1-D tensors.
+NO_DECAY_NAMES = ("absolute_pos_embed", "pos_embed", "relative_position_bias_table", "cls_token")
+
+
+def no_weight_decay(name: str, param) -> bool:
+    """True for norms, biases (any ≤1-D tensor) and position embeddings / relative-position tables."""
+    leaf = name.rsplit(".", 1)[-1]
+    return param.ndim <= 1 or leaf in NO_DECAY_NAMES or leaf.startswith("pos_")
+
+
+def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups of the trainable parameters: ``decay`` (weights) and ``no_decay`` (wd 0)."""
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if no_weight_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": plain, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+@dataclass(frozen=True)
+class AmpPolicy:
+    """Mixed-precision choice of a run: autocast dtype (``None`` = float32) and GradScaler use."""
+
+    dtype: Any = None
+    scaler: bool = False
+
+    def autocast(self, device_type: str):
+        import torch
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        if self.dtype is None:
+            return "float32"
+        return str(self.dtype).replace("torch.", "") + (" + GradScaler" if self.scaler else "")
+
+
+def amp_policy(amp: bool, device_type: str, amp_dtype: str = "auto", bf16_supported: bool | None = None) -> AmpPolicy:
+    """bfloat16 autocast on CPU; on CUDA bfloat16 where supported, else float16 with a GradScaler.
+
+    Args:
+        amp: the config's ``amp``.
+        device_type: ``cpu`` or ``cuda``.
+        amp_dtype: ``auto`` | ``bfloat16`` | ``float16`` (forces one; float16 always scales).
+        bf16_supported: override of ``torch.cuda.is_bf16_supported()`` (tests).
+    """
+    import torch
+
+    if not amp:
+        return AmpPolicy()
+    if amp_dtype == "float16":
+        return AmpPolicy(torch.float16, scaler=True)
+    if device_type == "cuda":
+        supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+        if not supported:
+            if amp_dtype == "bfloat16":
+                from metaseg.errors import ConfigError
+
+                raise ConfigError("amp_dtype=bfloat16 but this GPU does not support bfloat16; use amp_dtype=auto")
+            return AmpPolicy(torch.float16, scaler=True)
+    return AmpPolicy(torch.bfloat16)
+
+
+def model_config_for(cfg: TrainConfig, class_set: str | None = None):
+    """The ``MetaSegNetConfig`` a run builds: variant defaults, ``model_overrides``, top-level ``pretrained``."""
+    from metaseg.errors import ConfigError
+    from metaseg.models.registry import variant_config
+
+    overrides = dict(cfg.model_overrides)
+    if cfg.pretrained is not None:
+        if "pretrained" in overrides and overrides["pretrained"] != cfg.pretrained:
+            raise ConfigError(f"pretrained={cfg.pretrained} contradicts model_overrides.pretrained="
+                              f"{overrides['pretrained']}; set only the top-level pretrained")
+        overrides["pretrained"] = cfg.pretrained
+    if class_set is not None:
+        overrides.setdefault("class_set", class_set)
+    return variant_config(cfg.model, **overrides), overrides
+
+
+def itm_signal(uses_text: bool, prompts: list[str], negatives: bool, itm_weight: float) -> str:
+    """What L_itm can learn in this run (see the module docstring), recorded in checkpoints."""
+    if not uses_text or itm_weight == 0:
+        return "none"
+    distinct = len(set(prompts))
+    if distinct <= 1:
+        return ("matching only: one prompt for every tile, the contrastive term is 0 and the matching "
+                "term separates this prompt from other zones' prompts (text-side only)") if negatives else \
+               "none: one prompt for every tile and no negatives, L_itm is 0"
+    return f"contrastive + matching over {distinct} distinct prompts" if negatives else \
+        f"contrastive only over {distinct} distinct prompts"
 
 
 # --------------------------------------------------------------------------- negatives
@@ -241,10 +376,16 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
 
     from metaseg.checkpoints import save_checkpoint
     from metaseg.models import create_model
+    from metaseg.models.image_encoders import check_pretrained
     from metaseg.models.losses import compute_losses
 
     from .datasets import build_dataset, collate_samples
 
+    # before any work: a bad variant/override or unavailable encoder weights stop here (exit 2)
+    model_cfg, _ = model_config_for(cfg)
+    resuming = cfg.resume and (Path(cfg.out_dir) / "last_state.json").is_file()
+    if not resuming:  # a resumed run overwrites the encoder with last.safetensors: nothing to fetch
+        check_pretrained(model_cfg.encoder, model_cfg.pretrained)
     device = resolve_device(cfg.device)
     dist = Dist(device.type)
     if dist.enabled and device.type == "cuda":
@@ -271,7 +412,8 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                                  prompt_mode=cfg.prompt_mode, store=store, augment=cfg.augment)
         val_ds = None
         if cfg.split_val:
-            val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split_val, image_size=cfg.image_size,
+            # native tile size: the protocol of training.evaluate (image_size is for training only)
+            val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split_val, image_size=None,
                                    prompt_mode=cfg.prompt_mode, store=store, augment=False)
             if not val_ds.has_labels:
                 from metaseg.errors import ConfigError
@@ -294,16 +436,16 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                                   drop_last=True, num_workers=num_workers, collate_fn=collate_samples,
                                   generator=loader_gen, pin_memory=device.type == "cuda",
                                   persistent_workers=num_workers > 0)
-        val_loader = None
+        val_shard = None
         if val_ds is not None:
-            shard = Subset(val_ds, range(dist.rank, len(val_ds), dist.world)) if dist.enabled else val_ds
-            val_loader = DataLoader(shard, batch_size=cfg.val_batch_size or cfg.batch_size, shuffle=False,
-                                    num_workers=num_workers, collate_fn=collate_samples)
+            val_shard = Subset(val_ds, range(dist.rank, len(val_ds), dist.world)) if dist.enabled else val_ds
 
         # -- model
-        overrides = dict(cfg.model_overrides)
-        overrides.setdefault("class_set", class_set.name)
+        _, overrides = model_config_for(cfg, class_set.name)
+        if resuming:
+            overrides["pretrained"] = "none"
         model = create_model(cfg.model, **overrides).to(device)
+        model.config.pretrained = model_cfg.pretrained  # recorded as configured, even when resuming
         if model.config.num_classes != class_set.num_classes:
             from metaseg.errors import ConfigError
 
@@ -330,7 +472,20 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             if dist.main:
                 log.info("encoded %d distinct prompts in %.1fs", min(len(warm), cache_size), time.time() - t_enc)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scale = lr_scale(cfg, dist.world)
+        lr_rule = {"lr_scaling": cfg.lr_scaling, "global_batch": cfg.batch_size * dist.world,
+                   "reference_batch": cfg.lr_reference_batch, "scale": scale, "peak_lr": cfg.lr * scale}
+        policy = amp_policy(cfg.amp, device.type, cfg.amp_dtype)
+        scaler = torch.amp.GradScaler(device.type, enabled=policy.scaler)
+        signal = itm_signal(uses_text, list(train_ds.prompts), bank is not None, float(model.config.itm_weight))
+        if dist.main:
+            log.info("lr rule %s: global batch %d (%d x %d processes), reference %d -> peak lr %.3g",
+                     cfg.lr_scaling, cfg.batch_size * dist.world, cfg.batch_size, dist.world,
+                     cfg.lr_reference_batch, cfg.lr * scale)
+            log.info("precision: %s; encoder start: %s; L_itm: %s", policy.describe(), model.config.pretrained, signal)
+            if signal.startswith(("matching only", "none: one prompt")):
+                log.warning("single prompt in %s/%s: %s", cfg.dataset, cfg.split_train, signal)
         ddp_model = model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -341,7 +496,6 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         total_steps = cfg.epochs * steps_per_epoch
         if cfg.max_steps:
             total_steps = min(total_steps, cfg.max_steps)
-        use_amp = cfg.amp and device.type == "cuda"
 
         # -- resume
         start_epoch, global_step, best_miou, best_epoch, bad_evals = 0, 0, -1.0, -1, 0
@@ -359,6 +513,8 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
             if bank is not None and state.get("bank_rng") is not None:
                 bank.gen.set_state(torch.tensor(state["bank_rng"], dtype=torch.uint8))
+            if policy.scaler and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             if dist.main:
                 log.info("resumed from %s at epoch %d (step %d, best mIoU %.4f)", out_dir, start_epoch,
                          global_step, best_miou)
@@ -380,7 +536,10 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         extra_base = {"dataset": cfg.dataset, "prompt_mode": cfg.prompt_mode, "model_variant": cfg.model,
                       "train_zones": [z for z in train_ds.distinct_zones()],
                       "train_prompts": {str(z): train_ds.resolver.prompt(z) for z in train_ds.distinct_zones()},
-                      "train_config": asdict(cfg)}
+                      "train_config": asdict(cfg), "itm_signal": signal, "lr_rule": lr_rule,
+                      "precision": policy.describe(), "encoder_start": model.config.pretrained,
+                      "val_protocol": {"split": cfg.split_val, "native_size": True, "tta": cfg.val_tta,
+                                       "max_val_samples": cfg.max_val_samples}}
         if dist.main:
             log.info("train %s on %s/%s: %d tiles, %d steps/epoch, %d steps max, device %s%s",
                      cfg.model, cfg.dataset, cfg.split_train, len(train_ds), steps_per_epoch, total_steps,
@@ -393,6 +552,9 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         budget_s = cfg.time_budget_minutes * 60.0 if cfg.time_budget_minutes else None
         run_t0 = time.time()
         run_steps = 0
+        step_times: list[float] = []  # wall seconds per optimiser step (the loss read syncs the device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         probe_t0: float | None = None
         epoch = start_epoch - 1
         last_eval: dict[str, float] = {}
@@ -411,7 +573,8 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             for batch in bar:
                 if global_step >= total_steps or out_of_time:
                     break
-                lr = lr_at(global_step, total_steps, cfg)
+                t_step = time.perf_counter()
+                lr = lr_at(global_step, total_steps, cfg, scale)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images = batch["image"].to(device, non_blocking=True)
@@ -423,16 +586,17 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                         neg = bank.sample(batch["prompt"], batch["zone"])
                         if neg is not None:
                             kwargs["negative_text"] = neg
-                amp_ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-                with amp_ctx:
+                with policy.autocast(device.type):
                     output = ddp_model(images, **kwargs)
                     losses = compute_losses(output, labels, ignore_index=class_set.ignore_index,
                                             itm_weight=model.config.itm_weight)
                 optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
+                scaler.scale(losses["loss"]).backward()  # a no-op scale unless float16
                 if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)  # skipped by the scaler when float16 gradients overflowed
+                scaler.update()
                 global_step += 1
                 n_batches += 1
                 run_steps += 1
@@ -457,6 +621,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                     total_steps = int(round(float(flag[1]) / dist.world))
                 for k in sums:
                     sums[k] += float(losses[k].detach())
+                step_times.append(time.perf_counter() - t_step)
                 if dist.main:
                     bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", lr=f"{lr:.2e}")
                     if writer is not None and global_step % cfg.log_every == 0:
@@ -473,8 +638,9 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             evaluated = False
             last_eval = {}
             final_epoch = epoch + 1 >= cfg.epochs or global_step >= total_steps or out_of_time
-            if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or final_epoch):
-                last_eval = evaluate(model, val_loader, class_set, device, use_amp, dist)
+            if val_shard is not None and ((epoch + 1) % cfg.eval_every == 0 or final_epoch):
+                last_eval = validate(model, val_shard, class_set, device, cfg.val_batch_size or cfg.batch_size,
+                                     dist, tta=cfg.val_tta)
                 evaluated = True
             improved = False
             if evaluated and math.isfinite(last_eval["miou"]):
@@ -482,13 +648,14 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                     best_miou, best_epoch, bad_evals, improved = last_eval["miou"], epoch, 0, True
                 else:
                     bad_evals += 1
-            elif val_loader is None:
+            elif val_shard is None:
                 best_epoch, improved = epoch, True  # no validation: the latest epoch is the best
 
             # -- write (rank 0)
             if dist.main:
-                extra = dict(extra_base, epoch=epoch, step=global_step,
-                             val={k: last_eval.get(k) for k in ("miou", "oa", "mf1")} if evaluated else None)
+                extra = dict(extra_base, epoch=epoch, step=global_step, train_seconds=round(time.time() - run_t0, 1),
+                             val={k: last_eval.get(k) for k in ("miou", "oa", "mf1", "per_class")}
+                             if evaluated else None)
                 if improved:
                     save_checkpoint(model, out_dir / "best", extra=dict(extra, best_miou=best_miou))
                 save_checkpoint(model, out_dir / "last", extra=extra)
@@ -496,11 +663,13 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                 state = {"epoch": epoch, "global_step": global_step, "best_miou": best_miou,
                          "best_epoch": best_epoch, "bad_evals": bad_evals, "total_steps": total_steps,
                          "torch_rng": _rng_to_list(torch.get_rng_state()),
-                         "bank_rng": _rng_to_list(bank.state()) if bank is not None else None}
+                         "bank_rng": _rng_to_list(bank.state()) if bank is not None else None,
+                         "scaler": scaler.state_dict() if policy.scaler else None}
                 tmp = last_state.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state))
                 tmp.replace(last_state)
-                row = {"epoch": epoch + 1, "step": global_step, "lr": f"{lr_at(global_step - 1, total_steps, cfg):.6g}",
+                row = {"epoch": epoch + 1, "step": global_step,
+                       "lr": f"{lr_at(global_step - 1, total_steps, cfg, scale):.6g}",
                        "train_loss": f"{means['loss']:.6f}", "train_ce": f"{means['ce']:.6f}",
                        "train_dice": f"{means['dice']:.6f}", "train_itm": f"{means['itm']:.6f}",
                        "val_miou": f"{last_eval['miou']:.6f}" if evaluated else "",
@@ -538,9 +707,20 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                 "best_epoch": best_epoch + 1 if best_epoch >= 0 else None, "epochs_run": epoch + 1 - start_epoch,
                 "last_epoch": epoch + 1, "steps": global_step, "stopped_early": stopped_early,
                 "out_of_time": out_of_time, "seconds": round(time.time() - run_t0, 1),
-                "best_checkpoint": str(out_dir / "best.safetensors"), "world_size": dist.world}
+                "best_checkpoint": str(out_dir / "best.safetensors"), "world_size": dist.world,
+                "step_s": _median(step_times[2:] or step_times), "precision": policy.describe(),
+                "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                if device.type == "cuda" else None}
     finally:
         dist.close()
+
+
+def _median(values: list[float]) -> float | None:
+    """Median step time (the first two steps, with one-time costs, are left out by the caller)."""
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[len(v) // 2], 4)
 
 
 def _dataset_prompts(ds) -> list[str]:
@@ -552,27 +732,36 @@ def _dataset_prompts(ds) -> list[str]:
     return list(ds.prompts)
 
 
-def evaluate(model, loader, class_set, device, use_amp: bool, dist: Dist | None = None) -> dict[str, float]:
-    """mIoU / OA / mF1 of ``model`` over ``loader`` (confusion matrices summed across ranks)."""
+def validate(model, dataset, class_set, device, batch_size: int, dist: Dist | None = None,
+             tta: bool = False) -> dict[str, Any]:
+    """Score ``model`` on (this rank's shard of) a validation set with the ``training.evaluate`` protocol.
+
+    Runs :func:`training.evaluate.confusion_dataset` (native tile size, float32 on CPU, flips only
+    with ``tta``), sums the confusion matrices across ranks and returns fractions
+    ``{"miou", "oa", "mf1", "per_class"}`` over the class set's scored classes (NaN mIoU when no
+    scored class occurs).
+    """
+    import numpy as np
     import torch
 
-    k = class_set.num_classes
-    cm = torch.zeros(k, k, dtype=torch.int64, device=device)
+    from training.evaluate import confusion_dataset
+
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            amp_ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-            with amp_ctx:
-                out = model(images, text=batch["prompt"]) if model.uses_text else model(images)
-            pred = out.logits.argmax(1)
-            cm += confusion_matrix(pred, labels, k, class_set.ignore_index)
-    if dist is not None:
-        dist.all_reduce_sum(cm)
-    model.train(was_training)
-    return scores_from_confusion(cm, tuple(class_set.scored))
+    try:
+        cm, _ = confusion_dataset(model, dataset, class_set=class_set, tta=tta, batch_size=batch_size, device=device)
+    finally:
+        model.train(was_training)
+    if dist is not None and dist.enabled:
+        counts = torch.from_numpy(cm._m.copy()).to(device)
+        dist.all_reduce_sum(counts)
+        cm._m = counts.cpu().numpy().astype(np.int64)
+    m = cm.compute(scored=class_set.scored, class_names=class_set.names).to_dict()
+
+    def num(x):
+        return float("nan") if x is None else float(x)
+
+    return {"miou": num(m["miou"]), "oa": num(m["oa"]), "mf1": num(m["mf1"]), "per_class": m["per_class"]}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -3,8 +3,12 @@
     python docs/screenshots/make_screenshots.py            # shipped demo weights
     python docs/screenshots/make_screenshots.py --random   # random weights (before training)
 
-Writes ``locate.png``, ``describe.png``, ``segment.png``, ``review.png`` and ``label.png`` next to this file, each
-re-encoded to stay under 400 KB. Uses a throw-away database and session folder.
+Writes ``locate.png``, ``imagery.png``, ``describe.png``, ``segment.png``, ``review.png`` and ``label.png``
+next to this file, each re-encoded to stay under 400 KB. Uses a throw-away database and session folder.
+
+``imagery.png`` shows the "Fetch imagery here" flow against a local XYZ server started by this script
+(no network here): its tiles are cut from one procedural SynthEarth scene of the clicked point's zone,
+so the picture shows the flow, not real satellite imagery.
 """
 
 from __future__ import annotations
@@ -23,6 +27,51 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
 ]
 MAX_BYTES = 400_000
+IMAGERY_POINT = (46.95, 7.45)  # Bern (Cfb)
+
+
+def start_synth_xyz_server(lat: float, lon: float, zoom: int):
+    """A loopback XYZ server whose tiles around (lat, lon) at ``zoom`` form one SynthEarth scene."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+    from PIL import Image
+
+    from metaseg import imagery
+    from metaseg.climate import lookup
+    from training.synth import generate_tile
+
+    win = imagery.window_around(lat, lon, zoom)
+    (t0x, t0y), (t1x, t1y) = win.tiles[0], win.tiles[-1]
+    side = max(t1x - t0x + 1, t1y - t0y + 1) * imagery.TILE_SIZE
+    scene = generate_tile(lookup(lat, lon).code or "Cfb", size=side, seed=7, index=3).image
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            try:
+                z, x, y = (int(v) for v in self.path.strip("/").split(".")[0].split("/")[-3:])
+            except ValueError:
+                self.send_error(404)
+                return
+            gx, gy = (x - t0x) * 256, (y - t0y) * 256
+            if z == zoom and 0 <= gx < side and 0 <= gy < side:
+                px = scene[gy:gy + 256, gx:gx + 256]
+            else:
+                px = np.full((256, 256, 3), 200, np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(px).save(buf, format="PNG")
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(buf.getvalue())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/{{z}}/{{x}}/{{y}}.png"
 
 
 def save_small(png: bytes, path: Path) -> None:
@@ -50,6 +99,11 @@ def main() -> int:
     os.environ["METASEG_DB"] = str(tmp / "metaseg.sqlite")
     os.environ["METASEG_SESSION_DIR"] = str(tmp / "sessions")
     sys.path.insert(0, str(ROOT))
+    from metaseg.imagery import default_zoom
+
+    xyz, template = start_synth_xyz_server(*IMAGERY_POINT, default_zoom(IMAGERY_POINT[0]))
+    os.environ["METASEG_IMAGERY_URL"] = template
+    os.environ["METASEG_IMAGERY_ATTRIBUTION"] = "Procedural SynthEarth tiles from a local XYZ server (screenshot only)"
     import app
     from studio import services
 
@@ -84,6 +138,19 @@ def main() -> int:
             page.wait_for_selector("#prompt-info [data-version='2']")
             page.wait_for_timeout(800)
             save_small(page.locator("#main-tabs").screenshot(), HERE / "describe.png")
+
+            # Imagery: type a point (or click the map), fetch the imagery around it, as an upload from there
+            page.locator("#lat-in input").fill(str(IMAGERY_POINT[0]))
+            page.locator("#lon-in input").fill(str(IMAGERY_POINT[1]))
+            page.locator("#locate-btn").click()
+            page.wait_for_selector("#location .ms-zone[data-zone='Cfb']")
+            page.locator("#fetch-imagery").click()
+            page.wait_for_selector("#location:has-text('Fetched')")
+            page.wait_for_selector("#preview img")
+            page.evaluate("document.querySelectorAll('.toast-wrap, .toast-body').forEach(e => e.remove())")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_timeout(1500)
+            save_small(page.screenshot(full_page=False), HERE / "imagery.png")
 
             # Segment + Review: a SynthEarth example with ground truth
             page.get_by_role("button", name="synth_cfa.tif").click()
@@ -120,6 +187,7 @@ def main() -> int:
             browser.close()
     finally:
         app.demo.close()
+        xyz.shutdown()
     return 0
 
 

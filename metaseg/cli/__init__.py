@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from metaseg.errors import MetasegError
 
 #: Subcommands, in the order ``--help`` lists them.
-COMMANDS = ("climate", "locate", "info", "predict", "bench")
+COMMANDS = ("climate", "locate", "info", "predict", "map", "bench")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

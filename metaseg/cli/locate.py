@@ -3,7 +3,9 @@
 The location comes from the GeoTIFF georeference (any CRS, transformed to WGS84), else from
 EXIF GPS tags (PNG/JPEG), else there is none. JSON keys: ``lat, lon, source, crs, width,
 height, bands, dtype, zone`` (the ``climate`` object, or ``null`` without a location) and
-``footprint`` (four ``[lat, lon]`` corners or ``null``). Only metadata is read.
+``footprint`` (four ``[lat, lon]`` corners or ``null``) and ``gsd_m`` (ground sample distance in
+metres per pixel at the tile's centre, any CRS incl. EPSG:4326 and Web Mercator; ``null`` without a
+georeference). Only metadata is read.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.file).name
     crs = out["crs"] or "no CRS"
     print(f"{name}: {out['width']}×{out['height']}, {out['bands']} band(s) {out['dtype']}, {crs}")
+    if out.get("gsd_m"):
+        print(f"ground sample distance: {out['gsd_m']:.3g} m/px")
     if out["lat"] is None:
         print("location: none (no usable georeference or EXIF GPS); a generic prompt applies")
         return 0

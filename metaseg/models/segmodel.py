@@ -90,7 +90,7 @@ class SegModel(nn.Module):
             self.decoder = CAFDecoder(
                 config.caf_dim, text_encoder.hidden_size, config.caf_heads, config.caf_mlp_ratio,
                 config.joint_depth, config.pos_grid, config.max_tokens, config.embed_dim, config.queue_size,
-                config.temperature,
+                config.temperature, prior_fusion=config.text_prior_fusion,
             )
         self.head = FPNHead(list(chans[:-1]) + [config.caf_dim], config.decoder_dim, config.num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

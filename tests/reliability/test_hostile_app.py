@@ -15,6 +15,7 @@ import sqlite3
 
 import pytest
 
+from studio.tabs import api, describe, locate, review
 from tests.reliability.conftest import SCOPES, in_scope
 from tests.reliability.hostile import HOSTILE_TEXTS, QUICK_FILE_KEYS, QUICK_TEXT_KEYS
 
@@ -130,11 +131,10 @@ def test_hostile_texts_through_app(scope, running_app, hostile_dir, report, tmp_
 
 def test_hostile_label_uploads(hostile_dir, report, fake_models_app):
     """The Review tab's label upload (handler) with every hostile file against a valid 64×64 tile."""
-    app = fake_models_app
     bad = []
     for h in hostile_dir["files"]:
-        state = app.on_tile(str(hostile_dir["reference"]), "openearthmap", None)[0]
-        outcome, ok, val = classify_app(lambda h=h, s=state: app.on_label_upload(str(h.path), s), "either")
+        state = locate.on_tile(str(hostile_dir["reference"]), "openearthmap", None)[0]
+        outcome, ok, val = classify_app(lambda h=h, s=state: review.on_label_upload(str(h.path), s), "either")
         if val is not None:
             gt = val[0].ground_truth
             ok = gt is not None and gt.shape == (64, 64)
@@ -192,7 +192,7 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, hostile_dir, 
     assert "event: error" in answer and "not valid Unicode" in answer, answer
     direct = pytest.raises(Exception, match="not valid Unicode")
     with direct:
-        running_app.module.api_save_prompt("Cfb", "openearthmap", "water \ud800 bodies")
+        api.api_save_prompt("Cfb", "openearthmap", "water \ud800 bodies")
     assert running_app.alive(running_app.client())
     report.section("Lone surrogates", [
         "gradio_client cannot send a lone surrogate (it fails to UTF-8-encode the request, before",
@@ -210,15 +210,13 @@ def test_upload_errors_name_the_users_file(hostile_dir):
     (``tile-1a2b3c4d.tif`` / ``label-…``), which the user has never seen."""
     import gradio as gr
 
-    import app
-
     bad = next(h.path for h in hostile_dir["files"] if h.key == "corrupt_tiff")
     with pytest.raises(gr.Error) as err:
-        app.on_tile(str(bad), "openearthmap", None)
+        locate.on_tile(str(bad), "openearthmap", None)
     assert bad.name in str(err.value.message), err.value.message
-    state = app.on_tile(str(hostile_dir["reference"]), "openearthmap", None)[0]
+    state = locate.on_tile(str(hostile_dir["reference"]), "openearthmap", None)[0]
     with pytest.raises(gr.Error) as err:
-        app.on_label_upload(str(bad), state)
+        review.on_label_upload(str(bad), state)
     assert bad.name in str(err.value.message), err.value.message
 
 
@@ -263,12 +261,11 @@ def test_typed_coordinates(running_app, report):
 def test_restore_rejects_bad_ids_clearly():
     import gradio as gr
 
-    import app
     from studio.session import SessionState
 
     for bad in ("abc", 1.5):
         with pytest.raises(gr.Error) as err:
-            app.on_restore(bad, "openearthmap", SessionState())
+            describe.on_restore(bad, "openearthmap", SessionState())
         assert CATCH_ALL not in str(err.value.message)
 
 

@@ -238,10 +238,11 @@ def test_upload_names_never_become_paths(running_app, tmp_path, report):
         assert not list(base.glob("evil*.tif"))
 
     # The UI handler: the session copy never carries the uploaded name.
-    app = running_app.module
+    from studio.tabs.locate import on_tile
+
     odd = tmp_path / "a;b $(id) <x>.tif"
     odd.write_bytes(tile_bytes)
-    state = app.on_tile(str(odd), "openearthmap", None)[0]
+    state = on_tile(str(odd), "openearthmap", None)[0]
     copy = Path(state.tile_path)
     assert copy.parent == session_root() / state.session_id
     assert re.fullmatch(r"tile-[0-9a-f]{8}\.tif", copy.name), copy.name
@@ -294,10 +295,10 @@ def test_api_key_never_logged_stored_or_shown(running_app, tmp_path, monkeypatch
                     store.generate("Af", "openearthmap", llm=True, base_url=bad.base_url, max_retries=0, backoff=0)
                 seen.append(str(llm_err.value))
             # 3. the app: regenerate handler (LLM), API endpoints, the page config
-            app = running_app.module
             from studio.session import SessionState
+            from studio.tabs.describe import on_regenerate
 
-            out = app.on_regenerate("openearthmap", SessionState(location={"zone": {"code": "Cfb"}}))
+            out = on_regenerate("openearthmap", SessionState(location={"zone": {"code": "Cfb"}}))
             seen.append(repr(out))
             client = running_app.client()
             seen.append(json.dumps(running_app.call(client, "Cfb", "openearthmap", "key test", api_name="/save_prompt")))

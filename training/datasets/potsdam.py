@@ -21,6 +21,13 @@ row/column is shifted back so it ends exactly at the tile border (it overlaps it
 instead of being padded); a tile smaller than ``patch`` gives one window of the tile's own size.
 With the defaults a 6000² tile yields 6×6 = 36 patches of 1024² (offsets 0, 1024, …, 4096, 4976).
 
+**Each pixel is scored once** (``score_once``, default for ``val`` and ``test``): in the label of
+a patch, the rows/columns already covered by the previous window of its row or column (the
+shifted last patch's overlap strip, or every overlap when ``stride < patch``) are set to black,
+which decodes to ignore. The image patch stays whole (the model sees the full context), but the
+metrics count every pixel of a tile exactly once, as when scoring the whole 6000² tile. Train
+patches keep their full labels (overlap there is just extra training data).
+
 Output (the layout :func:`Potsdam` reads)::
 
     OUT/{train,val,test}/images/top_potsdam_<X>_<Y>_y<row>_x<col>.tif   RGB, georeferenced if the source was
@@ -113,6 +120,7 @@ def split_tiles(
     stride: int | None = None,
     labels: str = "auto",
     val_tiles: Iterable[str] = VAL_TILES,
+    score_once: Iterable[str] = ("val", "test"),
 ) -> dict:
     """Cut raw Potsdam tiles into patches in the layout :func:`Potsdam` reads.
 
@@ -123,6 +131,8 @@ def split_tiles(
         stride: step between patches (default ``patch``: no overlap except the shifted last one).
         labels: ``auto`` | ``full`` | ``eroded`` (see the module docstring).
         val_tiles: tile ids (``"X_Y"``) moved from train to val.
+        score_once: splits whose patch labels black out pixels an earlier patch of the same
+            tile already holds (see the module docstring).
 
     Returns:
         The manifest written to ``out/split.json``: ``{"patch", "stride", "labels",
@@ -150,7 +160,7 @@ def split_tiles(
     val_tiles = tuple(val_tiles)
     manifest: dict = {"patch": patch, "stride": stride, "labels": labels, "val_tiles": list(val_tiles),
                       "splits": {s: [] for s in SPLITS}, "patches": dict.fromkeys(SPLITS, 0),
-                      "skipped": []}
+                      "skipped": [], "score_once": sorted(set(score_once))}
     for tile, files in sorted(tiles.items()):
         split = split_of(tile, val_tiles)
         kind = labels if labels != "auto" else ("eroded" if split == "test" else "full")
@@ -164,7 +174,8 @@ def split_tiles(
         lbl_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            _cut_tile(tile, files["rgb"], label_path, img_dir, lbl_dir, patch, stride, manifest, split)
+            _cut_tile(tile, files["rgb"], label_path, img_dir, lbl_dir, patch, stride, manifest, split,
+                      once=split in set(score_once))
         manifest["splits"][split].append(tile)
         log.info("Potsdam tile %s -> %s", tile, split)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,9 +183,17 @@ def split_tiles(
     return manifest
 
 
+def owned_from(starts: list[int], patch: int) -> list[int]:
+    """Per window, the offset (inside the window) from which its pixels are not in the previous window."""
+    return [0 if i == 0 else max(0, starts[i - 1] + patch - s) for i, s in enumerate(starts)]
+
+
 def _cut_tile(tile: str, rgb_path: Path, label_path: Path, img_dir: Path, lbl_dir: Path, patch: int,
-              stride: int, manifest: dict, split: str) -> None:
-    """Write the patches of one tile (image and label windows at the same offsets)."""
+              stride: int, manifest: dict, split: str, once: bool = False) -> None:
+    """Write the patches of one tile (image and label windows at the same offsets).
+
+    ``once``: black out (→ ignore) label pixels an earlier window of the tile already covers.
+    """
     import rasterio
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
@@ -188,12 +207,17 @@ def _cut_tile(tile: str, rgb_path: Path, label_path: Path, img_dir: Path, lbl_di
         georef = rgb_src.crs is not None
         n_img_bands = min(3, rgb_src.count)
         n_lbl_bands = min(3, lbl_src.count)
-        for y in window_starts(rgb_src.height, patch, stride):
-            for x in window_starts(rgb_src.width, patch, stride):
+        ys, xs = window_starts(rgb_src.height, patch, stride), window_starts(rgb_src.width, patch, stride)
+        own_y, own_x = owned_from(ys, patch), owned_from(xs, patch)
+        for iy, y in enumerate(ys):
+            for ix, x in enumerate(xs):
                 win = Window(x, y, min(patch, rgb_src.width), min(patch, rgb_src.height))
                 name = f"top_potsdam_{tile}_y{y:04d}_x{x:04d}.tif"
                 rgb = rgb_src.read(list(range(1, n_img_bands + 1)), window=win)
                 lbl = lbl_src.read(list(range(1, n_lbl_bands + 1)), window=win)
+                if once:
+                    lbl[:, : own_y[iy], :] = 0
+                    lbl[:, :, : own_x[ix]] = 0
                 profile = {"driver": "GTiff", "width": int(win.width), "height": int(win.height),
                            "dtype": "uint8", "compress": "deflate"}
                 if georef:

@@ -10,8 +10,12 @@ Every sample gets a Köppen-Geiger zone and the prompt stored for ``(zone, class
 ``prompt_mode`` then chooses what text the model sees:
 
 * ``climate`` – the prompt of the sample's zone (generic when the zone is unknown);
-* ``generic`` – the store's generic prompt for the class set (paper Table V, middle row);
-* ``none`` – the empty string (the "no text" row; baselines ignore text anyway);
+* ``generic`` – the paper's Table V middle-row sentence, :data:`PAPER_GENERIC_PROMPT`
+  ("It is a remote sensing image."), the same for every tile and class set;
+* ``store-generic`` – the prompt store's zone-free prompt for the class set (our own sentence,
+  listing the class names; editable in the store);
+* ``none`` – the empty string fed to MetaSegNet. The paper's "No text prompt" row of Table V is
+  something else: the vision-only baseline (``baseline_*``), which takes no text at all;
 * ``wrong`` – the prompt of :func:`wrong_zone` of the sample's zone: a deliberately mismatched
   climate, used to test whether the model actually reads the prompt. A sample without a zone
   has nothing to mismatch and gets the generic prompt.
@@ -34,7 +38,10 @@ from metaseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PROMPT_MODES = ("climate", "generic", "none", "wrong")
+PROMPT_MODES = ("climate", "generic", "store-generic", "none", "wrong")
+
+#: The generic prompt of the paper's Table V ablation, verbatim.
+PAPER_GENERIC_PROMPT = "It is a remote sensing image."
 
 #: Fixed climate mismatch used by ``prompt_mode="wrong"``. Every zone maps to a zone of a
 #: *different main group* (first letter), chosen to be climatically far apart (humid tropics ↔
@@ -164,6 +171,8 @@ class PromptResolver:
         if self.mode == "none":
             return ""
         if self.mode == "generic":
+            return PAPER_GENERIC_PROMPT
+        if self.mode == "store-generic":
             return self.text_for_zone(None)
         if self.mode == "wrong":
             return self.text_for_zone(wrong_zone(zone))

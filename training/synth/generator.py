@@ -708,12 +708,51 @@ def parse_split_fractions(text: str | Sequence[float] | None) -> tuple[float, fl
     return (vals[0] / s, vals[1] / s, vals[2] / s)
 
 
-def _split_of(n_zone: int, fractions: tuple[float, float, float], rng: np.random.Generator) -> list[str]:
-    n_train = int(round(fractions[0] * n_zone))
-    n_val = int(round(fractions[1] * n_zone))
-    n_val = min(n_val, n_zone - n_train)
-    names = ["train"] * n_train + ["val"] * n_val + ["test"] * (n_zone - n_train - n_val)
-    return [names[i] for i in rng.permutation(n_zone)]
+def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """(train, val, test) tile counts for ``n`` tiles, rounded over the whole set.
+
+    Largest remainders (each count is within one tile of ``n × fraction``), then every split with
+    a non-zero fraction gets at least one tile whenever ``n`` allows (taken from the largest split;
+    with fewer tiles than such splits, train comes first, then val, then test).
+    """
+    n = int(n)
+    quotas = [n * f for f in fractions]
+    counts = [int(math.floor(q)) for q in quotas]
+    order = sorted(range(3), key=lambda k: (-(quotas[k] - counts[k]), k))
+    for k in order[: n - sum(counts)]:
+        counts[k] += 1
+    wanted = [k for k in range(3) if fractions[k] > 0]
+    for k in wanted[:n]:
+        if counts[k] == 0:
+            donor = max(range(3), key=lambda j: (counts[j], -j))
+            counts[donor] -= 1
+            counts[k] += 1
+    return counts[0], counts[1], counts[2]
+
+
+def assign_splits(n: int, codes: Sequence[str], fractions: tuple[float, float, float], seed: int) -> dict[int, str]:
+    """Tile index → ``"train"``/``"val"``/``"test"`` for ``n`` tiles dealt round-robin over ``codes``.
+
+    Counts come from :func:`split_counts` (the whole set, not per zone). The tiles are ordered so
+    that zones alternate (each zone's tiles shuffled, zones taken in a shuffled order, first the
+    first tile of every zone, then the second, ...), and val, then test take the front of that
+    order: small val/test splits draw from as many zones as possible. Deterministic in ``seed``.
+    """
+    n = int(n)
+    rng = np.random.default_rng([int(seed), 2**31 - 1])
+    per_zone: dict[str, list[int]] = {c: [] for c in codes}
+    for i in range(n):
+        per_zone[codes[i % len(codes)]].append(i)
+    zone_rank = {c: r for r, c in enumerate(codes[k] for k in rng.permutation(len(codes)))}
+    keyed = []
+    for c in codes:
+        members = per_zone[c]
+        for pos, k in enumerate(rng.permutation(len(members))):
+            keyed.append(((pos, zone_rank[c]), members[k]))
+    ordered = [i for _, i in sorted(keyed)]
+    n_train, n_val, n_test = split_counts(n, fractions)
+    names = ["val"] * n_val + ["test"] * n_test + ["train"] * n_train
+    return dict(zip(ordered, names, strict=True))
 
 
 def _write_one(job: tuple[str, str, int, int, int, int]) -> dict:
@@ -750,8 +789,9 @@ def write_synthearth(
     """Generate ``n`` tiles into ``out`` in the OpenEarthMap layout and return the manifest.
 
     Zones are assigned round-robin (tile ``i`` gets ``zones[i % len(zones)]``), so every zone
-    gets ``n / len(zones)`` tiles; within each zone tiles are split randomly (by ``seed``) into
-    train/val/test by ``split_fractions``.
+    gets ``n / len(zones)`` tiles; the set is split into train/val/test by ``split_fractions``
+    rounded over the whole set (:func:`assign_splits`: every split with a non-zero fraction gets
+    tiles whenever ``n`` allows, val/test spread over the zones).
 
     Args:
         out: Output folder (created; existing files with the same names are overwritten).
@@ -772,14 +812,7 @@ def write_synthearth(
     fractions = parse_split_fractions(split_fractions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_zone: dict[str, list[int]] = {c: [] for c in codes}
-    for i in range(int(n)):
-        per_zone[codes[i % len(codes)]].append(i)
-    split_rng = np.random.default_rng([int(seed), 2**31 - 1])
-    split_of: dict[int, str] = {}
-    for c in codes:
-        for i, s in zip(per_zone[c], _split_of(len(per_zone[c]), fractions, split_rng), strict=True):
-            split_of[i] = s
+    split_of = assign_splits(int(n), codes, fractions, int(seed))
 
     for c in codes:
         for sub in ("images", "labels"):
@@ -789,12 +822,16 @@ def write_synthearth(
     ]
     tiles = []
     lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    if int(workers) > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    if int(workers) > 1 and len(jobs) > 1:  # the project's Dask runner (metaseg.runner), local processes
+        from metaseg.runner import Runner
 
-        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-            records = pool.map(_write_one, jobs, chunksize=4)
-            tiles = [_report(r, progress) for r in records]
+        records: list[dict | None] = [None] * len(jobs)
+        with Runner(workers=int(workers), progress=False) as runner:
+            for outcome in runner.run(_write_one, jobs):
+                if not outcome.ok:
+                    raise ConfigError(f"SynthEarth tile {outcome.index} failed: {outcome.error}")
+                records[outcome.index] = _report(outcome.value, progress)
+        tiles = [r for r in records if r is not None]
     else:
         tiles = [_report(_write_one(job), progress) for job in jobs]
     for t in tiles:

