@@ -27,7 +27,10 @@ PROMPT = "Aerial image of a humid subtropical town with rice paddies and a river
 
 @pytest.fixture(scope="session")
 def tiny_ckpts(tmp_path_factory):
-    """``{name: weights path}`` of small metasegnet_demo/baseline_demo checkpoints with built graphs."""
+    """``{name: weights path}`` of small metasegnet_demo/baseline_demo checkpoints with built graphs.
+
+    The loaded models are kept in ``_MODELS`` (text encoder loaded once) for :func:`_pred`.
+    """
     from metaseg.checkpoints import save_checkpoint
     from metaseg.models import create_model
 
@@ -41,13 +44,25 @@ def tiny_ckpts(tmp_path_factory):
     B.calibration_tiles = lambda: calib()[:2]  # the full set is checked in test_calibration_set
     try:
         for name, path in paths.items():
-            Predictor.from_checkpoint(path, "cpu", backend="onnx")
+            from metaseg.checkpoints import load_checkpoint
+
+            _MODELS[name] = load_checkpoint(path)
+            _pred(paths, name, "onnx")
             if name == "baseline_demo":  # MetaSegNet's int8 graph: the slow test below
-                Predictor.from_checkpoint(path, "cpu", backend="onnx-int8")
+                _pred(paths, name, "onnx-int8")
     finally:
         B.MIN_AGREEMENT.update(old)
         B.calibration_tiles = calib
     return paths
+
+
+_MODELS: dict = {}
+
+
+def _pred(tiny_ckpts, name, backend="torch", **kwargs):
+    """A predictor on the session's loaded model (no reload of the text encoder)."""
+    model, meta = _MODELS[name]
+    return Predictor(model, "cpu", meta=meta, backend=backend, checkpoint=tiny_ckpts[name], fold_bn=False, **kwargs)
 
 
 def _rgb(h, w, seed=1):
@@ -96,11 +111,11 @@ def test_export_is_verified_on_real_tiles(tiny_ckpts):
     pytest.param("metasegnet_demo", "onnx-int8", marks=pytest.mark.slow),
 ])
 def test_backends_share_sliding_tta_nodata_progress(tiny_ckpts, name, backend):
-    ref = Predictor.from_checkpoint(tiny_ckpts[name], "cpu", batch_size=2)
+    ref = _pred(tiny_ckpts, name, batch_size=2)
     old = dict(B.MIN_AGREEMENT)
     B.MIN_AGREEMENT["onnx-int8"] = 0.5
     try:
-        other = Predictor.from_checkpoint(tiny_ckpts[name], "cpu", batch_size=2, backend=backend)
+        other = _pred(tiny_ckpts, name, backend, batch_size=2)
     finally:
         B.MIN_AGREEMENT.update(old)
     rgb = _rgb(70, 90)
@@ -140,7 +155,7 @@ def test_truncated_graph_is_rebuilt(tiny_ckpts):
     leftovers = [f.name for f in graph.parent.iterdir() if f.name.endswith(".tmp")]
     assert leftovers == []  # written to a temporary name and os.replace-d
     rgb = _rgb(40, 40)
-    np.testing.assert_array_equal(q.predict(rgb).index, Predictor.from_checkpoint(path, "cpu").predict(rgb).index)
+    np.testing.assert_array_equal(q.predict(rgb).index, _pred(tiny_ckpts, "baseline_demo").predict(rgb).index)
 
 
 def test_cache_key_follows_checkpoint_and_runtime(tiny_ckpts, tmp_path, monkeypatch):
@@ -204,13 +219,13 @@ def test_unverified_graph_is_refused(tiny_ckpts):
 
 
 def test_evaluate_model_adapter_matches_predictor(tiny_ckpts):
-    p = Predictor.from_checkpoint(tiny_ckpts["metasegnet_demo"], "cpu", backend="onnx")
+    p = _pred(tiny_ckpts, "metasegnet_demo", "onnx")
     m = p.as_model()
     images = torch.from_numpy(np.stack([_rgb(64, 64, 1), _rgb(64, 64, 2)])).permute(0, 3, 1, 2).float() / 255
     with torch.inference_mode():
         out = m(images, text=[PROMPT, "another prompt"]).logits
     assert out.shape == (2, 8, 64, 64) and m.backend == "onnx"
-    ref = Predictor.from_checkpoint(tiny_ckpts["metasegnet_demo"], "cpu").model
+    ref = _MODELS["metasegnet_demo"][0]
     with torch.inference_mode():
         exp = ref(images, text=[PROMPT, "another prompt"]).logits
     assert float((out.argmax(1) == exp.argmax(1)).float().mean()) >= 0.999
