@@ -25,7 +25,10 @@ compare the two models under the same load, threads and allocator state:
    N = 2048 and 4096; time, number of windows, peak memory and the band accumulator's size per N.
    With several repeats the sizes are visited in A B B A order so that load drift cancels in
    their ratio. Note that the window count, not the area, sets the work: at overlap 0.25 and a
-   512 window a 2048² tile takes 5×5 windows and a 4096² tile 11×11 (ratio 4.84, not 4).
+   512 window a 2048² tile takes 5×5 windows and a 4096² tile 10×10 (ratio 4.00, see
+   :func:`metaseg.inference.window_starts`). ``sliding_cpu_ms_per_window`` is the process CPU
+   time per window (median over repeats): unlike wall time it does not grow when other
+   processes load the machine, so it shows whether the work per window depends on the tile size.
 7. **Backends** (``backends``, e.g. ``("torch", "onnx", "onnx-int8")``; CPU only): the pair with
    its *shipped* weights (random weights for pairs without them) through one
    :class:`metaseg.inference.Predictor` per backend and model, timed at the same input through the
