@@ -552,7 +552,7 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
     from metaseg.inference import Predictor
 
     predictor = Predictor(meta, device, window=size, batch_size=options.batch,
-                          channels_last=options.channels_last)
+                          channels_last=options.channels_last, fold_bn=True)  # as from_name/from_checkpoint
     rng = np.random.default_rng(options.seed)
     times: dict[str, float] = {}
     windows: dict[str, int] = {}

@@ -196,7 +196,10 @@ class Predictor:
             ONNX graphs; :meth:`from_checkpoint` passes it).
         fold_bn: torch backend: fold eval-mode BatchNorm into the preceding convolutions of the
             image encoder, in place (:func:`metaseg.backends.fold_batchnorm`; measured faster on
-            CPU for the demo pair, outputs equal to ~1e-5). The model is then for inference only.
+            CPU for the demo pair, outputs equal to ~1e-5); the model is then for inference only.
+            Default ``None``: fold only models the predictor loaded itself
+            (:meth:`from_checkpoint` / :meth:`from_name`), never a model the caller passed in and
+            may still train or save.
 
     Raises:
         ConfigError: unknown backend, or an ONNX backend on a CUDA device.
@@ -214,7 +217,7 @@ class Predictor:
         channels_last: bool = True,
         backend: str | None = "torch",
         checkpoint: str | Path | None = None,
-        fold_bn: bool = True,
+        fold_bn: bool | None = None,
     ) -> None:
         from metaseg.backends import check_backend
 
@@ -286,6 +289,7 @@ class Predictor:
 
         dev = resolve_device(device)
         model, meta = load_checkpoint(path_or_hub_id, dev, expected_name=expected_name)
+        kwargs.setdefault("fold_bn", True)  # the predictor owns this freshly loaded model
         if kwargs.get("backend") not in (None, "torch") and kwargs.get("checkpoint") is None:
             try:  # local weights file: keys and places the cached ONNX graphs
                 kwargs["checkpoint"] = resolve_checkpoint(path_or_hub_id)[0]
