@@ -264,7 +264,11 @@ class Predictor:
                               f"use --device cpu or --backend torch")
         kind = "onnx" if requested == "auto" else requested
         try:
-            self._ort, self.backend_record = load_session(self.model, kind, self.checkpoint, self.meta)
+            try:
+                self._ort, self.backend_record = load_session(self.model, kind, self.checkpoint, self.meta)
+            except (ImportError, OSError) as exc:  # runtime missing, cache unwritable/disk full, ...
+                raise MetasegError(f"backend {kind} unavailable: {type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:200]}") from exc
         except MetasegError as exc:
             if requested != "auto":
                 raise

@@ -39,20 +39,11 @@ def tiny_ckpts(tmp_path_factory):
     for name in ("metasegnet_demo", "baseline_demo"):
         torch.manual_seed(0)
         paths[name] = save_checkpoint(create_model(name, **SMALL).eval(), folder / name)
-    old, calib = dict(B.MIN_AGREEMENT), B.calibration_tiles
-    B.MIN_AGREEMENT["onnx-int8"] = 0.5  # random weights: int8 is checked for plumbing, not accuracy
-    B.calibration_tiles = lambda: calib()[:2]  # the full set is checked in test_calibration_set
-    try:
-        for name, path in paths.items():
-            from metaseg.checkpoints import load_checkpoint
+    from metaseg.checkpoints import load_checkpoint
 
-            _MODELS[name] = load_checkpoint(path)
-            _pred(paths, name, "onnx")
-            if name == "baseline_demo":  # MetaSegNet's int8 graph: the slow test below
-                _pred(paths, name, "onnx-int8")
-    finally:
-        B.MIN_AGREEMENT.update(old)
-        B.calibration_tiles = calib
+    for name, path in paths.items():
+        _MODELS[name] = load_checkpoint(path)
+        _pred(paths, name, "onnx")  # int8 graphs: built by the (slow) int8 tests
     return paths
 
 
@@ -107,17 +98,22 @@ def test_export_is_verified_on_real_tiles(tiny_ckpts):
 
 
 @pytest.mark.parametrize(("name", "backend"), [
-    ("metasegnet_demo", "onnx"), ("baseline_demo", "onnx"), ("baseline_demo", "onnx-int8"),
+    ("metasegnet_demo", "onnx"), ("baseline_demo", "onnx"),
+    pytest.param("baseline_demo", "onnx-int8", marks=pytest.mark.slow),
     pytest.param("metasegnet_demo", "onnx-int8", marks=pytest.mark.slow),
 ])
 def test_backends_share_sliding_tta_nodata_progress(tiny_ckpts, name, backend):
     ref = _pred(tiny_ckpts, name, batch_size=2)
-    old = dict(B.MIN_AGREEMENT)
-    B.MIN_AGREEMENT["onnx-int8"] = 0.5
+    old, calib = dict(B.MIN_AGREEMENT), B.calibration_tiles
+    B.MIN_AGREEMENT["onnx-int8"] = 0.5  # random weights: int8 is checked for plumbing, not accuracy
+    B.calibration_tiles = lambda: calib()[:3]  # the full set is checked in test_calibration_set
     try:
         other = _pred(tiny_ckpts, name, backend, batch_size=2)
+        if backend == "onnx-int8":
+            assert other.backend_record["quantization"]["excluded"] and other.backend_record["calibration_seed"] == 4242
     finally:
         B.MIN_AGREEMENT.update(old)
+        B.calibration_tiles = calib
     rgb = _rgb(70, 90)
     valid = np.ones((70, 90), bool)
     valid[:, :20] = False
@@ -205,7 +201,7 @@ def test_unverified_graph_is_refused(tiny_ckpts):
 
     ck = tiny_ckpts["baseline_demo"]
     model, _ = load_checkpoint(ck)
-    graph, _ = B.ensure_graph(model, "onnx-int8", ck)
+    graph, _ = B.ensure_graph(model, "onnx", ck)
     rec_path = graph.with_name(graph.name + ".json")
     saved = rec_path.read_text()
     rec = json.loads(saved)
@@ -213,7 +209,8 @@ def test_unverified_graph_is_refused(tiny_ckpts):
     rec_path.write_text(json.dumps(rec))
     try:
         with pytest.raises(MetasegError, match="disagrees with PyTorch"):
-            Predictor.from_checkpoint(ck, "cpu", backend="onnx-int8")
+            Predictor.from_checkpoint(ck, "cpu", backend="onnx")
+        assert Predictor.from_checkpoint(ck, "cpu", backend="auto").backend == "torch"
     finally:
         rec_path.write_text(saved)
 
@@ -312,3 +309,13 @@ def test_bn_folding_keeps_outputs():
     mine = create_model("baseline_demo", **SMALL).eval()
     assert Predictor(mine, "cpu").bn_folded == 0  # a caller's model is never changed by default
     assert Predictor(mine, "cpu", fold_bn=True).bn_folded > 40
+
+
+def test_missing_runtime_is_one_line_error_or_torch_for_auto(tiny_ckpts, monkeypatch):
+    def no_ort(*a, **k):
+        raise ImportError("No module named 'onnxruntime'")
+
+    monkeypatch.setattr(B, "load_session", no_ort)
+    with pytest.raises(MetasegError, match="onnxruntime"):
+        _pred(tiny_ckpts, "baseline_demo", "onnx")
+    assert _pred(tiny_ckpts, "baseline_demo", "auto").backend == "torch"
