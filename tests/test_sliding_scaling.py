@@ -50,3 +50,30 @@ def test_per_window_work_is_independent_of_tile_size():
     # band accumulator: K x window x width -> grows with the width only
     assert large.accumulator_bytes == 2 * small.accumulator_bytes
     assert (small.index != 255).all() and (large.index != 255).all()  # every row finalised
+
+
+def test_cpu_predictor_fixes_glibc_malloc_thresholds(monkeypatch):
+    """The allocator state no longer depends on what was freed before (e.g. a wider band)."""
+    import sys
+
+    import metaseg.inference as inf
+
+    monkeypatch.setattr(inf, "_MALLOC_TUNED", None)
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    import ctypes
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    Predictor(_Pointwise(), "cpu")
+    assert calls == [(-3, inf.MMAP_THRESHOLD), (-1, inf.TRIM_THRESHOLD)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    Predictor(_Pointwise(), "cpu")
+    assert len(calls) == 2  # once per process
+    monkeypatch.setattr(inf, "_MALLOC_TUNED", None)
+    monkeypatch.setenv("METASEG_MALLOPT", "0")
+    assert inf.tune_malloc() is False and len(calls) == 2
