@@ -116,8 +116,10 @@ def tune_malloc() -> bool:
     gave 109.5 vs 97.8 ms per window (2048² vs 4096², ratio 3.57, 21 s of kernel time for page
     faults). With fixed thresholds: 77.6 vs 78.3 ms per window, ratio 4.04, and every window
     ~25 % faster. Fixed thresholds also disable glibc's dynamic adjustment, so the behaviour no
-    longer depends on history. The cost: up to 256 MiB of freed heap stay mapped. Set
-    ``METASEG_MALLOPT=0`` to leave malloc alone; no-op where ``mallopt`` is not available.
+    longer depends on history. The cost: up to 256 MiB of freed heap stay mapped. Applied by the
+    first sliding-window prediction of a torch-backend CPU predictor only: the same setting made
+    ONNX Runtime ~25 % slower (its arena prefers fresh mmap-ed memory), so ONNX predictors never
+    set it. ``METASEG_MALLOPT=0`` leaves malloc alone; no-op where ``mallopt`` is not available.
 
     Returns:
         True when the thresholds are set (now or earlier in this process).
@@ -267,8 +269,6 @@ class Predictor:
 
         requested = check_backend(backend)
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            tune_malloc()  # per-window cost independent of tile size and history (see tune_malloc)
         self.model = model.to(self.device).eval()
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -591,6 +591,8 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         height, width = rgb.shape[:2]
         wh, ww = win
+        if self.device.type == "cpu" and self._ort is None:
+            tune_malloc()  # torch on CPU: per-window cost independent of tile size and history
         ys = window_starts(height, wh, int(math.floor(wh * (1.0 - overlap))))
         xs = window_starts(width, ww, int(math.floor(ww * (1.0 - overlap))))
         boxes = [(y, x) for y in ys for x in xs]

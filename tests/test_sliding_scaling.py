@@ -70,9 +70,13 @@ def test_cpu_predictor_fixes_glibc_malloc_thresholds(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     monkeypatch.setattr(sys, "platform", "linux")
-    Predictor(_Pointwise(), "cpu")
+    p = Predictor(_Pointwise(), "cpu", window=32)
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    p.predict(rgb[:32, :32])
+    assert calls == []  # single pass: untouched
+    p.predict(rgb)  # sliding windows, torch backend on CPU
     assert calls == [(-3, inf.MMAP_THRESHOLD), (-1, inf.TRIM_THRESHOLD)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    Predictor(_Pointwise(), "cpu")
+    p.predict(rgb)
     assert len(calls) == 2  # once per process
     monkeypatch.setattr(inf, "_MALLOC_TUNED", None)
     monkeypatch.setenv("METASEG_MALLOPT", "0")
