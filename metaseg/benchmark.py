@@ -25,8 +25,19 @@ compare the two models under the same load, threads and allocator state:
    N = 2048 and 4096; time, number of windows, peak memory and the band accumulator's size per N.
    With several repeats the sizes are visited in A B B A order so that load drift cancels in
    their ratio. Note that the window count, not the area, sets the work: at overlap 0.25 and a
-   512 window a 2048² tile takes 5×5 windows and a 4096² tile 11×11 (ratio 4.84, not 4).
-7. **FLOPs** (optional): ``torch.utils.flop_counter.FlopCounterMode`` over one eager forward of
+   512 window a 2048² tile takes 5×5 windows and a 4096² tile 10×10 (ratio 4.00, see
+   :func:`metaseg.inference.window_starts`). ``sliding_cpu_ms_per_window`` is the process CPU
+   time per window (median over repeats): unlike wall time it does not grow when other
+   processes load the machine, so it shows whether the work per window depends on the tile size.
+7. **Backends** (``backends``, e.g. ``("torch", "onnx", "onnx-int8")``; CPU only): the pair with
+   its *shipped* weights (random weights for pairs without them) through one
+   :class:`metaseg.inference.Predictor` per backend and model, timed at the same input through the
+   predictor's model seam (``Predictor._logits``: what every window costs), interleaved across
+   backends and models so that load bursts hit all of them; medians of ``repeats`` go into
+   ``backends`` (backend → ``metasegnet_ms``, ``baseline_ms``). ``agreement`` (backend → model →
+   fraction of pixels whose class equals torch's) is measured with :meth:`Predictor.predict` on
+   the tiles shipped in ``static/examples/`` (MetaSegNet with each tile's zone prompt).
+8. **FLOPs** (optional): ``torch.utils.flop_counter.FlopCounterMode`` over one eager forward of
    each model at the benchmark batch, split by component; with a peak figure
    (``peak_tflops``) the achieved fraction of peak (``mfu``) of MetaSegNet.
 
@@ -104,6 +115,7 @@ class BenchOptions:
         text_encoder: override of the MetaSegNet text encoder (local folder, hub id or ``minilm``).
         prompt: the prompt MetaSegNet is timed with.
         seed: torch seed for weights and inputs.
+        backends: predictor backends to time side by side (``torch`` first; empty = skip).
     """
 
     device: str = "cpu"
@@ -126,6 +138,7 @@ class BenchOptions:
     text_encoder: str | None = None
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
+    backends: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -150,6 +163,14 @@ class BenchOptions:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.sdpa not in SDPA_BACKENDS:
             raise ConfigError(f"sdpa must be one of {', '.join(SDPA_BACKENDS)}, got {self.sdpa!r}")
+        if self.backends:
+            from metaseg.backends import check_backend
+
+            for name in self.backends:
+                if check_backend(name) == "auto":
+                    raise ConfigError("bench times concrete backends: torch, onnx, onnx-int8 (not auto)")
+            if any(b != "torch" for b in self.backends) and not str(self.device).startswith("cpu"):
+                raise ConfigError("the ONNX backends run on CPU: use --device cpu")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ConfigError(f"peak TFLOP/s must be > 0, got {self.peak_tflops}")
 
@@ -486,7 +507,16 @@ def _run(options: BenchOptions, say: Callable[[str], Any]) -> dict[str, Any]:
             result["peak_tflops"] = options.peak_tflops
             result["mfu"] = round(achieved / options.peak_tflops, 4)
 
-    # 5. sliding window -----------------------------------------------------------------------
+    # 5. backends side by side ------------------------------------------------------------------
+    if options.backends:
+        result.update(_backends(options, device, size, say))
+        if flops is not None:
+            result["backend_gflops_per_s"] = {
+                b: {"metasegnet": round(flops["metasegnet"]["total"] / options.batch / (v["metasegnet_ms"] / 1e3) / 1e9, 1),
+                    "baseline": round(flops["baseline"]["total"] / options.batch / (v["baseline_ms"] / 1e3) / 1e9, 1)}
+                for b, v in result["backends"].items()}
+
+    # 6. sliding window -----------------------------------------------------------------------
     if options.sliding_sizes:
         result.update(_sliding(meta, device, size, options, meter, say))
 
@@ -522,7 +552,7 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
     from metaseg.inference import Predictor
 
     predictor = Predictor(meta, device, window=size, batch_size=options.batch,
-                          channels_last=options.channels_last)
+                          channels_last=options.channels_last, fold_bn=True)  # as from_name/from_checkpoint
     rng = np.random.default_rng(options.seed)
     times: dict[str, float] = {}
     windows: dict[str, int] = {}
@@ -531,6 +561,7 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
     spreads: dict[str, dict[str, float]] = {}
     before: dict[str, float | None] = {}
     runs: dict[str, list[float]] = {str(n): [] for n in options.sliding_sizes}
+    cpu_runs: dict[str, list[float]] = {str(n): [] for n in options.sliding_sizes}
     # Sizes are visited A B ... B A (order reversed on every other repeat) so that a change of
     # machine load between the runs of the small and the large tile does not bias their ratio.
     schedule: list[int] = []
@@ -547,10 +578,11 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
             rss_before = current_rss_mb() if device.type == "cpu" else None
             meter.reset()
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             pred = predictor.predict(tile, options.prompt, overlap=options.overlap)
             _sync(device)
             runs[key].append((time.perf_counter() - start) * 1e3)
+            cpu_runs[key].append((time.process_time() - cpu_start) * 1e3 / max(int(pred.windows), 1))
             peak = meter.peak_mb()
             if key not in times:  # first run of this size: its memory figures are the clean ones
                 times[key] = 0.0
@@ -566,6 +598,9 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
         "sliding": times,
         "sliding_windows": windows,
         "sliding_ms_per_window": {k: _sig(times[k] / max(windows[k], 1)) for k in times},
+        # process CPU time per window (all threads): insensitive to other processes' load, so a
+        # per-window cost that grows with the tile width shows here even on a busy machine
+        "sliding_cpu_ms_per_window": {k: _sig(median(v)) for k, v in cpu_runs.items() if v},
         "sliding_peak_mem_mb": mem,
         "sliding_rss_before_mb": before,
         "sliding_accumulator_mb": acc,
@@ -580,6 +615,98 @@ def _sliding(meta: Any, device: Any, size: int, options: BenchOptions, meter: _M
         out["sliding_area_ratio"] = round((int(hi) / int(lo)) ** 2, 3)
         out["sliding_window_ratio"] = round(windows[hi] / max(windows[lo], 1), 3)
     return out
+
+
+def _backends(options: BenchOptions, device: Any, size: int, say: Callable[[str], Any]) -> dict[str, Any]:
+    """Time the pair through each backend's predictor seam, and their class agreement with torch."""
+    import numpy as np
+    import torch
+
+    from metaseg.backends import example_tiles, tile_prompt
+    from metaseg.checkpoints import demo_checkpoint_path
+    from metaseg.errors import CheckpointError
+    from metaseg.inference import Predictor
+    from metaseg.models.registry import create_model
+
+    names = dict(zip(("metasegnet", "baseline"), PAIRS[options.pair], strict=True))
+    backends = ["torch"] + [b for b in dict.fromkeys(options.backends) if b != "torch"]
+    preds: dict[str, dict[str, Predictor]] = {b: {} for b in backends}
+    weights = "shipped"
+    for role, name in names.items():
+        try:
+            demo_checkpoint_path(name)
+            shipped = True
+        except (CheckpointError, UnknownNameError):
+            shipped, weights = False, "random"
+        model = None
+        for b in backends:
+            say(f"loading {name} with backend {b}" + ("" if b == "torch" else " (exports and verifies on first use)"))
+            if shipped:
+                preds[b][role] = Predictor.from_name(name, device, batch_size=options.batch, backend=b,
+                                                     channels_last=options.channels_last)
+            else:
+                if model is None:
+                    torch.manual_seed(options.seed)
+                    model = create_model(name, pretrained="none")
+                preds[b][role] = Predictor(model, device, batch_size=options.batch, backend=b,
+                                           channels_last=options.channels_last)
+    rng = np.random.default_rng(options.seed)
+    rgb = rng.integers(0, 256, (options.batch, size, size, 3), dtype=np.uint8)
+    prompt = options.prompt
+    calls = []
+    for b in backends:
+        for role in ("metasegnet", "baseline"):
+            p = preds[b][role]
+            x = p._to_tensor(rgb)
+            text = prompt if p.uses_text else None
+            if text is not None:
+                p.text_features(text)
+            calls.append((b, role, (lambda p=p, x=x, text=text: p._logits(x, text))))
+    times: dict[tuple[str, str], list[float]] = {(b, r): [] for b, r, _ in calls}
+    say(f"timing backends {', '.join(backends)} at {options.batch}×3×{size}×{size} ({options.repeats} repeats, interleaved)")
+    with torch.inference_mode():
+        for _ in range(max(options.warmup, 1)):
+            for _b, _r, fn in calls:
+                fn()
+        for r in range(options.repeats):
+            order = calls if r % 2 == 0 else calls[::-1]
+            for b, role, fn in order:
+                times[(b, role)].append(time_call(fn, device))
+    out_times = {b: {f"{role}_ms": _sig(median(times[(b, role)])) for role in ("metasegnet", "baseline")}
+                 for b in backends}
+    speedup = {}
+    for b in backends:
+        t, o = out_times["torch"], out_times[b]
+        speedup[b] = {"metasegnet": round(t["metasegnet_ms"] / o["metasegnet_ms"], 3),
+                      "baseline": round(t["baseline_ms"] / o["baseline_ms"], 3),
+                      "pair": round((t["metasegnet_ms"] + t["baseline_ms"]) / (o["metasegnet_ms"] + o["baseline_ms"]), 3)}
+    say("agreement with torch on static/examples")
+    tiles = example_tiles()
+    agreement: dict[str, dict[str, float]] = {}
+    agreement_min: dict[str, dict[str, float]] = {}
+    ref: dict[str, list[np.ndarray]] = {}
+    for b in backends:
+        agreement[b], agreement_min[b] = {}, {}
+        for role in ("metasegnet", "baseline"):
+            p = preds[b][role]
+            masks = [p.predict(t.rgb, tile_prompt(p.meta, t.zone) if p.uses_text else None).index for t in tiles]
+            if b == "torch":
+                ref[role] = masks
+            same = [float((m == r).sum()) for m, r in zip(masks, ref[role], strict=True)]
+            total = sum(m.size for m in masks)
+            agreement[b][role] = round(sum(same) / max(total, 1), 5)
+            agreement_min[b][role] = round(min(s / m.size for s, m in zip(same, masks, strict=True)), 5) if masks else 1.0
+    return {
+        "backends": out_times,
+        "agreement": agreement,
+        "agreement_min_tile": agreement_min,
+        "agreement_tiles": [t.name for t in tiles],
+        "backend_speedup": speedup,
+        "backend_spread": {b: {role: _spread(times[(b, role)]) for role in ("metasegnet", "baseline")} for b in backends},
+        "backend_weights": weights,
+        "backend_threads": {b: (preds[b]["metasegnet"]._ort.threads if preds[b]["metasegnet"]._ort is not None
+                                else torch.get_num_threads()) for b in backends},
+    }
 
 
 def _loadavg() -> list[float] | None:
@@ -621,6 +748,13 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("gflops_per_image"):
         g = result["gflops_per_image"]
         rows.append(("GFLOPs per image (meta / base)", f"{_fmt(g['metasegnet'])} / {_fmt(g['baseline'])}"))
+    for backend, times in (result.get("backends") or {}).items():
+        agree = (result.get("agreement") or {}).get(backend, {})
+        speed = (result.get("backend_speedup") or {}).get(backend, {})
+        rows.append((f"backend {backend} meta / base (ms)",
+                     f"{_fmt(times['metasegnet_ms'])} / {_fmt(times['baseline_ms'])}  "
+                     f"[pair x{_fmt(speed.get('pair'))} vs torch, agreement {_fmt(agree.get('metasegnet'))} / "
+                     f"{_fmt(agree.get('baseline'))}]"))
     for key, ms in (result.get("sliding") or {}).items():
         win = result.get("sliding_windows", {}).get(key)
         mem = result.get("sliding_peak_mem_mb", {}).get(key)

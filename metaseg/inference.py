@@ -31,6 +31,12 @@ Pipeline of :meth:`Predictor.predict`:
    are averaged before blending.
 6. **Nodata.** Pixels with ``valid == False`` get the ignore value 255; windows without any
    valid pixel are skipped.
+7. **Backends.** Every model call goes through one seam, :meth:`Predictor._logits`, which runs
+   either the PyTorch model (``backend="torch"``) or an ONNX Runtime session of the exported
+   image path (``"onnx"`` fp32, ``"onnx-int8"`` static int8; ``"auto"`` = onnx on CPU when its
+   verified graph exists or can be built, torch on CUDA) — see :mod:`metaseg.backends`. Windows,
+   batching, blending, TTA, nodata and progress are the same code for every backend; the
+   prediction records which backend ran (:attr:`Prediction.backend`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaseg.errors import CheckpointError, MetasegError
+from metaseg.errors import CheckpointError, ConfigError, MetasegError
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class Prediction:
         device: device the model ran on.
         accumulator_bytes: size of the band accumulator held during sliding-window inference
             (0 for a single pass) — the memory bound of step 4 above.
+        backend: the backend that ran the model: ``torch``, ``onnx`` or ``onnx-int8``.
     """
 
     index: np.ndarray
@@ -88,6 +95,53 @@ class Prediction:
     device: str = "cpu"
     accumulator_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torch"
+
+
+#: glibc malloc settings applied once per process by a CPU predictor (see :func:`tune_malloc`).
+MMAP_THRESHOLD = 64 << 20
+TRIM_THRESHOLD = 256 << 20
+_MALLOC_TUNED: bool | None = None
+
+
+def tune_malloc() -> bool:
+    """Fix glibc's malloc thresholds for this process (once): mmap ≥ 64 MiB, trim above 256 MiB.
+
+    Why (issue 14's sliding-window scaling, measured): glibc adapts its mmap threshold to the
+    sizes freed so far and returns the heap top to the OS above twice that. A window's forward
+    pass allocates and frees tens of MB of activations; whether they come back as reused heap
+    memory or as fresh, page-faulted (zeroed) pages depended on what the process had freed
+    before — e.g. the band accumulator, whose size grows with the tile width. So the cost per
+    window depended on the tile size and the history: ``bench --sliding-repeats 5`` at 2 threads
+    gave 109.5 vs 97.8 ms per window (2048² vs 4096², ratio 3.57, 21 s of kernel time for page
+    faults). With fixed thresholds: 77.6 vs 78.3 ms per window, ratio 4.04, and every window
+    ~25 % faster. Fixed thresholds also disable glibc's dynamic adjustment, so the behaviour no
+    longer depends on history. The cost: up to 256 MiB of freed heap stay mapped. Applied by the
+    first sliding-window prediction of a torch-backend CPU predictor only: the same setting made
+    ONNX Runtime ~25 % slower (its arena prefers fresh mmap-ed memory), so ONNX predictors never
+    set it. ``METASEG_MALLOPT=0`` leaves malloc alone; no-op where ``mallopt`` is not available.
+
+    Returns:
+        True when the thresholds are set (now or earlier in this process).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is not None:
+        return _MALLOC_TUNED
+    import os
+    import sys
+
+    _MALLOC_TUNED = False
+    if sys.platform.startswith("linux") and os.environ.get("METASEG_MALLOPT", "1") != "0":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+            _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
+                libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
+        except (OSError, AttributeError):  # not glibc
+            _MALLOC_TUNED = False
+    return _MALLOC_TUNED
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -182,6 +236,20 @@ class Predictor:
         meta: checkpoint metadata (kept for callers, e.g. the prompt used in training).
         channels_last: convert the model (in place) and inputs to channels-last memory format
             (about 15% faster on CPU for the EfficientNet-Lite0 demo pair, measured at 512²).
+        backend: ``torch`` (default), ``onnx``, ``onnx-int8`` or ``auto`` (see
+            :mod:`metaseg.backends`). The ONNX backends run on CPU only.
+        checkpoint: the checkpoint's local weights file, if any (keys and places the cached
+            ONNX graphs; :meth:`from_checkpoint` passes it).
+        fold_bn: torch backend: fold eval-mode BatchNorm into the preceding convolutions of the
+            image encoder, in place (:func:`metaseg.backends.fold_batchnorm`; measured faster on
+            CPU for the demo pair, outputs equal to ~1e-5); the model is then for inference only.
+            Default ``None``: fold only models the predictor loaded itself
+            (:meth:`from_checkpoint` / :meth:`from_name`), never a model the caller passed in and
+            may still train or save.
+
+    Raises:
+        ConfigError: unknown backend, or an ONNX backend on a CUDA device.
+        MetasegError: an explicitly requested ONNX backend cannot be built or failed verification.
     """
 
     def __init__(
@@ -193,7 +261,13 @@ class Predictor:
         batch_size: int | None = None,
         meta: dict[str, Any] | None = None,
         channels_last: bool = True,
+        backend: str | None = "torch",
+        checkpoint: str | Path | None = None,
+        fold_bn: bool | None = None,
     ) -> None:
+        from metaseg.backends import check_backend
+
+        requested = check_backend(backend)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.channels_last = bool(channels_last)
@@ -210,6 +284,44 @@ class Predictor:
         self._text_cache: dict[str, Any] = {}
         self._expanded: dict[tuple[str, int], Any] = {}
         self._weights: dict[tuple[int, int], tuple[np.ndarray, torch.Tensor]] = {}
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.backend_requested = requested
+        self.backend = "torch"
+        self.backend_record: dict[str, Any] | None = None
+        self.backend_note: str | None = None
+        self._ort: Any = None
+        self._tokens: dict[tuple[str, int], np.ndarray] = {}
+        self._init_backend(requested)
+        self.bn_folded = 0
+        if fold_bn and self.backend == "torch" and not self.model.training:
+            from metaseg.backends import fold_batchnorm
+
+            self.bn_folded = fold_batchnorm(self.model)
+
+    def _init_backend(self, requested: str) -> None:
+        from metaseg.backends import load_session
+
+        if requested == "torch":
+            return
+        if self.device.type != "cpu":
+            if requested == "auto":
+                return  # torch on CUDA
+            raise ConfigError(f"backend {requested!r} runs on CPU (ONNX Runtime CPU provider); "
+                              f"use --device cpu or --backend torch")
+        kind = "onnx" if requested == "auto" else requested
+        try:
+            try:
+                self._ort, self.backend_record = load_session(self.model, kind, self.checkpoint, self.meta)
+            except (ImportError, OSError) as exc:  # runtime missing, cache unwritable/disk full, ...
+                raise MetasegError(f"backend {kind} unavailable: {type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:200]}") from exc
+        except MetasegError as exc:
+            if requested != "auto":
+                raise
+            self.backend_note = f"auto: torch ({exc})"
+            logger.warning("backend auto falls back to torch: %s", exc)
+            return
+        self.backend = kind
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -221,12 +333,18 @@ class Predictor:
             path_or_hub_id: ``.safetensors``/``.json`` path, their stem, or ``org/name[/stem]``.
             device: see :func:`resolve_device`.
             expected_name: if given, the checkpoint must be of this variant (CheckpointError).
-            **kwargs: passed to the constructor (``window``, ``batch_size``, ...).
+            **kwargs: passed to the constructor (``window``, ``batch_size``, ``backend``, ...).
         """
-        from metaseg.checkpoints import load_checkpoint
+        from metaseg.checkpoints import load_checkpoint, resolve_checkpoint
 
         dev = resolve_device(device)
         model, meta = load_checkpoint(path_or_hub_id, dev, expected_name=expected_name)
+        kwargs.setdefault("fold_bn", True)  # the predictor owns this freshly loaded model
+        if kwargs.get("backend") not in (None, "torch") and kwargs.get("checkpoint") is None:
+            try:  # local weights file: keys and places the cached ONNX graphs
+                kwargs["checkpoint"] = resolve_checkpoint(path_or_hub_id)[0]
+            except (CheckpointError, OSError, ValueError):
+                pass
         return cls(model, dev, meta=meta, **kwargs)
 
     @classmethod
@@ -311,13 +429,45 @@ class Predictor:
         return out
 
     # ------------------------------------------------------------------ forward
+    def _ort_tokens(self, prompt: str, batch: int) -> np.ndarray:
+        """Prompt features for the ONNX graph: B×L×C float32, padding tail cut (cached per prompt/batch)."""
+        key = (prompt, batch)
+        tokens = self._tokens.get(key)
+        if tokens is None:
+            from metaseg.models.cafdecoder import trim_padding
+
+            feats = trim_padding(self.text_features(prompt).to("cpu"))
+            one = feats.tokens.float().numpy()
+            if not bool(feats.mask.all()):
+                raise MetasegError("prompt features have padding inside the text; use --backend torch")
+            tokens = np.ascontiguousarray(np.broadcast_to(one, (batch, *one.shape[1:])))
+            if len(self._tokens) >= 16:
+                self._tokens.clear()
+            self._tokens[key] = tokens
+        return tokens
+
+    def _logits(self, batch: torch.Tensor, prompt: str | None) -> torch.Tensor:
+        """The one model call of every path: logits B×K×h×w of windows B×3×h×w in [0, 1]."""
+        if self._ort is not None:
+            tokens = self._ort_tokens(prompt, batch.shape[0]) if prompt is not None else None
+            return torch.from_numpy(self._ort.run(batch.contiguous().numpy(), tokens))
+        text = self._text_for_batch(prompt, batch.shape[0]) if prompt is not None else None
+        with _autocast(self.device):
+            return _logits_of(self.model(batch, text=text) if text is not None else self.model(batch))
+
+    def as_model(self) -> BackendModel:
+        """A model-like callable running this predictor's backend: ``m(images, text=...)`` → ``.logits``.
+
+        For callers that batch tiles themselves (``training.evaluate --backend``): ``images``
+        B×3×H×W float in [0, 1]; ``text`` one prompt or one per image (text models).
+        """
+        return BackendModel(self)
+
     def _forward_probs(self, x: torch.Tensor, prompt: str | None, tta: bool) -> torch.Tensor:
         """Softmax probabilities B×K×h×w (float32) of a batch of windows B×3×h×w in [0, 1]."""
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
         batch = torch.cat(views, 0) if tta else x
-        text = self._text_for_batch(prompt, batch.shape[0]) if prompt is not None else None
-        with _autocast(self.device):
-            logits = _logits_of(self.model(batch, text=text) if text is not None else self.model(batch))
+        logits = self._logits(batch, prompt)
         probs = torch.softmax(logits.float(), dim=1)
         if not tta:
             return probs
@@ -328,7 +478,7 @@ class Predictor:
         """B×h×w×3 uint8 → B×3×h×w float32 in [0, 1] (channels-last strides, one copy)."""
         t = torch.from_numpy(crops).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         t = t.float().div_(255.0)
-        return t if self.channels_last else t.contiguous()
+        return t if self.channels_last and self._ort is None else t.contiguous()
 
     # ------------------------------------------------------------------ predict
     def predict(
@@ -406,7 +556,7 @@ class Predictor:
         logger.debug("predicted %dx%d in %.3fs (%d windows)", width, height, seconds, windows)
         return Prediction(
             index=index, probs=probs, seconds=seconds, windows=windows, window=(wh, ww), tta=tta,
-            prompt=prompt, device=str(self.device), accumulator_bytes=acc_bytes,
+            prompt=prompt, device=str(self.device), accumulator_bytes=acc_bytes, backend=self.backend,
         )
 
     def _blend_weight(self, wh: int, ww: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -421,9 +571,7 @@ class Predictor:
                      return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         x = self._to_tensor(np.ascontiguousarray(rgb)[None])
         if not tta and not return_probs:  # fastest path: argmax of the logits on the device
-            text = self._text_for_batch(prompt, 1) if prompt is not None else None
-            with _autocast(self.device):
-                logits = _logits_of(self.model(x, text=text) if text is not None else self.model(x))
+            logits = self._logits(x, prompt)
             return logits[0].argmax(0).to(torch.uint8).cpu().numpy(), None
         probs = self._forward_probs(x, prompt, tta)[0]
         index = probs.argmax(0).to(torch.uint8).cpu().numpy()
@@ -443,6 +591,8 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         height, width = rgb.shape[:2]
         wh, ww = win
+        if self.device.type == "cpu" and self._ort is None:
+            tune_malloc()  # torch on CPU: per-window cost independent of tile size and history
         ys = window_starts(height, wh, int(math.floor(wh * (1.0 - overlap))))
         xs = window_starts(width, ww, int(math.floor(ww * (1.0 - overlap))))
         boxes = [(y, x) for y in ys for x in xs]
@@ -521,6 +671,40 @@ class Predictor:
         return index, probs_out, total, acc_bytes
 
 
+class BackendModel:
+    """See :meth:`Predictor.as_model`."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.uses_text = predictor.uses_text
+        self.config = predictor.config
+        self.backend = predictor.backend
+
+    def parameters(self) -> Any:
+        return self.predictor.model.parameters()
+
+    def __call__(self, images: torch.Tensor, text: str | list[str] | None = None) -> Any:
+        p = self.predictor
+        if not p.uses_text:
+            return _Logits(p._logits(images, None))
+        prompts = [text] * images.shape[0] if isinstance(text, str) else list(text or [])
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"batch of {images.shape[0]} images but {len(prompts)} prompts")
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        for prompt in dict.fromkeys(prompts):  # one call per distinct prompt
+            idx = [i for i, q in enumerate(prompts) if q == prompt]
+            p.text_features(prompt)
+            logits = p._logits(images[idx], prompt)
+            for j, i in enumerate(idx):
+                out[i] = logits[j]
+        return _Logits(torch.stack(out))  # type: ignore[arg-type]
+
+
+@dataclass
+class _Logits:
+    logits: torch.Tensor
+
+
 def predict_tile(predictor: Predictor, tile: Any, prompt: str | None = None, **kwargs: Any) -> Prediction:
     """Convenience: run ``predictor`` on a :class:`metaseg.geo.Tile` (uses its ``valid`` mask)."""
     return predictor.predict(tile.rgb, prompt, valid=getattr(tile, "valid", None), **kwargs)
@@ -528,10 +712,12 @@ def predict_tile(predictor: Predictor, tile: Any, prompt: str | None = None, **k
 
 __all__ = [
     "BLEND_EPS",
+    "BackendModel",
     "Prediction",
     "Predictor",
     "blend_weight",
     "predict_tile",
     "resolve_device",
+    "tune_malloc",
     "window_starts",
 ]

@@ -14,6 +14,11 @@ Model sources, in order of precedence:
 3. the shipped demo weights (``Predictor.from_name("metasegnet_demo")`` / ``"baseline_demo"``).
 
 Tests may inject a factory (:meth:`ModelCache.set_factory`) that builds predictors directly.
+
+Inference backend: env ``METASEG_BACKEND`` = ``auto`` (default: ONNX Runtime fp32 on CPU when the
+verified graph can be had, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8`` (see
+:mod:`metaseg.backends`). The backend that ran is on each prediction (``Prediction.backend``)
+and in :attr:`PairResult.backends`.
 """
 
 from __future__ import annotations
@@ -144,6 +149,19 @@ def zone_code(location: dict[str, Any] | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- models
+def backend_from_env() -> str:
+    """``METASEG_BACKEND`` (default ``auto``); a bad value is logged and replaced by ``auto``."""
+    from metaseg.backends import check_backend
+    from metaseg.errors import ConfigError
+
+    raw = os.environ.get("METASEG_BACKEND", "").strip() or "auto"
+    try:
+        return check_backend(raw)
+    except ConfigError as exc:
+        log.warning("METASEG_BACKEND: %s; using auto", exc)
+        return "auto"
+
+
 @dataclass
 class LoadedModel:
     predictor: Any
@@ -206,11 +224,12 @@ class ModelCache:
             from metaseg.inference import Predictor
 
             device = os.environ.get("METASEG_DEVICE") or None
+            backend = backend_from_env()
             try:
                 if source.startswith("demo:"):
-                    predictor = Predictor.from_name(source[5:], device=device)
+                    predictor = Predictor.from_name(source[5:], device=device, backend=backend)
                 else:
-                    predictor = Predictor.from_checkpoint(source, device=device)
+                    predictor = Predictor.from_checkpoint(source, device=device, backend=backend)
             except CheckpointError as exc:
                 raise CheckpointError(
                     f"{role} model: {' '.join(str(exc).split())} (in the app: load a checkpoint in the Models "
@@ -232,7 +251,7 @@ class ModelCache:
             if loaded is not None:
                 p = loaded.predictor
                 cs = getattr(getattr(p, "class_set", None), "name", "?")
-                status += f" ({getattr(p, 'name', '?')}, {cs}, {getattr(p, 'device', '?')})"
+                status += f" ({getattr(p, 'name', '?')}, {cs}, {getattr(p, 'device', '?')}, {getattr(p, 'backend', 'torch')})"
             rows.append([role, self.source_of(role), status])
         return rows
 

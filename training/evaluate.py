@@ -171,6 +171,15 @@ def load_model(
     return model, meta, str(path)
 
 
+def _local_weights(ckpt_path: str) -> Path | None:
+    from metaseg.checkpoints import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(ckpt_path)[0]
+    except (MetasegError, OSError):
+        return None
+
+
 def resolve_device(name: str | None) -> Any:
     import torch
 
@@ -406,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-map", help="zero-shot class map (JSON/YAML) from checkpoint to dataset classes")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8", "auto"), default="torch",
+                   help="inference backend (onnx/onnx-int8: ONNX Runtime on CPU, see metaseg.backends)")
     p.add_argument("--limit", type=int, default=None, help="only the first N tiles")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading tiles (default 0)")
     p.add_argument("--no-progress", action="store_true")
@@ -443,6 +454,10 @@ def run(args: argparse.Namespace) -> int:
     ds_cs = dataset.class_set
     model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
     model.to(device).eval()
+    if args.backend != "torch":  # same weights through the ONNX Runtime graph (metaseg.backends)
+        from metaseg.inference import Predictor
+
+        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path)).as_model()
     ck_name = meta.get("class_set") or model.config.class_set
     ck_cs = get_class_set(ck_name)
 
@@ -478,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(
         metrics, ds_cs, scored,
         dataset=args.dataset, split=args.split, prompt_mode=args.prompt_mode, n_images=n,
-        model=model.config.name, checkpoint=ckpt_path, tta=bool(args.tta),
+        model=model.config.name, checkpoint=ckpt_path, tta=bool(args.tta), backend=getattr(model, "backend", "torch"),
         class_map=class_map["path"] if class_map else None, seconds=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
     if with_bg is not None:

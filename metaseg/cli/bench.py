@@ -65,6 +65,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--text-encoder", default=None, metavar="NAME_OR_DIR",
                         help="MetaSegNet text encoder override (local folder, hub id or minilm)")
     parser.add_argument("--prompt", default=None, help="prompt to time with (default: a ~220-token climate prompt)")
+    parser.add_argument("--backend", default=None, metavar="B[,B...]",
+                        help="also time predictor backends side by side: torch,onnx,onnx-int8 (CPU; adds "
+                             "'backends' and 'agreement' to the output)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each phase on stderr")
     parser.set_defaults(func=run)
@@ -75,7 +78,13 @@ def options_from_args(args: argparse.Namespace) -> Any:
     """Map parsed flags onto :class:`metaseg.benchmark.BenchOptions` (torch is not imported)."""
     from metaseg.benchmark import DEFAULT_PROMPT, BenchOptions, parse_sizes
 
+    backends: tuple[str, ...] = ()
+    if getattr(args, "backend", None):
+        from metaseg.backends import parse_backends
+
+        backends = parse_backends(args.backend)
     return BenchOptions(
+        backends=backends,
         device=args.device, pair=args.pair, size=args.size, batch=args.batch, repeats=args.repeats,
         warmup=args.warmup, sliding_sizes=parse_sizes(args.sizes_sliding),
         sliding_repeats=args.sliding_repeats, overlap=args.overlap, threads=args.threads, precision=args.precision,

@@ -4,7 +4,7 @@ Usage (DESIGN.md §7)::
 
     python -m metaseg predict IMAGE --model NAME [--checkpoint PATH]
         [--prompt TEXT | --prompt-id N] [--lat LAT --lon LON] [--tta] [--device cpu|cuda]
-        --out OUT [--json]
+        [--backend torch|onnx|onnx-int8|auto] --out OUT [--json]
 
 * Weights: ``--checkpoint`` (local file/stem or hub id); without it a ``*_demo`` variant uses
   the weights shipped in ``metaseg/weights/``; any other variant needs ``--checkpoint`` (exit 2).
@@ -16,7 +16,10 @@ Usage (DESIGN.md §7)::
 * Output: ``.tif/.tiff`` → GeoTIFF (georeferenced like the tile when it is), ``.png`` → palette
   PNG (:func:`metaseg.export.write_mask`).
 * ``--json`` prints ``model, class_set, classes, class_fraction, prompt, seconds`` plus
-  ``zone, prompt_source, prompt_id, out, windows, tta, device, checkpoint``.
+  ``zone, prompt_source, prompt_id, out, windows, tta, device, checkpoint, backend``.
+* ``--backend``: ``torch`` (default), ``onnx`` / ``onnx-int8`` (ONNX Runtime on CPU; the graph
+  is exported, verified and cached next to the checkpoint on first use) or ``auto`` (onnx on
+  CPU when its verified graph can be had, torch on CUDA); see :mod:`metaseg.backends`.
 
 Layering: ``metaseg/cli`` is an application layer (like ``app.py``). This module imports
 ``prompts_db`` lazily inside :func:`run` and only when a stored prompt is needed; library
@@ -52,6 +55,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
     parser.add_argument("--device", metavar="cpu|cuda", help="compute device (default: cuda when available)")
     parser.add_argument("--window", metavar="PX", type=int, help="sliding-window size (default: the model's)")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8", "auto"),
+                        help="inference backend (default torch; onnx/onnx-int8 = ONNX Runtime on CPU, "
+                             "auto = onnx on CPU when available)")
     parser.add_argument("--out", metavar="OUT", required=True, help="output mask (.tif/.tiff or .png)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -174,9 +180,10 @@ def run(args: argparse.Namespace) -> int:
     from metaseg.inference import Predictor  # torch from here on
 
     if args.checkpoint:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, expected_name=args.model)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, expected_name=args.model,
+                                              backend=args.backend)
     else:
-        predictor = Predictor.from_name(args.model, args.device)
+        predictor = Predictor.from_name(args.model, args.device, backend=args.backend)
     class_set = predictor.class_set
     if class_set is None:
         raise MetasegError(f"the checkpoint does not name a known class set ({predictor.config.class_set!r})")
@@ -215,12 +222,13 @@ def run(args: argparse.Namespace) -> int:
         "tta": bool(args.tta),
         "device": pred.device,
         "checkpoint": str(args.checkpoint) if args.checkpoint else "shipped",
+        "backend": pred.backend,
     }
     if args.json:
         print_json(result)
         return 0
     print(f"{args.model}: {tile.info.width}x{tile.info.height} px in {pred.seconds:.2f} s "
-          f"({pred.windows} window{'s' if pred.windows != 1 else ''}, {pred.device}) -> {out}")
+          f"({pred.windows} window{'s' if pred.windows != 1 else ''}, {pred.device}, {pred.backend}) -> {out}")
     if prompt is not None:
         short = prompt if len(prompt) <= 100 else prompt[:97] + "..."
         print(f"prompt ({source}{', zone ' + zone if zone else ''}): {short}")
