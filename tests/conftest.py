@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -27,7 +28,15 @@ def _isolated_state(tmp_path, monkeypatch):
     monkeypatch.setenv("METASEG_DB", str(tmp_path / "metaseg.sqlite"))
     monkeypatch.setenv("METASEG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
+    # CLIs called in-process run logging.basicConfig, which binds a handler to this test's
+    # captured stderr; a later test logging through it would print "--- Logging error ---".
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

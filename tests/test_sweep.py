@@ -171,7 +171,7 @@ def test_sweep_climate_equals_evaluate_and_is_stored(capsys, synth_root, tmp_pat
 def test_ctrl_c_stores_an_incomplete_experiment(synth_root, store):
     from metaseg.runner import Runner
 
-    def interrupt(done, total):  # Ctrl-C as the second tile arrives: the first one is stored
+    def interrupt(done, total):  # Ctrl-C right after the second tile arrived: both finished tiles are kept
         if done == 2:
             raise KeyboardInterrupt
 
@@ -181,9 +181,9 @@ def test_ctrl_c_stores_an_incomplete_experiment(synth_root, store):
                       split="test", variants=["climate", "none"], store=store, runner=runner, threads=None)  # fmt: skip
     eid = info.value.experiment_id
     exp = ex.get_experiment(store, eid)
-    assert (exp["status"], exp["tiles"], exp["n_tiles"]) == ("incomplete", 1, 3)
+    assert (exp["status"], exp["tiles"], exp["n_tiles"]) == ("incomplete", 2, 3)
     data = ex.load(store, eid)
-    assert data.variants["climate"].sum() == 64 * 64  # one whole tile, nothing half-written
+    assert data.variants["climate"].sum() == 2 * 64 * 64  # two whole tiles, nothing half-written
     assert np.isfinite(exp["results"]["climate"]["miou"])
 
 
