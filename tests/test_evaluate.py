@@ -12,8 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training import synth  # noqa: E402
-from training import evaluate  # noqa: E402
+from training import evaluate, synth  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"miou", "oa", "mf1", "precision", "recall", "per_class", "dataset", "split", "prompt_mode", "n_images",

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import synth
 from metaseg.errors import ConfigError, UnknownNameError
+from training import synth
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -280,11 +280,11 @@ def test_broken_database_file_gives_clear_errors(running_app, hostile_dir, tmp_p
     monkeypatch.setenv("METASEG_DB", str(broken))
     client = running_app.client()
     rows = []
-    for api, args in (("/save_prompt", ("Cfb", "openearthmap", "x")),
-                      ("/segment", (handle_file(str(hostile_dir["reference"])), ""))):
-        outcome, ok, _ = classify_app(lambda a=api, b=args: running_app.call(client, *b, api_name=a), "error")
+    for endpoint, args in (("/save_prompt", ("Cfb", "openearthmap", "x")),
+                           ("/segment", (handle_file(str(hostile_dir["reference"])), ""))):
+        outcome, ok, _ = classify_app(lambda a=endpoint, b=args: running_app.call(client, *b, api_name=a), "error")
         assert ok and "not a usable prompt database" in outcome, outcome
-        rows.append(f"| app {api} | {outcome} |")
+        rows.append(f"| app {endpoint} | {outcome} |")
     assert running_app.alive(client)  # /locate does not need the store
     assert broken.read_bytes() == before
     report.section("Durability: broken database file", [
