@@ -97,6 +97,25 @@ def test_export_is_verified_on_real_tiles(tiny_ckpts):
         assert rec["sha256"] == B._sha256_file(graph)
 
 
+def test_fp32_graph_has_constant_padding_and_int8_keeps_sensitive_nodes(tiny_ckpts):
+    import onnx
+
+    p = _pred(tiny_ckpts, "baseline_demo", "onnx")
+    nodes = onnx.load(p._ort.path).graph.node
+    pads = [n.name for n in nodes if n.op_type == "Pad"]
+    assert pads == ["/Pad"]  # only the pad to a multiple of 32; the 5 "same" pads live in their convs
+    stride2 = [n for n in nodes if n.op_type == "Conv" and list(next(a.ints for a in n.attribute if a.name == "strides")) == [2, 2]]
+    assert len(stride2) == 5 and all(any(a.name == "pads" for a in n.attribute) for n in stride2)
+
+    excluded = set(B.int8_exclusions(p._ort.path))
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert convs[0].name in excluded and convs[-1].name in excluded  # stem and classifier
+    assert "/Resize" in excluded  # the logits' upsampling, after the classifier
+    assert all(n.name in excluded for n in nodes if "/blocks.0/" in n.name and n.op_type in B.INT8_OPS)
+    assert not any("/blocks.1/" in n for n in excluded)
+    assert sum(n.op_type in B.INT8_OPS and n.name not in excluded for n in nodes) > 30
+
+
 @pytest.mark.parametrize(("name", "backend"), [
     ("metasegnet_demo", "onnx"), ("baseline_demo", "onnx"),
     pytest.param("baseline_demo", "onnx-int8", marks=pytest.mark.slow),
@@ -319,3 +338,29 @@ def test_missing_runtime_is_one_line_error_or_torch_for_auto(tiny_ckpts, monkeyp
     with pytest.raises(MetasegError, match="onnxruntime"):
         _pred(tiny_ckpts, "baseline_demo", "onnx")
     assert _pred(tiny_ckpts, "baseline_demo", "auto").backend == "torch"
+
+
+def test_int8_weight_bits_follow_vnni_and_name_the_graph(tiny_ckpts, tmp_path, monkeypatch):
+    import platform
+
+    monkeypatch.delenv("METASEG_INT8_WEIGHT_BITS", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(B, "CPUINFO", info)
+    info.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n")
+    assert B.int8_weight_bits() == 7  # AVX2 / AVX-512 without VNNI: 7-bit weights (no saturation)
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert B.int8_weight_bits() == 8
+    info.write_text("flags\t\t: fpu avx2 avx_vnni\n")
+    assert B.int8_weight_bits() == 8
+    info.unlink()
+    assert B.int8_weight_bits() == 7  # unknown x86: safe choice
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert B.int8_weight_bits() == 8
+    monkeypatch.setenv("METASEG_INT8_WEIGHT_BITS", "7")
+    assert B.int8_weight_bits() == 7
+    model, _ = _MODELS["baseline_demo"]
+    assert ".onnx-int8-w7." in B.graph_path(model, "onnx-int8", tiny_ckpts["baseline_demo"]).name
+    monkeypatch.setenv("METASEG_INT8_WEIGHT_BITS", "8")
+    assert ".onnx-int8-w8." in B.graph_path(model, "onnx-int8", tiny_ckpts["baseline_demo"]).name
+    assert ".onnx." in B.graph_path(model, "onnx", tiny_ckpts["baseline_demo"]).name
