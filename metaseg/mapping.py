@@ -487,6 +487,7 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
                 failed(task, exc, start)
             return [results[t.id] for t in bundle]
         device = str(getattr(predictor, "device", "cpu"))
+        backend = str(getattr(predictor, "backend", "torch"))  # what ran (``auto`` resolved)
         use_batches = settings.batch_tiles if settings.batch_tiles is not None else (
             device.startswith("cuda") and getattr(spec, "backend", "torch") == "torch")
         if use_batches and not settings.tta and len(loaded) > 1 and hasattr(predictor, "model"):
@@ -499,6 +500,7 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
             try:
                 results[task.id] = _finish_tile(predictor, task, tile, stacked.get(task.id), class_set,
                                                 settings, start, device)
+                results[task.id]["backend"] = backend
             except Exception as exc:  # noqa: BLE001
                 failed(task, exc, start)
     return [results[t.id] for t in bundle]
@@ -836,6 +838,8 @@ class MapJob:
                         writer.add(res["polygons"], rec.zone, rec.id)
                         if "device" in res:
                             self.meta["device"] = res["device"]
+                        if "backend" in res:
+                            self.meta["backend"] = res["backend"]
                     self.meta["run_seconds"] = round(time.perf_counter() - run_start, 3)
                     now = time.perf_counter()
                     if now - last_write >= min_interval:
@@ -967,7 +971,8 @@ def format_text(summary: dict[str, Any]) -> str:
     c = summary["counts"]
     lines = [f"{len(summary['tiles'])} tiles: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed "
              f"in {summary['seconds']:.1f} s"
-             + (f" ({summary['windows_per_s']:.2f} windows/s)" if summary.get("windows_per_s") else "")]
+             + (f" ({summary['windows_per_s']:.2f} windows/s)" if summary.get("windows_per_s") else "")
+             + (f" on {summary['device']}, backend {summary['backend']}" if summary.get("backend") else "")]
     for t in summary["tiles"]:
         if t["status"] == "failed":
             lines.append(f"  failed {t['path']}: {t['reason']}")

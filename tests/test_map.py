@@ -558,3 +558,18 @@ def test_separate_cluster_identical_masks_and_killed_worker(mapped, tiles, clust
     assert {t["id"]: t["polygons"] for t in summary["tiles"]} == per_tile
     for t in per_tile:
         np.testing.assert_array_equal(_mask(killed / "masks" / f"{t}.tif")[0], _mask(clean / "masks" / f"{t}.tif")[0])
+
+
+def test_onnx_backend_maps_like_torch_and_says_so(mapped, tiles, tmp_path, capsys):
+    """`--backend onnx`: the same masks as the torch job (to the pixel, bar ties), and the summary names it."""
+    out = tmp_path / "onnx"
+    code, summary, _ = _run(capsys, [str(tiles["iguacu"].parent), "--out", str(out), *MODEL, "--workers", "0",
+                                     "--backend", "onnx", "--json"])
+    assert code == 3 and summary["backend"] == "onnx" and mapped["summary"]["backend"] == "torch"
+    for name in ZONES:
+        onnx_mask, _ = _mask(out / "masks" / f"{name}.tif")
+        torch_mask, _ = _mask(mapped["out"] / "masks" / f"{name}.tif")
+        assert (onnx_mask == torch_mask).mean() >= 0.999, name
+    code = main(["map", str(tiles["iguacu"].parent), "--out", str(tmp_path / "text"), *MODEL, "--workers", "0",
+                 "--backend", "onnx"])
+    assert code == 3 and "backend onnx" in capsys.readouterr().out
