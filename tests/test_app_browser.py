@@ -76,15 +76,25 @@ def click_map_at(page, lat: float, lon: float, zoom: int = 5) -> None:
     """Centre the Leaflet map on (lat, lon) and click that point like a user would."""
     frame = _map_frame(page)
     frame.wait_for_function("Object.keys(window).some(k => k.startsWith('map_'))")
-    x, y = frame.evaluate(
+    # The page's layout moves while the app updates (preview, location card), so the iframe may
+    # have been resized since Leaflet measured it: re-measure before placing the point, and
+    # check that the point lies inside the map as laid out now.
+    frame.wait_for_function("""() => {
+        const el = document.querySelector('.leaflet-container');
+        return el && el.clientWidth > 50 && el.clientHeight > 50;
+    }""")
+    x, y, w, h = frame.evaluate(
         """([lat, lon, zoom]) => {
             const map = window[Object.keys(window).find(k => k.startsWith('map_'))];
+            map.invalidateSize({pan: false});
             map.setView([lat, lon], zoom, {animate: false});
             const p = map.latLngToContainerPoint([lat, lon]);
-            return [p.x, p.y];
+            const el = map.getContainer();
+            return [p.x, p.y, el.clientWidth, el.clientHeight];
         }""",
         [lat, lon, zoom],
     )
+    assert 0 <= x < w and 0 <= y < h, (x, y, w, h)
     frame.locator(".leaflet-container").click(position={"x": x, "y": y})
 
 
