@@ -75,24 +75,32 @@ def _map_frame(page):
 def click_map_at(page, lat: float, lon: float, zoom: int = 5) -> None:
     """Centre the Leaflet map on (lat, lon) and click that point like a user would."""
     frame = _map_frame(page)
-    frame.wait_for_function("Object.keys(window).some(k => k.startsWith('map_'))")
-    # The page's layout moves while the app updates (preview, location card), so the iframe may
-    # have been resized since Leaflet measured it: re-measure before placing the point, and
-    # check that the point lies inside the map as laid out now.
-    frame.wait_for_function("""() => {
-        const el = document.querySelector('.leaflet-container');
-        return el && el.clientWidth > 50 && el.clientHeight > 50;
-    }""")
-    x, y, w, h = frame.evaluate(
+    # A freshly rendered map (e.g. after an upload) starts an animated zoom to fit the tile, and
+    # Leaflet ignores setView while a zoom animation runs (under load that lasts long enough to
+    # matter): set the view until it holds, re-measuring the container (the page's layout moves
+    # while the app updates).
+    frame.wait_for_function(
         """([lat, lon, zoom]) => {
-            const map = window[Object.keys(window).find(k => k.startsWith('map_'))];
+            const key = Object.keys(window).find(k => k.startsWith('map_'));
+            const el = document.querySelector('.leaflet-container');
+            if (!key || !el || el.clientWidth < 50 || el.clientHeight < 50) return false;
+            const map = window[key];
             map.invalidateSize({pan: false});
             map.setView([lat, lon], zoom, {animate: false});
+            const c = map.getCenter();
+            return map.getZoom() === zoom && Math.abs(c.lat - lat) < 1e-4 && Math.abs(c.lng - lon) < 1e-4;
+        }""",
+        arg=[lat, lon, zoom],
+        polling=100,
+    )
+    x, y, w, h = frame.evaluate(
+        """([lat, lon]) => {
+            const map = window[Object.keys(window).find(k => k.startsWith('map_'))];
             const p = map.latLngToContainerPoint([lat, lon]);
             const el = map.getContainer();
             return [p.x, p.y, el.clientWidth, el.clientHeight];
         }""",
-        [lat, lon, zoom],
+        [lat, lon],
     )
     assert 0 <= x < w and 0 <= y < h, (x, y, w, h)
     frame.locator(".leaflet-container").click(position={"x": x, "y": y})
