@@ -169,10 +169,12 @@ def finish(
     timings: dict[str, Any] | None = None,
     errors: Sequence[dict[str, Any]] = (),
     interrupted: bool = False,
+    backend: str | None = None,
 ) -> str:
     """Mark the experiment ``complete`` (every planned tile stored, no errors) or ``incomplete``.
 
-    Returns the status written.
+    ``backend``, when given, replaces the requested backend with the one that ran (``auto``
+    resolved by the workers, e.g. ``onnx``). Returns the status written.
     """
     with Session(store.engine) as s, s.begin():
         exp = s.get(Experiment, int(experiment_id))
@@ -185,6 +187,8 @@ def finish(
         exp.seconds = None if seconds is None else round(float(seconds), 3)
         exp.timings = json.dumps(timings or {})
         exp.errors = json.dumps(list(errors))
+        if backend:
+            exp.backend = str(backend)
     return status
 
 

@@ -207,3 +207,17 @@ def test_group_diagnostics_count_correct_pixels_per_group(synth_root):
     for cm, hits in zip(out["texts"], g["hits"], strict=True):
         assert sum(hits) == int(np.trace(np.asarray(cm)))  # correct pixels, split by group
         assert all(h <= t for h, t in zip(hits, g["totals"], strict=True))
+
+
+def test_auto_backend_is_stored_as_what_ran(capsys, synth_root, tmp_path, monkeypatch):
+    """`--backend auto` resolves on the workers (ONNX Runtime on CPU); the experiment records that."""
+    db = tmp_path / "b.sqlite"
+    monkeypatch.setenv("METASEG_DB", str(db))
+    code, out, err = _run(capsys, ["--model", "metasegnet_demo", "--baseline", "baseline_demo", "--dataset",
+                                   "synthearth", "--root", synth_root, "--split", "test", "--variant", "climate",
+                                   "--backend", "auto", "--workers", "0", "--json", "--no-progress"])  # fmt: skip
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["backend"] == "onnx"
+    with PromptStore(db) as s:
+        assert ex.get_experiment(s, rep["experiment_id"])["backend"] == "onnx"

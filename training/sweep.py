@@ -239,7 +239,8 @@ def sweep_tile(
             e.g. ``training.synth.diagnostics:ambiguous_materials``; not stored in the experiment).
 
     Returns:
-        ``{"texts": [K×K per text], "baseline": K×K | None, "read_s", "model_s", "baseline_s"}``
+        ``{"texts": [K×K per text], "baseline": K×K | None, "read_s", "model_s", "baseline_s", "backend"}``
+        (``backend``: what ran, ``auto`` resolved, e.g. ``onnx`` or ``onnx (baseline torch)``)
         plus ``"groups": {"hits": [per text], "baseline": hits | None, "totals"}`` with ``groups``.
     """
     from metaseg.classes import get_class_set
@@ -274,10 +275,14 @@ def sweep_tile(
     texts = [counts(predictor.predict(rgb, text, window=whole, tta=tta).index) for text in item["texts"]]
     t2 = time.perf_counter()
     base = None
+    ran = [str(getattr(predictor, "backend", "torch"))]
     if baseline is not None:
-        base = counts(load_predictor(baseline).predict(rgb, window=whole, tta=tta).index)
+        base_predictor = load_predictor(baseline)
+        base = counts(base_predictor.predict(rgb, window=whole, tta=tta).index)
+        ran.append(str(getattr(base_predictor, "backend", "torch")))
     t3 = time.perf_counter()
-    out = {"texts": texts, "baseline": base, "read_s": t1 - t0, "model_s": t2 - t1, "baseline_s": t3 - t2}
+    out = {"texts": texts, "baseline": base, "read_s": t1 - t0, "model_s": t2 - t1, "baseline_s": t3 - t2,
+           "backend": ran[0] if len(set(ran)) == 1 else f"{ran[0]} (baseline {ran[1]})"}
     if gmap is not None:
         out["groups"] = {"hits": hits[: len(texts)], "baseline": hits[len(texts)] if baseline is not None else None,
                          "totals": np.bincount(gmap[valid], minlength=256).tolist()}  # fmt: skip
@@ -466,6 +471,7 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
     timing = {"read_s": 0.0, "model_s": 0.0, "baseline_s": 0.0, "task_s": 0.0}
     last_flush = time.perf_counter()
     ghits: dict[str, Any] = {}  # variant (and "baseline") -> per-group correct pixels
+    ran: set[str] = set()  # backends that ran (``auto`` resolved per worker)
     gtotals = [0] * 256
 
     def flush() -> None:
@@ -494,6 +500,8 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
             }
         for key in ("read_s", "model_s", "baseline_s"):
             timing[key] += float(value.get(key, 0.0))
+        if value.get("backend"):
+            ran.add(str(value["backend"]))
         timing["task_s"] += float(outcome.seconds)
         if value.get("groups"):
             g = value["groups"]
@@ -510,6 +518,9 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
                                     zone=plan.zones[i], seconds=round(float(outcome.seconds), 4),
                                     baseline=value["baseline"], variants=variants))  # fmt: skip
 
+    def resolved() -> str | None:
+        return None if not ran else (next(iter(ran)) if len(ran) == 1 else "mixed: " + ", ".join(sorted(ran)))
+
     def timings() -> dict[str, Any]:
         n = max(1, len(items) - len(errors))
         return {k: round(v, 3) for k, v in timing.items()} | {"tile_mean_s": round(timing["task_s"] / n, 4)}
@@ -523,10 +534,11 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
     except KeyboardInterrupt as exc:
         flush()  # a batch interrupted mid-transaction was rolled back and is still in the buffer
         ex.finish(store, eid, seconds=time.perf_counter() - start, timings=timings(), errors=errors,
-                  interrupted=True)  # fmt: skip
+                  interrupted=True, backend=resolved())  # fmt: skip
         exc.experiment_id = eid  # type: ignore[attr-defined]
         raise
-    status = ex.finish(store, eid, seconds=time.perf_counter() - start, timings=timings(), errors=errors)
+    status = ex.finish(store, eid, seconds=time.perf_counter() - start, timings=timings(), errors=errors,
+                       backend=resolved())
     exp = ex.get_experiment(store, eid)
     report: dict[str, Any] = {
         "experiment_id": eid,
@@ -538,7 +550,7 @@ def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, 
     report.update(
         status=status, n_tiles=len(items), model=info["name"], baseline_model=binfo["name"] if binfo else None,
         dataset=dataset, split=split, class_set=cs.name, prompts=exp["prompts"], errors=errors,
-        seconds=exp["seconds"], units="percent",
+        seconds=exp["seconds"], units="percent", backend=exp["backend"],
     )  # fmt: skip
     if groups:
         report["groups"] = {"totals": gtotals, "hits": {v: h for v, h in ghits.items() if v != "baseline"},
