@@ -41,7 +41,8 @@ then falls back to torch).
 **Cache.** Graphs are cached next to the checkpoint as
 ``<stem>.<backend>.<key>.ort<version>.onnx`` (``<backend>``: ``onnx``, ``onnx-int8-w8`` or
 ``onnx-int8-w7``) where ``key`` is a hash of the checkpoint files (weights + JSON; for a model
-without a checkpoint, of its config and state dict) and of the export recipe, and ``<version>`` is onnxruntime's — a new checkpoint or runtime gives a new file.
+without a checkpoint, of its config and state dict) and of the export recipe, and ``<version>``
+is onnxruntime's — a new checkpoint or runtime gives a new file.
 Files are written to a temporary name and ``os.replace``-d into place (atomic), under a lock
 file so that concurrent workers build once. The record holds the graph's SHA-256: a graph
 whose bytes differ (truncated, corrupt) or that ONNX Runtime cannot load is rebuilt. When the
@@ -474,7 +475,7 @@ def int8_exclusions(graph: str | Path) -> list[str]:
     """
     import onnx
 
-    nodes = [n for n in onnx.load(str(graph), load_external_data=False).graph.node]
+    nodes = list(onnx.load(str(graph), load_external_data=False).graph.node)
     convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     if not convs:
         return []

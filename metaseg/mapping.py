@@ -487,7 +487,6 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
                 failed(task, exc, start)
             return [results[t.id] for t in bundle]
         device = str(getattr(predictor, "device", "cpu"))
-        backend = str(getattr(predictor, "backend", "torch"))  # what ran (``auto`` resolved)
         use_batches = settings.batch_tiles if settings.batch_tiles is not None else (
             device.startswith("cuda") and getattr(spec, "backend", "torch") == "torch")
         if use_batches and not settings.tta and len(loaded) > 1 and hasattr(predictor, "model"):
@@ -500,7 +499,6 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
             try:
                 results[task.id] = _finish_tile(predictor, task, tile, stacked.get(task.id), class_set,
                                                 settings, start, device)
-                results[task.id]["backend"] = backend
             except Exception as exc:  # noqa: BLE001
                 failed(task, exc, start)
     return [results[t.id] for t in bundle]
@@ -539,7 +537,8 @@ def _finish_tile(predictor: Any, task: TileTask, tile: Any, index: Any, class_se
     write_mask_cog(mask_path(settings.out, task.id), index, class_set, tile.info.crs, tile.info.transform)
     polygons, areas = _vectorise(index, tile.info.crs, tile.info.transform, class_set, task, settings)
     return {"id": task.id, "status": "ok", "reason": None, "seconds": time.perf_counter() - start,
-            "windows": windows, "polygons": polygons, "area_m2": areas, "device": device}
+            "windows": windows, "polygons": polygons, "area_m2": areas, "device": device,
+            "backend": str(getattr(predictor, "backend", "torch"))}  # what ran (``auto`` resolved)
 
 
 def bundle_tasks(tasks: Sequence[TileTask], tiles_per_task: int, window: int) -> list[tuple[TileTask, ...]]:
