@@ -466,37 +466,163 @@ def editor_composite(value: Any) -> np.ndarray | None:
     return np.asarray(value)
 
 
-def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: str, outdir: Path) -> dict[str, Any]:
-    """Write a ground-truth mask in the class set's official encoding and record it in SQLite.
+#: Lowest layer alpha (0..255) that counts as painted: anti-aliased stroke rims below it stay unlabelled.
+PAINT_MIN_ALPHA = 24
+#: Tags of a label file the studio writes (GeoTIFF tags / PNG text chunks).
+LABEL_ENCODING_TAG = "LABEL_ENCODING"
 
-    GeoTIFF with the tile's CRS/transform when the tile is georeferenced, PNG otherwise.
+
+def label_layer(index: np.ndarray, class_set: Any, opacity: float) -> np.ndarray:
+    """The editor's paint layer for a mask: RGBA, class colour at ``opacity``, unlabelled transparent."""
+    index = np.asarray(index)
+    out = np.zeros((*index.shape, 4), dtype=np.uint8)
+    out[..., :3] = np.asarray(class_set.colorize(index), dtype=np.uint8)
+    labelled = index < class_set.num_classes
+    out[..., 3] = np.where(labelled, int(round(255 * min(max(float(opacity), 0.05), 1.0))), 0)
+    return out
+
+
+def layer_to_index(layer: np.ndarray, class_set: Any, valid: np.ndarray | None = None,
+                   min_alpha: int = PAINT_MIN_ALPHA) -> np.ndarray:
+    """Class indices of a painted RGBA layer: each painted pixel takes the nearest class colour,
+    transparent pixels (never painted, or erased) are unlabelled (255), as are pixels outside ``valid``."""
+    img = np.asarray(layer)
+    if img.ndim != 3 or img.shape[2] != 4:
+        raise MetasegError(f"the paint layer must be an RGBA image, got shape {img.shape}")
+    index = painted_to_index(img[..., :3], class_set)
+    index[img[..., 3] < min_alpha] = IGNORE
+    if valid is not None:
+        index[~np.asarray(valid, dtype=bool)] = IGNORE
+    return index
+
+
+def editor_layer(value: Any) -> np.ndarray | None:
+    """The first paint layer (RGBA array) of a ``gr.ImageEditor`` value, or ``None``."""
+    if not isinstance(value, dict):
+        return None
+    layers = value.get("layers") or []
+    if not layers or layers[0] is None:
+        return None
+    layer = layers[0]
+    if isinstance(layer, (str, Path)):
+        from PIL import Image
+
+        with Image.open(layer) as im:
+            layer = np.asarray(im.convert("RGBA"))
+    layer = np.asarray(layer)
+    if layer.ndim == 3 and layer.shape[2] == 3:  # no alpha: every pixel counts as painted
+        layer = np.concatenate([layer, np.full(layer.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    return layer
+
+
+def encode_label(index: np.ndarray, class_set: Any) -> np.ndarray:
+    """Class indices → the values of a label file the studio writes.
+
+    The class set's official class values (OpenEarthMap/LoveDA: index + 1; Potsdam: its colours),
+    and 255 for every unlabelled pixel (never a class, and never the official no-data 0, so a
+    sparse label reads the same in any reader of the official encoding: 255 is not a class value).
+    Potsdam's RGB labels keep black, its official ignore colour.
     """
-    from metaseg.export import write_mask_geotiff, write_mask_png
-
+    index = np.asarray(index)
     encoded = np.asarray(class_set.encode(index))
+    if encoded.ndim == 2:
+        encoded = encoded.astype(np.uint8, copy=True)
+        encoded[(index < 0) | (index >= class_set.num_classes)] = IGNORE
+    return encoded
+
+
+def label_tags(class_set: Any, index: np.ndarray) -> dict[str, str]:
+    """What a saved label says about itself: class set, encoding, unlabelled value, labelled pixels."""
+    import json
+
+    labelled = int((np.asarray(index) < class_set.num_classes).sum())
+    values = ({"0": "no data"} | {str(i + 1): n for i, n in enumerate(class_set.names)}
+              if class_set.encoding != "rgb" else {"#%02X%02X%02X" % tuple(c): n
+                                                   for c, n in zip(class_set.colors, class_set.names, strict=True)})
+    return {
+        "CLASS_SET": class_set.name,
+        LABEL_ENCODING_TAG: "official",  # class values as the dataset stores them (not 0-based indices)
+        "UNLABELLED_VALUE": "0,0,0" if class_set.encoding == "rgb" else str(IGNORE),
+        "LABEL_VALUES": json.dumps(values),
+        "LABELLED_PIXELS": str(labelled),
+        "WRITTEN_BY": "metaseg studio",
+    }
+
+
+def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: str, outdir: Path) -> dict[str, Any]:
+    """Write a ground-truth label (:func:`encode_label`: official class values, 255 = unlabelled)
+    with its class set in the file's tags, and record it in SQLite.
+
+    GeoTIFF with the tile's CRS/transform when the tile is georeferenced, PNG otherwise (tags as
+    PNG text chunks).
+    """
+    encoded = encode_label(index, class_set)
+    tags = label_tags(class_set, index)
     geo = tile_info is not None and getattr(tile_info, "crs", None) and getattr(tile_info, "transform", None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outdir.mkdir(parents=True, exist_ok=True)
     if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
-        from PIL import Image
-
         path = outdir / f"label_{class_set.name}_{stamp}.png"
-        Image.fromarray(encoded[..., :3].astype(np.uint8)).save(path)
+        _write_png(path, encoded[..., :3].astype(np.uint8), tags)
     else:
         view = _raw_view(class_set)
         path = outdir / f"label_{class_set.name}_{stamp}{'.tif' if geo else '.png'}"
         if geo:
-            write_mask_geotiff(path, encoded.astype(np.uint8), view, tile_info.crs, tile_info.transform)
+            from metaseg.export import write_mask_geotiff
+
+            write_mask_geotiff(path, encoded, view, tile_info.crs, tile_info.transform)
+            _tag_geotiff(path, tags)
         else:
-            write_mask_png(path, encoded.astype(np.uint8), view)
+            from metaseg.export import palette_bytes
+
+            _write_png(path, encoded, tags, palette=palette_bytes(view))
     row = get_store().save_label(tile_hash_, class_set.name, str(path))
-    return {"path": str(path), **row}
+    return {"path": str(path), "labelled_pixels": int(tags["LABELLED_PIXELS"]), **row}
+
+
+def _write_png(path: Path, pixels: np.ndarray, tags: dict[str, str], palette: list[int] | None = None) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in tags.items():
+        info.add_text(k, v)
+    if palette is not None:
+        img = Image.frombytes("P", (pixels.shape[1], pixels.shape[0]), np.ascontiguousarray(pixels).tobytes())
+        img.putpalette(palette)
+    else:
+        img = Image.fromarray(pixels)
+    img.save(path, format="PNG", pnginfo=info)
+
+
+def _tag_geotiff(path: Path, tags: dict[str, str]) -> None:
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(**tags)
+
+
+def label_file_tags(path: str | os.PathLike) -> dict[str, str]:
+    """The tags of a label file (GeoTIFF tags or PNG text chunks); empty when it has none."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import rasterio
+
+            with rasterio.open(p) as ds:
+                return dict(ds.tags())
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return {str(k): str(v) for k, v in (getattr(im, "text", None) or {}).items()}
+    except Exception:  # noqa: BLE001 - unreadable: no tags (the reader reports the file itself)
+        return {}
 
 
 def _raw_view(class_set: Any) -> Any:
     """Names/colours indexed by the *raw* label value (offset-1 encodings: raw 0 = no data).
 
-    Lets the mask writers embed a correct colour map in a label saved in the official encoding.
+    Lets the mask writers embed a correct colour map in a label saved in the official encoding;
+    255 (unlabelled) is its no-data value.
     """
     from types import SimpleNamespace
 
@@ -504,7 +630,7 @@ def _raw_view(class_set: Any) -> Any:
         name=class_set.name,
         names=("no data", *class_set.names),
         colors=((0, 0, 0), *class_set.colors),
-        ignore_index=0,
+        ignore_index=IGNORE,
     )
 
 

@@ -56,6 +56,12 @@ class SessionState:
     ground_truth: np.ndarray | None = None  # H×W uint8 indices
     ground_truth_source: str | None = None  # "upload" | "painted" | "example"
     example_label_path: str | None = None
+    #: labels saved in this session, newest per tile: dicts ``id, path, tile_hash, tile, class_set,
+    #: labelled_pixels`` (what "Teach both models" learns from)
+    session_labels: list[dict[str, Any]] = field(default_factory=list)
+    #: taught model pairs of this session: name -> {"metasegnet": folder, "baseline": folder, ...}
+    taught: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teach_seconds: float = 0.0  # teaching budget spent by this session (both models)
 
     @property
     def workdir(self) -> Path:
