@@ -56,6 +56,12 @@ class SessionState:
     ground_truth: np.ndarray | None = None  # H×W uint8 indices
     ground_truth_source: str | None = None  # "upload" | "painted" | "example"
     example_label_path: str | None = None
+    #: the session's model choice, role -> source (empty = the operator's default); checked by
+    #: :func:`studio.policy.model_choice` before it is stored, so it is always loadable
+    model_sources: dict[str, str] = field(default_factory=dict)
+    #: ids of the labels / experiments this session saved / started (what it may see unless shared)
+    label_ids: set[int] = field(default_factory=set)
+    experiment_ids: list[int] = field(default_factory=list)
 
     @property
     def workdir(self) -> Path:
