@@ -115,14 +115,15 @@ def version_choices(zones: list[str | None], class_set: str) -> list[tuple[str, 
     return out
 
 
-def model_args() -> dict[str, Any]:
-    """The models the app serves, as :func:`training.sweep.run_sweep` arguments."""
+def model_args(sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """The models a session uses (its ``model_sources``; default: the server's), as
+    :func:`training.sweep.run_sweep` arguments."""
     from studio.services import MODELS
 
     out: dict[str, Any] = {}
     for role, (name_key, ck_key) in {"metasegnet": ("model", "checkpoint"),
                                      "baseline": ("baseline", "baseline_checkpoint")}.items():  # fmt: skip
-        src = MODELS.source_of(role)
+        src = MODELS.source_of(role, (sources or {}).get(role) or None)
         if src.startswith("demo:"):
             out[name_key], out[ck_key] = src.split(":", 1)[1], None
         else:
@@ -141,6 +142,7 @@ def start(
     limit: int | None,
     work_dir: Path,
     on_progress: Callable[[int, int], Any] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run a prompt experiment over the chosen evaluation set; returns the sweep's report."""
     from training.sweep import run_sweep
@@ -160,7 +162,7 @@ def start(
     scheduler = os.environ.get("METASEG_SWEEP_SCHEDULER", "").strip() or None
     workers = int(os.environ.get("METASEG_SWEEP_WORKERS", "0") or 0)
     return run_sweep(
-        **model_args(), dataset=dataset, root=root, split=split, variants=chosen, workers=workers,
+        **model_args(sources), dataset=dataset, root=root, split=split, variants=chosen, workers=workers,
         scheduler=scheduler, limit=int(limit) if limit else None, store=_store(), progress=False,
         on_progress=on_progress, notes="started from the app" + (" (labelled tiles)" if source == LABELLED else ""),
     )  # fmt: skip

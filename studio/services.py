@@ -4,14 +4,16 @@ Everything here takes and returns plain Python / numpy values (no gradio), so th
 tested directly. The library does the real work (``metaseg`` for geo, climate, inference, pictures
 and metrics; ``prompts_db`` for prompts, runs and labels).
 
-Models are loaded once per process and shared by all users (:class:`ModelCache`, guarded by a
-lock); per-user data lives in :class:`studio.session.SessionState`.
+Models are loaded once per source and shared by all users (:class:`ModelCache`, a small bounded
+LRU); which model a session uses is that session's choice (``SessionState.model_sources``, passed
+as ``sources=``); per-user data lives in :class:`studio.session.SessionState`.
 
 Model sources, in order of precedence:
 
-1. a source set from the UI (checkpoint path or hub id, :meth:`ModelCache.set_source`);
-2. env ``METASEG_CHECKPOINT_METASEGNET`` / ``METASEG_CHECKPOINT_BASELINE``;
-3. the shipped demo weights (``Predictor.from_name("metasegnet_demo")`` / ``"baseline_demo"``).
+1. the session's choice (Models tab, checked by :func:`studio.policy.model_choice`; a taught model);
+2. the operator's default set in code (:meth:`ModelCache.set_source`, tests and scripts);
+3. env ``METASEG_CHECKPOINT_METASEGNET`` / ``METASEG_CHECKPOINT_BASELINE``;
+4. the shipped demo weights (``Predictor.from_name("metasegnet_demo")`` / ``"baseline_demo"``).
 
 Tests may inject a factory (:meth:`ModelCache.set_factory`) that builds predictors directly.
 
@@ -27,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -170,11 +173,20 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Process-wide, lock-guarded cache of the two predictors (loaded lazily on first use)."""
+    """Process-wide cache of loaded predictors, keyed by (role, source) and shared by all sessions.
+
+    *Loading* is shared (two visitors who pick the same checkpoint share one predictor); the
+    *choice* is per session: a visitor's sources live in ``SessionState.model_sources`` and reach
+    :meth:`get` as ``source``. ``source=None`` is the operator's default (:meth:`source_of`). The
+    operator defaults stay loaded; other entries live in a small LRU (``METASEG_MODEL_CACHE``
+    entries, default 4). A source is loaded and checked *before* it is cached, so a bad one
+    never becomes anybody's model.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._models: dict[str, LoadedModel] = {}
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._sources: dict[str, str | None] = {r: None for r in ROLES}
         self._factory: Callable[[str, str | None], Any] | None = None
 
@@ -190,36 +202,64 @@ class ModelCache:
             self._models.clear()
 
     def set_source(self, role: str, source: str | None) -> None:
-        """Use a checkpoint path / hub id for ``role`` (``None`` or "" = back to the default)."""
+        """Set the *operator's* default source of ``role`` for every session (``None`` = back to the
+        environment / demo default). Visitors never reach this: their choice is per session."""
         if role not in ROLES:
             raise MetasegError(f"unknown model role {role!r}; valid: {', '.join(ROLES)}")
         with self._lock:
             self._sources[role] = (source or "").strip() or None
-            self._models.pop(role, None)
 
-    def source_of(self, role: str) -> str:
+    def source_of(self, role: str, source: str | None = None) -> str:
+        """The source ``get(role, source)`` loads: ``source`` itself, else the operator default."""
+        if source:
+            return source
         return self._sources.get(role) or os.environ.get(ENV_VARS[role], "").strip() or f"demo:{DEMO_NAMES[role]}"
 
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
 
-    def get(self, role: str) -> LoadedModel:
+    def _capacity(self) -> int:
+        return _env_int("METASEG_MODEL_CACHE", 4)
+
+    def get(self, role: str, source: str | None = None) -> LoadedModel:
+        """The predictor of ``role`` from ``source`` (``None``: the operator default), loaded once."""
+        if role not in ROLES:
+            raise MetasegError(f"unknown model role {role!r}; valid: {', '.join(ROLES)}")
+        src = self.source_of(role, source)
+        key = (role, src)
         with self._lock:
-            loaded = self._models.get(role)
+            loaded = self._models.get(key)
+            if loaded is not None:
+                self._models.move_to_end(key)
+                return loaded
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one load per source at a time; other sources and cached models go on
+            with self._lock:
+                loaded = self._models.get(key)
             if loaded is None:
-                loaded = self._load(role)
-                self._models[role] = loaded
+                factory = self._factory
+                loaded = self._load(role, src, factory)
+                with self._lock:
+                    if factory is self._factory:  # not swapped meanwhile (tests)
+                        self._models[key] = loaded
+                        self._evict()
+                    self._loading.pop(key, None)
             return loaded
 
-    def loaded(self, role: str) -> LoadedModel | None:
-        return self._models.get(role)
+    def _evict(self) -> None:
+        defaults = {(r, self.source_of(r)) for r in ROLES}
+        extra = [k for k in self._models if k not in defaults]
+        for key in extra[: max(0, len(extra) - self._capacity())]:
+            del self._models[key]
 
-    def _load(self, role: str) -> LoadedModel:
-        source = self.source_of(role)
+    def loaded(self, role: str, source: str | None = None) -> LoadedModel | None:
+        return self._models.get((role, self.source_of(role, source)))
+
+    def _load(self, role: str, source: str, factory: Callable[[str, str | None], Any] | None = None) -> LoadedModel:
         t0 = time.perf_counter()
-        if self._factory is not None:
-            predictor = self._factory(role, source)
+        if factory is not None:
+            predictor = factory(role, source)
         else:
             from metaseg.inference import Predictor
 
@@ -235,35 +275,56 @@ class ModelCache:
                     f"{role} model: {' '.join(str(exc).split())} (in the app: load a checkpoint in the Models "
                     f"tab or set {ENV_VARS[role]})"
                 ) from None
-        if role == "metasegnet" and not getattr(predictor, "uses_text", True):
-            log.warning("the MetaSegNet slot holds a model without text (%s)", source)
+        uses_text = bool(getattr(predictor, "uses_text", role == "metasegnet"))
+        if role == "metasegnet" and not uses_text:
+            raise CheckpointError(
+                "this checkpoint is a vision-only model (no text encoder, like the baseline): it cannot fill "
+                "the MetaSegNet slot, whose results depend on the prompt; load it as the baseline instead"
+            )
+        if role == "baseline" and uses_text:
+            raise CheckpointError(
+                "this checkpoint reads a prompt (a MetaSegNet model): the baseline slot needs a vision-only "
+                "model; load it as MetaSegNet instead"
+            )
         meta = dict(getattr(predictor, "meta", {}) or {})
         ckpt = str(meta.get("checkpoint_hash") or meta.get("sha256") or meta.get("hash") or source)
         log.info("loaded %s model from %s in %.1fs", role, source, time.perf_counter() - t0)
         return LoadedModel(predictor=predictor, source=source, checkpoint_id=ckpt)
 
-    def describe(self) -> list[list[str]]:
-        """Rows ``[role, source, status]`` for the UI."""
+    def describe(self, sources: dict[str, str] | None = None, shown: Callable[[str], str] | None = None
+                 ) -> list[list[str]]:
+        """Rows ``[role, source, status]`` for the UI (``sources``: a session's choices; ``shown``:
+        how a source is displayed, e.g. without server paths)."""
         rows = []
         for role in ROLES:
-            loaded = self._models.get(role)
+            src = (sources or {}).get(role) or None
+            loaded = self.loaded(role, src)
             status = "loaded" if loaded else "loads on first segment"
             if loaded is not None:
                 p = loaded.predictor
                 cs = getattr(getattr(p, "class_set", None), "name", "?")
                 status += f" ({getattr(p, 'name', '?')}, {cs}, {getattr(p, 'device', '?')}, {getattr(p, 'backend', 'torch')})"
-            rows.append([role, self.source_of(role), status])
+            text = self.source_of(role, src)
+            rows.append([role, shown(text) if shown else text, status])
         return rows
+
+
+def shown_source(source: str) -> str:
+    """A model source as a visitor may see it: demo and hub names as they are, paths by their last part."""
+    if source.startswith("demo:") or (not source.startswith((".", "/", "~")) and "/" in source
+                                      and not Path(source).exists()):
+        return source
+    return Path(source).name or source
 
 
 MODELS = ModelCache()
 
 
-def class_set_of_models():
-    """Class set of the MetaSegNet model (loads it); the baseline must use the same set."""
+def class_set_of_models(sources: dict[str, str] | None = None):
+    """Class set of the (session's) MetaSegNet model (loads it); the baseline must use the same set."""
     from metaseg.classes import get_class_set
 
-    cs = MODELS.get("metasegnet").predictor.class_set
+    cs = MODELS.get("metasegnet", (sources or {}).get("metasegnet") or None).predictor.class_set
     return cs if cs is not None else get_class_set("openearthmap")
 
 
@@ -280,11 +341,13 @@ class PairResult:
 
 
 def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
-              progress: Callable[[float, str], Any] | None = None) -> PairResult:
-    """Run both models on one tile. ``progress(fraction, text)`` reports the windows done."""
+              progress: Callable[[float, str], Any] | None = None,
+              sources: dict[str, str] | None = None) -> PairResult:
+    """Run both models on one tile. ``progress(fraction, text)`` reports the windows done;
+    ``sources`` are the session's model choices (role -> source; missing = operator default)."""
     if not str(prompt or "").strip():
         raise MetasegError("the prompt is empty: type one in the Describe tab or pick a location first")
-    models = {r: MODELS.get(r) for r in ROLES}
+    models = {r: MODELS.get(r, (sources or {}).get(r) or None) for r in ROLES}
     cs_a = models["metasegnet"].predictor.class_set
     cs_b = models["baseline"].predictor.class_set
     if cs_a is not None and cs_b is not None and cs_a.name != cs_b.name:
@@ -744,11 +807,11 @@ if os.environ.get("METASEG_RANDOM_WEIGHTS") == "1":  # pragma: no cover - develo
 GSD_FAR = 2.0
 
 
-def model_gsd_range(role: str = "metasegnet") -> tuple[float, float] | None:
+def model_gsd_range(role: str = "metasegnet", sources: dict[str, str] | None = None) -> tuple[float, float] | None:
     """``(min, max)`` m/px the model was trained on (recorded in its checkpoint, else its defaults)."""
     from metaseg.checkpoints import gsd_range_m
 
-    p = MODELS.get(role).predictor
+    p = MODELS.get(role, (sources or {}).get(role) or None).predictor
     meta = dict(getattr(p, "meta", {}) or {})
     cs = getattr(getattr(p, "class_set", None), "name", None)
     if cs and "class_set" not in meta:
@@ -813,12 +876,12 @@ def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def run_pair_at_gsd(rgb: np.ndarray, valid: np.ndarray | None, prompt: str, tile_gsd: float | None,
-                    target_gsd: float | None, progress=None) -> PairResult:
+                    target_gsd: float | None, progress=None, sources: dict[str, str] | None = None) -> PairResult:
     """:func:`run_pair` at ``target_gsd`` (tile shrunk first, masks brought back to the tile grid)."""
     if not tile_gsd or not target_gsd or target_gsd <= tile_gsd:
-        return run_pair(rgb, valid, prompt, progress=progress)
+        return run_pair(rgb, valid, prompt, progress=progress, sources=sources)
     small, small_valid = resample(rgb, valid, target_gsd / tile_gsd)
-    result = run_pair(small, small_valid, prompt, progress=progress)
+    result = run_pair(small, small_valid, prompt, progress=progress, sources=sources)
     shape = rgb.shape[:2]
     result.metasegnet = upsample_mask(result.metasegnet, shape)
     result.baseline = upsample_mask(result.baseline, shape)

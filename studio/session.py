@@ -62,6 +62,12 @@ class SessionState:
     #: taught model pairs of this session: name -> {"metasegnet": folder, "baseline": folder, ...}
     taught: dict[str, dict[str, Any]] = field(default_factory=dict)
     teach_seconds: float = 0.0  # teaching budget spent by this session (both models)
+    #: the session's model choice, role -> source (empty = the operator's default); checked by
+    #: :func:`studio.policy.model_choice` before it is stored, so it is always loadable
+    model_sources: dict[str, str] = field(default_factory=dict)
+    #: ids of the labels / experiments this session saved / started (what it may see unless shared)
+    label_ids: set[int] = field(default_factory=set)
+    experiment_ids: list[int] = field(default_factory=list)
 
     @property
     def workdir(self) -> Path:

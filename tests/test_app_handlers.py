@@ -435,7 +435,7 @@ def test_launch_settings_from_env(app_module, monkeypatch):
 
 def test_models_load_lazily_and_report_status(app_module, fake_models):
     assert fake_models.loaded("metasegnet") is None
-    table = models_tab.on_load_checkpoints("", "")
+    _state, table = models_tab.on_load_checkpoints("", "")
     assert list(table["model"]) == ["metasegnet", "baseline"]
     assert all(s.startswith("loaded") for s in table["status"])
     assert "demo:metasegnet_demo" in list(table["source"])

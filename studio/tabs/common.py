@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,20 +93,47 @@ class Studio:
 
 
 # --------------------------------------------------------------------------- plumbing
+#: an absolute server path (not the path part of a URL, not ``m/px`` or ``3/4``)
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"<>|/]+/)+([^\s'\"<>|/]*)")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:,;.)]")
+
+
+def clean_message(text: Any) -> str:
+    """A message fit for a visitor's pop-up: one line, no server paths (a path keeps only its last
+    part) or addresses (an LLM or tile server URL), HTML-escaped (Gradio renders ``gr.Error`` text as
+    HTML, and one visitor's typed text may reach another's pop-up)."""
+    msg = " ".join(str(text or "").split())
+    msg = _URL.sub("(server address)", msg)
+    msg = _ABS_PATH.sub(lambda m: m.group(1) or "(server folder)", msg)
+    return html.escape(msg, quote=False)
+
+
+def user_error(message: Any) -> gr.Error:
+    """A ``gr.Error`` with a cleaned message and no traceback in the log (an expected user error)."""
+    return gr.Error(clean_message(message) or "Error", print_exception=False)
+
+
 def user_errors(fn):
-    """Turn library user errors (and other failures) into a one-line ``gr.Error``."""
+    """Turn library user errors (and other failures) into a one-line, escaped ``gr.Error``.
+
+    Expected errors (``gr.Error``, :class:`MetasegError`, missing/forbidden files) are logged as one
+    line; only unexpected ones leave a traceback, and only in the server log.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as exc:
+            log.info("%s: %s", fn.__name__, " ".join(str(exc.message).split())[:300])
+            raise gr.Error(clean_message(exc.message) or "Error", duration=exc.duration, visible=exc.visible,
+                           title=exc.title, print_exception=False) from None
         except (MetasegError, FileNotFoundError, PermissionError) as exc:
-            raise gr.Error(" ".join(str(exc).split()) or type(exc).__name__) from None
+            log.info("%s: %s: %s", fn.__name__, type(exc).__name__, " ".join(str(exc).split())[:300])
+            raise user_error(str(exc) or type(exc).__name__) from None
         except Exception as exc:  # noqa: BLE001 - never show a traceback to a user
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Something went wrong ({type(exc).__name__}); see the server log.") from None
+            raise user_error(f"Something went wrong ({type(exc).__name__}); see the server log.") from None
 
     return wrapper
 

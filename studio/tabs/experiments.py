@@ -65,7 +65,8 @@ def on_start(
 
     rep = svc.start(source=source, dataset=dataset, root=root, split=split, variants=list(variants or []),
                     versions=list(versions or []), limit=int(limit) if limit else None,
-                    work_dir=state.output_path("experiments"), on_progress=tick)  # fmt: skip
+                    work_dir=state.output_path("experiments"), on_progress=tick,
+                    sources=state.model_sources)  # fmt: skip
     status = f"Experiment **#{rep['experiment_id']}** {rep['status']}: {rep['tiles']}/{rep['n_tiles']} tiles in {rep['seconds']} s."
     if rep["errors"]:
         status += f" {len(rep['errors'])} tile(s) failed, e.g. {rep['errors'][0]['tile']}: {rep['errors'][0]['reason']}"

@@ -21,7 +21,7 @@ import pandas as pd
 from studio import services, views
 from studio.session import SessionState
 from studio.tabs import locate
-from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
+from studio.tabs.common import UI, Studio, class_set_of, clean_message, legend_html, session, user_errors
 
 TAB_ID = "segment"
 FRACTION_COLS = ["class", "MetaSegNet %", "baseline %"]
@@ -56,13 +56,14 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
         raise gr.Error("Load a tile first (upload one or pick an example).")
     progress(0.0, desc="loading models")
     tile_gsd = (state.location or {}).get("gsd_m") or getattr(getattr(state.tile, "info", None), "gsd_m", None)
-    rng = services.model_gsd_range() if tile_gsd else None
+    rng = services.model_gsd_range(sources=state.model_sources) if tile_gsd else None
     kind, target = services.gsd_check(tile_gsd, rng)
     resampled = target if resample_gsd and kind == "finer" else None
     result = services.run_pair_at_gsd(state.tile.rgb, state.tile.valid, prompt, tile_gsd, resampled,
-                                      progress=lambda f, d: progress(f, desc=d))
+                                      progress=lambda f, d: progress(f, desc=d), sources=state.model_sources)
     if class_set and class_set != result.class_set.name:
-        gr.Warning(f"The models predict {result.class_set.name} classes; the prompt shown is for {class_set}.")
+        gr.Warning(clean_message(f"The models predict {result.class_set.name} classes; the prompt shown is for "
+                                 f"{class_set}."))
     prompt_id = services.saved_prompt_id(state.prompt_id, prompt)
     state.prediction = PairPrediction(
         metasegnet=result.metasegnet, baseline=result.baseline, class_set=result.class_set.name,
