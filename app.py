@@ -60,6 +60,9 @@ def build_demo() -> gr.Blocks:
 def _drop_session(state: SessionState | None) -> None:
     """Called by Gradio when a browser session ends: remove that session's files."""
     if isinstance(state, SessionState):
+        from studio.teach import TEACHER
+
+        TEACHER.cancel(state.session_id)  # a teaching job of a gone session stops and writes nothing
         state.cleanup()
 
 

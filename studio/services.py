@@ -599,9 +599,11 @@ def label_tags(class_set: Any, index: np.ndarray) -> dict[str, str]:
     import json
 
     labelled = int((np.asarray(index) < class_set.num_classes).sum())
-    values = ({"0": "no data"} | {str(i + 1): n for i, n in enumerate(class_set.names)}
-              if class_set.encoding != "rgb" else {"#%02X%02X%02X" % tuple(c): n
-                                                   for c, n in zip(class_set.colors, class_set.names, strict=True)})
+    if class_set.encoding != "rgb":
+        values = {"0": "no data"} | {str(i + 1): n for i, n in enumerate(class_set.names)}
+    else:
+        values = dict(class_set.legend())  # name -> colour
+        values = {c: n for n, c in values.items()}
     return {
         "CLASS_SET": class_set.name,
         LABEL_ENCODING_TAG: "official",  # class values as the dataset stores them (not 0-based indices)

@@ -6,7 +6,7 @@ what is not painted stays *unlabelled*) or from a prediction / the current groun
 corrections), picks the brush by class name, paints, erases, and saves. Unlabelled pixels are
 stored as 255 in the label file (never a class); the file's tags name its class set
 (:func:`studio.services.save_label`). Saved labels of the session's tiles are what
-"Teach both models" learns from (:mod:`studio.tabs.teach` lives in this tab's lower half).
+"Teach both models" learns from (:mod:`studio.tabs.teach`, this tab's lower half).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 
 from studio import experiments, services, views
 from studio.session import SessionState
+from studio.tabs import teach as teach_ui
 from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
 
 TAB_ID = "label"
@@ -142,7 +143,7 @@ def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
 
 
 @user_errors
-def on_label_save(editor: Any, state: SessionState | None, class_set: str | None = None):
+def on_label_save(editor: Any, state: SessionState | None, class_set: str | None = None, prompt: str | None = None):
     state = session(state)
     if state.tile is None or not state.tile_hash:
         raise gr.Error("Load a tile first.")
@@ -162,7 +163,9 @@ def on_label_save(editor: Any, state: SessionState | None, class_set: str | None
                               services.label_dir() / state.tile_hash[:16])
     kept = experiments.keep_labelled_tile(state.tile_path, Path(row["path"]).parent)  # evaluable/teachable later
     state.ground_truth, state.ground_truth_source = index, "painted label"
-    remember_label(state, row, cs.name, labelled, kept)
+    remember_label(state, row, cs.name, labelled, kept, prompt)
+    if row.get("id") is not None and isinstance(getattr(state, "label_ids", None), set):
+        state.label_ids.add(int(row["id"]))
     share = 100.0 * labelled / index.size
     return state, (f"Saved label #{row['id']} ({cs.name} classes, {labelled:,} labelled pixels = {share:.1f}% of the "
                    "tile; the rest is unlabelled); it is now this tile's ground truth."), \
@@ -170,7 +173,7 @@ def on_label_save(editor: Any, state: SessionState | None, class_set: str | None
 
 
 def remember_label(state: SessionState, row: dict[str, Any], class_set: str, labelled: int,
-                   tile_copy: Path | None) -> None:
+                   tile_copy: Path | None, prompt: str | None = None) -> None:
     """Record a saved label as one of this session's (what "Teach both models" may learn from)."""
     labels = getattr(state, "session_labels", None)
     if labels is None:
@@ -178,7 +181,7 @@ def remember_label(state: SessionState, row: dict[str, Any], class_set: str, lab
     labels[:] = [r for r in labels if r["tile_hash"] != state.tile_hash]  # the newest label per tile
     labels.append({"id": row.get("id"), "path": row["path"], "tile_hash": state.tile_hash,
                    "tile": str(tile_copy) if tile_copy else state.tile_path, "class_set": class_set,
-                   "labelled_pixels": labelled})
+                   "labelled_pixels": labelled, "prompt": (prompt or "").strip() or None})
 
 
 def labels_table(state: SessionState) -> pd.DataFrame:
@@ -218,6 +221,7 @@ def build(ctx: Studio) -> None:
         label_status = gr.Markdown("", elem_id="label-status")
         labels_df = gr.Dataframe(views.labels_table([]), label="Saved labels of this tile", interactive=False)
         label_file_out = gr.File(label="Label file", interactive=False, height=90)
+        teach_ui.build(ctx)
     ctx.add(label_start=start, label_start_btn=start_btn, label_legend=label_legend, editor=editor,
             brush_class=brush_class, label_opacity=label_opacity,
             save_label_btn=save_label_btn, export_btn=export_btn, label_status=label_status,
@@ -232,6 +236,8 @@ def wire(ctx: Studio) -> None:
     ctx.label_opacity.release(on_label_opacity,
                               [ctx.editor, ctx.label_opacity, ctx.brush_class, ctx.state, ctx.class_set],
                               [ctx.editor], **UI)
-    ctx.save_label_btn.click(on_label_save, [ctx.editor, ctx.state, ctx.class_set],
-                             [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out], **UI)
+    saved = ctx.save_label_btn.click(on_label_save, [ctx.editor, ctx.state, ctx.class_set, ctx.prompt],
+                                     [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out], **UI)
+    ctx.emit("label_saved", saved)
     ctx.export_btn.click(on_labels_export, [ctx.state], [ctx.labels_df, ctx.label_file_out], **UI)
+    teach_ui.wire(ctx)

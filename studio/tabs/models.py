@@ -12,6 +12,7 @@ import pandas as pd
 
 from studio import policy, services
 from studio.session import SessionState
+from studio.tabs import teach
 from studio.tabs.common import UI, Studio, session, user_errors
 
 TAB_ID = "models"
@@ -59,7 +60,8 @@ def build(ctx: Studio) -> None:
             ck_a = gr.Textbox(label="MetaSegNet checkpoint (empty = default)", max_length=1024)
             ck_b = gr.Textbox(label="Baseline checkpoint (empty = default)", max_length=1024)
             ck_btn = gr.Button("Load checkpoints", interactive=policy.visitor_models())
-        ck_df = gr.Dataframe(value=models_table(), interactive=False)
+        teach.build_models(ctx)
+        ck_df = gr.Dataframe(value=models_table(), interactive=False, elem_id="models-table")
     ctx.add(models_tab=tab, ck_a=ck_a, ck_b=ck_b, ck_btn=ck_btn, ck_df=ck_df, models_offered=offered)
 
 

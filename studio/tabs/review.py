@@ -12,6 +12,7 @@ import pandas as pd
 
 from studio import services, views
 from studio.session import SessionState
+from studio.tabs import teach
 from studio.tabs.common import (
     TILE_TYPES,
     UI,
@@ -102,6 +103,7 @@ def build(ctx: Studio) -> None:
                 compare_df = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLS),
                                           label="Runs on this tile (prompt versions compared)",
                                           interactive=False, elem_id="compare-table")
+        teach.build_review(ctx)
     ctx.add(label_file=label_file, review_btn=review_btn, metrics=metrics, iou_df=iou_df, bar=bar,
             only_img=only_img, only_legend=only_legend, compare_df=compare_df)
 
