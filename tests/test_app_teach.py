@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from metaseg.classes import get_class_set
+from metaseg.errors import MetasegError
 from studio import services, teach
 from studio.session import SessionState
 from studio.tabs import label as label_tab
@@ -90,9 +91,10 @@ def _strokes(state: SessionState, start: str = label_tab.EMPTY, opacity: float =
     return {"background": value["background"], "layers": [layer], "composite": None}
 
 
-def _teach_until_done(state: SessionState, budget: float = 10, **kw):
+def _teach_until_done(state: SessionState, budget: float = 10, wait_s: float = 10, **kw):
     teach_tab.on_teach(budget, "a prompt", state, **kw)
-    for _ in range(200):
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
         job = teach.TEACHER.job(state.session_id)
         if job is None or not job.active:
             break
@@ -107,7 +109,7 @@ def test_editor_paints_over_the_tile_and_saves_sparse_labels_with_255():
     value = update["value"]
     assert np.array_equal(value["background"], state.tile.rgb[..., :3])  # the tile itself, not a mask
     assert value["layers"][0].shape == (256, 256, 4) and value["layers"][0][..., 3].max() == 0  # empty layer
-    assert radio["choices"] == list(CS.names) and "road" in legend
+    assert [n for n, _v in radio["choices"]] == list(CS.names) and "road" in legend
     brush = update["brush"]
     assert brush.color_mode == "fixed" and len(brush.colors) == 8
     assert all(isinstance(c, tuple) and c[0].startswith("#") and c[1] == pytest.approx(0.6) for c in brush.colors)
@@ -130,14 +132,15 @@ def test_editor_paints_over_the_tile_and_saves_sparse_labels_with_255():
     assert Path(lab["tile"]).is_file() and lab["id"] in state.label_ids
 
 
-def test_brush_by_class_name_opacity_redraw_keeps_the_strokes_and_eraser_unlabels():
+def test_brushes_named_by_class_opacity_redraw_keeps_the_strokes_and_eraser_unlabels():
     state = _tile()
-    update = label_tab.on_brush_class("water", 0.6, state, "openearthmap")
-    assert update["brush"].default_color == ("#0045ff", 0.6)
-    with pytest.raises(gr.Error, match="unknown class 'lava'"):
-        label_tab.on_brush_class("lava", 0.6, state, "openearthmap")
+    choices = label_tab.class_choices("openearthmap")
+    assert choices[5] == ("water", "water|#0045ff") and label_tab.brush_class_name(choices[5][1]) == "water"
+    assert label_tab.brush("openearthmap", 0.6, "water").default_color == ("#0045ff", 0.6)
+    with pytest.raises(MetasegError, match="unknown class 'lava'"):
+        label_tab.brush("openearthmap", 0.6, "lava")
     editor = _strokes(state)
-    redrawn = label_tab.on_label_opacity(editor, 0.9, "road", state, "openearthmap")
+    redrawn = label_tab.on_label_opacity(editor, 0.9, "road|#ffffff", state, "openearthmap")
     layer = redrawn["value"]["layers"][0]
     assert set(np.unique(layer[..., 3])) == {0, 230}  # every painted pixel at the new opacity
     assert redrawn["brush"].default_color == ("#ffffff", 0.9)
@@ -367,7 +370,7 @@ def test_real_finetune_two_steps_teaches_a_loadable_pair():
     teach.TEACHER.finetune = None
     state = locate.on_tile(str(SYNTH), "openearthmap", None)[0]
     state = label_tab.on_label_save(_strokes(state), state, "openearthmap", "a prompt")[0]
-    out = _teach_until_done(state, steps=2)
+    out = _teach_until_done(state, steps=2, wait_s=600)
     state = out[0]
     assert "Taught both models" in out[1], out[1]
     rec = state.taught[teach.current_pair(state)]

@@ -45,10 +45,6 @@ def brush(class_set: str, opacity: float = DEFAULT_OPACITY, selected: str | None
     return gr.Brush(colors=colors, default_color=colors[k], color_mode="fixed", default_size=8)
 
 
-def class_choices(class_set: str) -> list[str]:
-    return list(class_set_of(class_set).names)
-
-
 def label_class_set(state: SessionState, chosen: str | None = None) -> str:
     """The class set a label of this session's tile uses: the models' (after a segmentation), else
     the one chosen in the Locate panel."""
@@ -99,19 +95,35 @@ def on_label_start(start: str, state: SessionState | None, opacity: float = DEFA
         mask = None
     else:
         raise gr.Error(f"Unknown start {start!r}; choose one of: {', '.join(START_CHOICES)}.")
-    names = class_choices(cs_name)
-    return (gr.update(value=editor_value(state, None if mask is None else _view(mask), cs_name, opacity), brush=brush(cs_name, opacity)),
-            legend_html(cs_name), gr.update(choices=names, value=names[0]))
+    choices = class_choices(cs_name)
+    return (gr.update(value=editor_value(state, None if mask is None else _view(mask), cs_name, opacity),
+                      brush=brush(cs_name, opacity)),
+            legend_html(cs_name), gr.update(choices=choices, value=choices[0][1]))
 
 
-@user_errors
-def on_brush_class(name: str, opacity: float, state: SessionState | None, class_set: str | None = None):
-    """Pick the brush by class name."""
-    state = session(state)
-    cs_name = label_class_set(state, class_set)
-    if not name:
-        return gr.skip()
-    return gr.update(brush=brush(cs_name, opacity, name))
+#: Picking a brush by class name happens in the browser: any property update of the editor from
+#: the server reloads its layers from the value the server last sent (strokes since then would be
+#: lost, and a round trip blanks the canvas), so the radio sets the editor's brush colour directly.
+PICK_BRUSH_JS = """(choice, opacity) => {
+    const hex = String(choice || '').split('|').pop();
+    const brush = window.editor && window.editor.tools && window.editor.tools.get('brush');
+    if (brush && /^#[0-9a-fA-F]{6}$/.test(hex)) {
+        brush.set_brush_color(hex);
+        brush.set_brush_opacity(Math.min(Math.max(Number(opacity) || 0.6, 0.2), 1));
+    }
+    return [choice, opacity];
+}"""
+
+
+def class_choices(class_set: str) -> list[tuple[str, str]]:
+    """Brush choices: ``(class name, "name|#rrggbb")`` (the value carries the colour for the browser)."""
+    cs = class_set_of(class_set)
+    return [(n, f"{n}|{_hex(c)}") for n, c in zip(cs.names, cs.colors, strict=True)]
+
+
+def brush_class_name(choice: str | None) -> str | None:
+    """The class name of a brush choice (``"road|#ffffff"`` or a plain name)."""
+    return str(choice).split("|", 1)[0] if choice else None
 
 
 @user_errors
@@ -124,7 +136,7 @@ def on_label_opacity(editor: Any, opacity: float, name: str | None, state: Sessi
     cs_name = label_class_set(state, class_set)
     painted = painted_index(editor, state, cs_name)
     return gr.update(value=editor_value(state, painted, cs_name, opacity),
-                     brush=brush(cs_name, opacity, name or None))
+                     brush=brush(cs_name, opacity, brush_class_name(name)))
 
 
 def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
@@ -207,7 +219,7 @@ def build(ctx: Studio) -> None:
             start = gr.Radio(START_CHOICES, value=START_CHOICES[0], label="Start from", elem_id="label-start-from")
             start_btn = gr.Button("Load into the editor", elem_id="label-start")
         with gr.Row():
-            brush_class = gr.Radio(class_choices("openearthmap"), value=class_choices("openearthmap")[0],
+            brush_class = gr.Radio(class_choices("openearthmap"), value=class_choices("openearthmap")[0][1],
                                    label="Brush class", elem_id="brush-class", scale=3)
             label_opacity = gr.Slider(0.2, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Label opacity",
                                       elem_id="label-opacity", scale=1)
@@ -231,8 +243,7 @@ def build(ctx: Studio) -> None:
 def wire(ctx: Studio) -> None:
     ctx.label_start_btn.click(on_label_start, [ctx.label_start, ctx.state, ctx.label_opacity, ctx.class_set],
                               [ctx.editor, ctx.label_legend, ctx.brush_class], **UI)
-    ctx.brush_class.input(on_brush_class, [ctx.brush_class, ctx.label_opacity, ctx.state, ctx.class_set],
-                           [ctx.editor], **UI)
+    ctx.brush_class.input(None, [ctx.brush_class, ctx.label_opacity], None, js=PICK_BRUSH_JS, **UI)
     ctx.label_opacity.release(on_label_opacity,
                               [ctx.editor, ctx.label_opacity, ctx.brush_class, ctx.state, ctx.class_set],
                               [ctx.editor], **UI)
