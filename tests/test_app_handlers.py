@@ -377,13 +377,13 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
 
     state = _load(app_module, SYNTH)[0]
     state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
-    update, legend = label_tab.on_label_start("MetaSegNet prediction", state)
+    update, legend, _brushes = label_tab.on_label_start("MetaSegNet prediction", state)
     value = update["value"]
     assert "building" in legend and len(update["brush"].colors) == 8
     cs = get_class_set("openearthmap")
-    painted = value["background"].copy()
-    painted[:20, :20] = cs.colors[7]  # paint a building in the corner
-    editor = {"background": value["background"], "layers": [], "composite": painted}
+    layer = value["layers"][0].copy()  # the prediction as a paint layer over the tile
+    layer[:20, :20] = (*cs.colors[7], 153)  # paint a building in the corner
+    editor = {"background": value["background"], "layers": [layer], "composite": None}
     state, msg, labels, path = label_tab.on_label_save(editor, state)
     assert "Saved label" in msg and Path(path).suffix == ".tif"
     expected = state.prediction.metasegnet.copy()
