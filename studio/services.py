@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -538,20 +539,25 @@ def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: st
 
     encoded = np.asarray(class_set.encode(index))
     geo = tile_info is not None and getattr(tile_info, "crs", None) and getattr(tile_info, "transform", None)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # unique per call (two visitors labelling the same tile in the same second get two files), and
+    # written under a temporary name then renamed, so a recorded path always holds a whole file
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     outdir.mkdir(parents=True, exist_ok=True)
-    if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
-        from PIL import Image
+    suffix = ".png" if encoded.ndim == 3 or not geo else ".tif"
+    path = outdir / f"label_{class_set.name}_{stamp}{suffix}"
+    tmp = outdir / f".partial-{uuid.uuid4().hex}{suffix}"
+    try:
+        if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
+            from PIL import Image
 
-        path = outdir / f"label_{class_set.name}_{stamp}.png"
-        Image.fromarray(encoded[..., :3].astype(np.uint8)).save(path)
-    else:
-        view = _raw_view(class_set)
-        path = outdir / f"label_{class_set.name}_{stamp}{'.tif' if geo else '.png'}"
-        if geo:
-            write_mask_geotiff(path, encoded.astype(np.uint8), view, tile_info.crs, tile_info.transform)
+            Image.fromarray(encoded[..., :3].astype(np.uint8)).save(tmp, format="PNG")
+        elif geo:
+            write_mask_geotiff(tmp, encoded.astype(np.uint8), _raw_view(class_set), tile_info.crs, tile_info.transform)
         else:
-            write_mask_png(path, encoded.astype(np.uint8), view)
+            write_mask_png(tmp, encoded.astype(np.uint8), _raw_view(class_set))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     row = get_store().save_label(tile_hash_, class_set.name, str(path))
     return {"path": str(path), **row}
 
@@ -593,11 +599,12 @@ def label_dir() -> Path:
     return Path(os.environ.get("METASEG_LABEL_DIR") or Path(default_db_path()).parent / "labels")
 
 
-def zip_labels(tile_hash_: str, out: Path) -> Path:
-    """All saved label files of a tile in one zip (MetasegError when there are none)."""
+def zip_labels(tile_hash_: str, out: Path, label_ids: set[int] | None = None) -> Path:
+    """The saved label files of a tile in one zip (only ``label_ids`` when given: a session's own;
+    MetasegError when there are none)."""
     import zipfile
 
-    rows = get_store().labels(tile_hash_)
+    rows = [r for r in get_store().labels(tile_hash_) if label_ids is None or r.get("id") in label_ids]
     files = [Path(r["mask_path"]) for r in rows if Path(r["mask_path"]).is_file()]
     if not files:
         raise MetasegError("no saved labels for this tile yet")

@@ -60,13 +60,23 @@ def on_label_save(editor: Any, state: SessionState | None):
     row = services.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
                               services.label_dir() / state.tile_hash[:16])
     experiments.keep_labelled_tile(state.tile_path, Path(row["path"]).parent)  # evaluable in Experiments
+    state.label_ids.add(int(row["id"]))
     state.ground_truth, state.ground_truth_source = index, "painted label"
     return state, f"Saved label #{row['id']} ({cs.name} encoding); it is now this tile's ground truth.", \
         labels_table(state), row["path"]
 
 
+def own_labels(state: SessionState) -> set[int] | None:
+    """The saved labels this session may see: its own, or all (``None``) when the operator shares them."""
+    from studio import policy
+
+    return None if policy.share_labels() else set(state.label_ids)
+
+
 def labels_table(state: SessionState) -> pd.DataFrame:
-    return views.labels_table(services.get_store().labels(state.tile_hash) if state.tile_hash else [])
+    rows = services.get_store().labels(state.tile_hash) if state.tile_hash else []
+    ids = own_labels(state)
+    return views.labels_table([r for r in rows if ids is None or r.get("id") in ids])
 
 
 @user_errors
@@ -74,7 +84,7 @@ def on_labels_export(state: SessionState | None):
     state = session(state)
     if not state.tile_hash:
         raise gr.Error("Load a tile first.")
-    out = services.zip_labels(state.tile_hash, state.output_path("labels.zip"))
+    out = services.zip_labels(state.tile_hash, state.output_path("labels.zip"), own_labels(state))
     return labels_table(state), str(out)
 
 

@@ -8,6 +8,7 @@ are stored; error text is escaped and names no server path.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.fixtures.geotiffs import write_geotiff
@@ -220,3 +221,91 @@ def test_model_cache_is_shared_but_bounded(monkeypatch):
     with pytest.raises(CheckpointError, match="vision-only"):
         cache.get("metasegnet", "org/vision")  # checked before it is cached
     assert cache.loaded("metasegnet", "org/vision") is None
+
+
+# --------------------------------------------------------------------------- server folders, labels, experiments
+def test_server_folders_only_under_the_data_roots(running_app, tmp_path, monkeypatch, report):
+    """The Experiments tab's "dataset folder on the server" reads only under METASEG_DATA_ROOTS, and
+    its messages do not tell which folders exist elsewhere."""
+    from training import synth
+
+    root = tmp_path / "data"
+    synth.write_synthearth(root / "synth", n=1, size=32, seed=3, zones="Cfb", split_fractions="0,0,1")
+    private = tmp_path / "private"
+    synth.write_synthearth(private, n=1, size=32, seed=4, zones="BWh", split_fractions="0,0,1")
+    (root / "link").symlink_to(private, target_is_directory=True)
+    monkeypatch.setenv("METASEG_DATA_ROOTS", str(root))
+    client = running_app.client()
+    folder = "dataset folder on the server"
+    _versions, info = running_app.call(client, folder, "synthearth", "synth", "test", api_name="/on_scan", timeout=120)
+    assert "Cfb" in info
+    rows, messages = [], set()
+    for text in (str(private), "link", "../private", "/etc", "/nonexistent", str(tmp_path / "nope")):
+        with pytest.raises(Exception) as err:  # noqa: PT011
+            running_app.call(client, folder, "synthearth", text, "test", api_name="/on_scan", timeout=60)
+        msg = _msg(err.value)
+        assert "BWh" not in msg and str(tmp_path) not in msg, msg
+        messages.add(msg.split("'")[0] + msg.split("'")[-1])
+        rows.append(f"| `{text.replace(str(tmp_path), '<tmp>')}` | {msg.split(' in the data')[0][:70]}… |")
+        with pytest.raises(Exception):  # noqa: PT011, B017 - starting one is refused the same way
+            running_app.call(client, folder, "synthearth", text, "test", ["climate"], [], 0,
+                             api_name="/on_start", timeout=60)
+    assert len(messages) == 1, messages  # the same words whether the folder exists or not
+    report.section("Public Space: server folders", [
+        "`METASEG_DATA_ROOTS` = one temporary `data/` folder; `/on_scan` (and `/on_start`) with other folders, a",
+        "symlink out of the root and `..`: every one refused with the same message (the folder's existence is not",
+        "revealed), nothing read.",
+        "",
+        "| typed folder | message |",
+        "|---|---|",
+        *rows,
+    ])
+
+
+def test_labels_and_experiments_stay_in_their_session(tmp_path, monkeypatch, report):
+    """Session A labels a tile and runs an experiment on its labelled tiles; session B sees neither
+    (its labelled set is empty, A's experiment is not in its list and cannot be opened by id)."""
+    import gradio as gr
+
+    from studio.session import SessionState
+    from studio.tabs import experiments as exp_tab
+    from studio.tabs import label as label_tab
+    from studio.tabs import locate
+    from tests.fixtures.app_server import app_models
+    from tests.test_app_handlers import fake_factory
+
+    monkeypatch.delenv("METASEG_SHARE_LABELS", raising=False)
+    monkeypatch.delenv("METASEG_SHARE_EXPERIMENTS", raising=False)
+    tile = write_geotiff(tmp_path / "t.tif", 52.39, 13.06, crs="EPSG:32633", size=32)
+    with app_models(fake_factory):
+        a, b = SessionState(), SessionState()
+        for s in (a, b):
+            locate.load_tile(tile, "openearthmap", s)
+        from metaseg.classes import get_class_set
+        from metaseg.visualize import colorize
+
+        painted = colorize(np.zeros((32, 32), np.uint8), get_class_set("openearthmap"))
+        label_tab.on_label_save({"composite": painted}, a)
+        assert len(label_tab.labels_table(a)) == 1 and len(label_tab.labels_table(b)) == 0
+        with pytest.raises(gr.Error, match="no saved labels"):
+            exp_tab.on_scan(exp_tab.svc.LABELLED, "synthearth", "", "test", b)
+        _versions, info = exp_tab.on_scan(exp_tab.svc.LABELLED, "synthearth", "", "test", a)
+        assert "no zone" in info or "Cfb" in info
+        monkeypatch.setattr(exp_tab.svc, "start", lambda **kw: {"experiment_id": 99991, "status": "complete",
+                                                                 "tiles": 1, "n_tiles": 1, "seconds": 0.1,
+                                                                 "errors": []})
+        a = exp_tab.on_start(exp_tab.svc.LABELLED, "synthearth", "", "test", ["climate"], [], 0, a,
+                             progress=lambda *x, **k: None)[0]
+        assert a.experiment_ids == [99991]
+        with pytest.raises(gr.Error, match="No experiment #99991 in this session"):
+            exp_tab.on_show(99991, b)
+        with pytest.raises(gr.Error, match="No experiment #99991 in this session"):
+            exp_tab.on_export(99991, "csv", b)
+        ids_b = [c[1] for c in exp_tab.on_refresh(None, b)["choices"]]
+        assert ids_b == []
+    report.section("Public Space: labels and experiments per session", [
+        "Two sessions load the same tile; A saves a painted label and starts an experiment on \"labelled tiles in",
+        "the store\". B's label table is empty, B's labelled set is refused (\"no saved labels\"), A's experiment is",
+        "not in B's list and `/on_show` / `/on_export` of its id answer \"No experiment #… in this session\".",
+        "`METASEG_SHARE_LABELS=1` / `METASEG_SHARE_EXPERIMENTS=1` share them (the operator's choice).",
+    ])
