@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -60,6 +61,32 @@ def max_pixels() -> int | None:
     """Pixel cap for tiles (``METASEG_MAX_PIXELS``; ``None`` = the library default)."""
     value = os.environ.get("METASEG_MAX_PIXELS")
     return _env_int("METASEG_MAX_PIXELS", 0) or None if value else None
+
+
+#: default per-request pixel budget for visitors (about 2048 x 2048: ~20 s for both models on 2 vCPUs)
+DEFAULT_VISITOR_MAX_PIXELS = 2048 * 2048
+#: tiles up to this many pixels run in the "small" inference lane, which never waits behind a large tile
+DEFAULT_SMALL_PIXELS = 1024 * 1024
+
+
+def visitor_max_pixels() -> int:
+    """Largest tile (pixels) one visitor request may segment (``METASEG_VISITOR_MAX_PIXELS``)."""
+    return _env_int("METASEG_VISITOR_MAX_PIXELS", DEFAULT_VISITOR_MAX_PIXELS)
+
+
+def check_pixel_budget(width: Any, height: Any) -> None:
+    """Refuse a tile over the visitor budget *before* its pixels are read (one clear line)."""
+    try:
+        w, h = int(width or 0), int(height or 0)
+    except (TypeError, ValueError):
+        return
+    budget = visitor_max_pixels()
+    if w * h > budget:
+        raise TileReadError(
+            f"the tile is {w}×{h} px ({w * h / 1e6:.1f} M pixels); this server segments up to "
+            f"{budget / 1e6:.1f} M pixels per request (METASEG_VISITOR_MAX_PIXELS): crop it, or run "
+            "`python -m metaseg map` on your own machine for large scenes"
+        )
 
 
 def _env_int(name: str, default: int) -> int:
@@ -356,7 +383,7 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
             f"MetaSegNet predicts {cs_a.name} classes but the baseline predicts {cs_b.name}; load a matching pair"
         )
     masks, seconds, backends = {}, {}, {}
-    with _infer_lock:  # one inference at a time: the cores (or the GPU) are shared anyway
+    with inference_lane(int(rgb.shape[0]) * int(rgb.shape[1])):
         _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends)
     from metaseg.classes import get_class_set
 
@@ -371,7 +398,29 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
     )
 
 
-_infer_lock = threading.Lock()
+#: Two inference lanes: one tile at a time in each, so a large tile (up to the visitor budget) never
+#: makes a small one wait behind it; the cores are shared between the two while both run.
+_lanes = {"small": threading.Semaphore(1), "large": threading.Semaphore(1)}
+
+
+@contextmanager
+def inference_lane(pixels: int):
+    """Hold the inference lane of a ``pixels``-sized tile (``METASEG_SMALL_PIXELS``: the small lane's
+    limit). A small tile waits only for another small one; a large one waits at most
+    ``METASEG_LARGE_WAIT_S`` seconds (default 10) for the large lane, then gets a clear "busy"."""
+    small = pixels <= _env_int("METASEG_SMALL_PIXELS", DEFAULT_SMALL_PIXELS)
+    lane = _lanes["small" if small else "large"]
+    wait = None if small else float(_env_int("METASEG_LARGE_WAIT_S", 10))
+    if not lane.acquire(timeout=wait):
+        raise MetasegError(
+            "another large tile is being segmented on this server right now; try again in a minute, or use a "
+            f"tile of at most {_env_int('METASEG_SMALL_PIXELS', DEFAULT_SMALL_PIXELS) / 1e6:.1f} M pixels "
+            "(those never wait behind large ones)"
+        )
+    try:
+        yield
+    finally:
+        lane.release()
 
 
 def _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends=None) -> None:

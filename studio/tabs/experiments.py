@@ -19,7 +19,7 @@ from studio import experiments as svc
 from studio import policy
 from studio.session import SessionState
 from studio.tabs import segment
-from studio.tabs.common import UI, Studio, clean_message, session, user_errors
+from studio.tabs.common import EXPERIMENT, UI, Studio, clean_message, session, user_errors
 
 TAB_ID = "experiments"
 FOLDER = "dataset folder on the server"
@@ -246,10 +246,10 @@ def wire(ctx: Studio) -> None:
                        [ctx.exp_versions, ctx.exp_scan_info], **UI)  # fmt: skip
     ctx.exp_start.click(on_start, [ctx.exp_source, ctx.exp_dataset, ctx.exp_root, ctx.exp_split, ctx.exp_variants,
                                    ctx.exp_versions, ctx.exp_limit, ctx.state],
-                        [ctx.state, ctx.exp_status, ctx.exp_pick], **UI)  # fmt: skip
+                        [ctx.state, ctx.exp_status, ctx.exp_pick], **UI, **EXPERIMENT)  # fmt: skip
     ctx.exp_pick.change(on_show, [ctx.exp_pick, ctx.state], show_out, **UI)
     ctx.exp_rank.click(on_gallery, [ctx.exp_pick, ctx.exp_class, ctx.exp_a, ctx.exp_b, ctx.state],
-                       [ctx.exp_gallery, ctx.exp_picks], **UI)  # fmt: skip
+                       [ctx.exp_gallery, ctx.exp_picks], **UI, **EXPERIMENT)  # fmt: skip
     ev = ctx.exp_gallery.select(on_pick, [ctx.exp_picks, ctx.state], segment.open_tile_outputs(ctx), **UI)
     ctx.emit("tile_loaded", ev)
     ctx.exp_csv.click(
