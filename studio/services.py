@@ -119,6 +119,37 @@ def get_store():
         return store
 
 
+_prompt_limits: dict[tuple[str, int], Any] = {}
+
+
+def check_prompt_save(session_key: str) -> None:
+    """Count one prompt-version save (typed, restored or LLM-generated) of a session: at most
+    ``METASEG_PROMPT_SAVES_PER_MINUTE`` (default 10) per session and
+    ``METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE`` (default 120) for the whole server. The store is
+    shared by every visitor (that is its purpose), so one visitor must not flood it."""
+    from metaseg.imagery import RateLimiter
+
+    per = _env_int("METASEG_PROMPT_SAVES_PER_MINUTE", 10)
+    total = _env_int("METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE", 120)
+    with _store_lock:
+        mine = _prompt_limits.setdefault(("session", per), RateLimiter(per, 60.0, "prompt versions saved",
+                                                                         MetasegError))
+        everyone = _prompt_limits.setdefault(("process", total), RateLimiter(
+            total, 60.0, "prompt versions saved on this server by all visitors", MetasegError))
+    mine.check(session_key)
+    everyone.check("all sessions")
+
+
+def check_prompt_text(text: Any) -> str:
+    """A prompt for the models: at most the store's limit of characters (the same cap as saving)."""
+    from prompts_db import MAX_TEXT_CHARS
+
+    text = str(text or "")
+    if len(text) > MAX_TEXT_CHARS:
+        raise MetasegError(f"the prompt has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    return text
+
+
 def llm_status() -> tuple[bool, str]:
     """Whether LLM regeneration is available, and a one-line reason shown in the UI."""
     if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
@@ -375,6 +406,7 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
     ``sources`` are the session's model choices (role -> source; missing = operator default)."""
     if not str(prompt or "").strip():
         raise MetasegError("the prompt is empty: type one in the Describe tab or pick a location first")
+    check_prompt_text(prompt)
     models = {r: MODELS.get(r, (sources or {}).get(r) or None) for r in ROLES}
     cs_a = models["metasegnet"].predictor.class_set
     cs_b = models["baseline"].predictor.class_set
@@ -842,7 +874,7 @@ def write_polygons(masks: dict[str, np.ndarray], class_names: list[str], tile_in
 
 
 # --------------------------------------------------------------------------- imagery
-_imagery_limits: dict[tuple[int, float], Any] = {}
+_imagery_limits: dict[tuple[str, int], Any] = {}
 _imagery_lock = threading.Lock()
 
 
@@ -852,9 +884,23 @@ def imagery_limiter():
 
     calls = _env_int("METASEG_IMAGERY_PER_MINUTE", 6)
     with _imagery_lock:
-        lim = _imagery_limits.get((calls, 60.0))
+        lim = _imagery_limits.get(("session", calls))
         if lim is None:
-            lim = _imagery_limits[(calls, 60.0)] = RateLimiter(calls, 60.0)
+            lim = _imagery_limits[("session", calls)] = RateLimiter(calls, 60.0)
+        return lim
+
+
+def imagery_global_limiter():
+    """The process-wide limiter beside the per-session one (``METASEG_IMAGERY_GLOBAL_PER_MINUTE``
+    fetches a minute for all sessions together, default 20): fresh sessions or API clients cannot
+    turn the server into a proxy for the tile server."""
+    from metaseg.imagery import RateLimiter
+
+    calls = _env_int("METASEG_IMAGERY_GLOBAL_PER_MINUTE", 20)
+    with _imagery_lock:
+        lim = _imagery_limits.get(("process", calls))
+        if lim is None:
+            lim = _imagery_limits[("process", calls)] = RateLimiter(calls, 60.0)
         return lim
 
 
@@ -881,4 +927,8 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any, out: Path, session_key: str):
     lat_f, lon_f = validate(lat, lon)
     src = require_source()
     imagery_limiter().check(session_key)
+    try:
+        imagery_global_limiter().check("all sessions")
+    except MetasegError as exc:
+        raise type(exc)(f"this server is fetching a lot of imagery for all its visitors right now: {exc}") from None
     return _fetch(lat_f, lon_f, zoom, out, source=src)

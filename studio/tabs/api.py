@@ -48,6 +48,7 @@ def api_segment(file: Any, prompt: str | None, request: gr.Request = None):
     """Segment a tile with both models: (MetaSegNet overlay, baseline overlay, class fractions)."""
     from metaseg.visualize import overlay
 
+    services.check_prompt_text(prompt)  # before any work: the same cap as saving a version
     src = services.ensure_readable(path_of(file))
     try:
         loc, _ = services.locate_file(src)
@@ -68,8 +69,9 @@ def api_segment(file: Any, prompt: str | None, request: gr.Request = None):
 
 
 @user_errors
-def api_save_prompt(zone: str | None, class_set: str, text: str) -> dict[str, Any]:
+def api_save_prompt(zone: str | None, class_set: str, text: str, request: gr.Request = None) -> dict[str, Any]:
     """Save ``text`` as the next prompt version of (zone, class set); returns the stored record."""
+    services.check_prompt_save("api:" + str(getattr(request, "session_hash", None) or "anonymous"))
     zone = (zone or "").strip() or None
     rec = services.get_store().save(zone, class_set, text, source="user")
     return rec.to_dict()

@@ -242,7 +242,9 @@ def build(ctx: Studio) -> None:
             preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
     examples = services.example_tiles(EXAMPLES)
     if examples:
-        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8)
+        # "private": the page's example clicks only, not an API endpoint (a bad index gave an empty error)
+        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8,
+                    api_visibility="private")
     if credits:
         gr.Markdown("SynthEarth examples are procedural tiles with exact ground truth. "
                     "`iguacu_landsat8.tif`: Landsat 8 imagery courtesy of the U.S. Geological Survey "

@@ -85,10 +85,15 @@ def test_hostile_files_through_app(scope, running_app, hostile_dir, report):
 
 
 @pytest.mark.parametrize("scope", SCOPES)
-def test_hostile_texts_through_app(scope, running_app, hostile_dir, report, tmp_path):
+def test_hostile_texts_through_app(scope, running_app, hostile_dir, report, tmp_path, monkeypatch):
     import os
 
     from gradio_client import handle_file
+
+    # one client saves every hostile text within a minute: lift the per-session save limit
+    # (tests/reliability/test_public_space.py checks that limit itself)
+    monkeypatch.setenv("METASEG_PROMPT_SAVES_PER_MINUTE", "10000")
+    monkeypatch.setenv("METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE", "10000")
 
     client = running_app.client()
     call = running_app.call
