@@ -556,3 +556,144 @@ def test_user_errors_leave_no_traceback_but_unexpected_ones_do(caplog):
             unexpected()
         assert "KeyError" in err.value.message and "boom" not in err.value.message
         assert any(r.exc_info for r in caplog.records)
+
+
+def test_imagery_rate_limit_is_also_global(running_app, monkeypatch, report):
+    """Eight fresh clients (eight sessions) used to get 8 of 8 fetches: the per-process limit stops them."""
+    from tests.fixtures.xyz_server import FakeXYZServer
+
+    monkeypatch.setenv("METASEG_IMAGERY_GLOBAL_PER_MINUTE", "3")
+    ok, refused = 0, []
+    with FakeXYZServer() as srv:
+        monkeypatch.setenv("METASEG_IMAGERY_URL", srv.template)
+        for i in range(8):
+            try:
+                running_app.call(running_app.client(), 46.95 + 0.001 * i, 7.45, 15, api_name="/imagery", timeout=120)
+                ok += 1
+            except Exception as exc:  # noqa: BLE001
+                refused.append(_msg(exc))
+        upstream = srv.tiles_served()
+    assert ok == 3 and len(refused) == 5, (ok, refused)
+    assert all("for all its visitors" in m for m in refused)
+    report.section("Public Space: global imagery limit", [
+        f"`METASEG_IMAGERY_GLOBAL_PER_MINUTE=3`, 8 fresh gradio_client sessions each ask `/imagery` once: {ok} fetched,",
+        f"{len(refused)} refused (`{refused[0][:90]}…`); the tile server saw {upstream} requests.",
+    ])
+
+
+# --------------------------------------------------------------------------- heavy (slow)
+def _write_big_deflate(path, size: int):
+    """A ``size``² RGB GeoTIFF, deflate-compressed and tiled, written window by window (small file)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": from_origin(360000, 5810000, 0.5, 0.5), "compress": "deflate",
+               "tiled": True, "blockxsize": 512, "blockysize": 512}
+    block = np.full((3, 512, 512), 90, np.uint8)
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, size, 512):
+            for x in range(0, size, 512):
+                w, h = min(512, size - x), min(512, size - y)
+                dst.write(block[:, :h, :w], window=Window(x, y, w, h))
+    return path
+
+
+@pytest.mark.slow
+def test_small_tile_answered_while_another_session_segments_a_huge_one(running_app, tmp_path, report):
+    """The finding: a 9000² deflate GeoTIFF (287 KB) held /segment for 208 s and a 256² tile of
+    another visitor waited 198 s. Now the 9000² tile is refused from its header, a 2048² tile
+    (inside the budget) runs in the large lane, and a 256² tile of a third session is answered
+    within 10 s meanwhile."""
+    import threading
+    import time
+
+    from gradio_client import handle_file
+
+    huge = _write_big_deflate(tmp_path / "huge.tif", 9000)
+    large = _write_big_deflate(tmp_path / "large.tif", 2048)
+    small = write_geotiff(tmp_path / "small.tif", 52.39, 13.06, crs="EPSG:32633", size=256, seed=9)
+    client = running_app.client()
+    _segment(running_app, client, small)  # warm: models loaded
+    out: dict = {}
+
+    def run(name, path):
+        t0 = time.perf_counter()
+        try:
+            running_app.call(running_app.client(), handle_file(str(path)), "fields", api_name="/segment",
+                             timeout=600)
+            out[name] = ("result", time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001
+            out[name] = (_msg(exc), time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=run, args=(n, p)) for n, p in (("huge", huge), ("large", large))]
+    for t in threads:
+        t.start()
+    time.sleep(3)  # both are in: the huge one refused, the large one running
+    t0 = time.perf_counter()
+    _segment(running_app, running_app.client(), small)
+    small_s = time.perf_counter() - t0
+    for t in threads:
+        t.join()
+    assert "METASEG_VISITOR_MAX_PIXELS" in out["huge"][0] and out["huge"][1] < 30, out
+    assert out["large"][0] == "result", out
+    assert small_s < 10, (small_s, out)
+    report.section("Public Space: fair inference (real models)", [
+        f"Three sessions at once ({report.app_models}): a 9000² deflate GeoTIFF ({huge.stat().st_size // 1024} KB) → "
+        f"refused from its header in {out['huge'][1]:.1f} s; a 2048² tile (inside the default budget of 4.2 M",
+        f"pixels) → segmented in {out['large'][1]:.1f} s in the large lane; a 256² tile sent 3 s later → answered in",
+        f"{small_s:.1f} s (before: 198 s behind the 9000² tile).",
+    ])
+
+
+@pytest.mark.slow
+def test_20_clients_2_minutes_no_truncated_download(running_app, tmp_path, report):
+    """The finding: 4 of 219 /segment calls under 20 clients failed with "peer closed connection …
+    expected N bytes" (identical result pictures rewritten in place in Gradio's cache). 20 clients
+    segment the *same* tile in a loop for 2 minutes (``METASEG_LOAD_SECONDS``); every answer must
+    download whole and decode."""
+    import os
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import handle_file
+    from PIL import Image
+
+    seconds = float(os.environ.get("METASEG_LOAD_SECONDS", "120"))
+    tile = write_geotiff(tmp_path / "same.tif", 52.39, 13.06, crs="EPSG:32633", size=128, seed=11)
+    _segment(running_app, running_app.client(), tile)
+    start = threading.Barrier(20)
+    lat: list[float] = []
+    fails: list[str] = []
+
+    def one(i):
+        client = running_app.client()
+        start.wait(timeout=120)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            try:
+                a, b, _fr = running_app.call(client, handle_file(str(tile)), "fields", api_name="/segment",
+                                             timeout=300)
+                for p in (a, b):
+                    with Image.open(p) as im:
+                        im.load()
+                        assert im.size == (128, 128)
+                lat.append(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                fails.append(f"client {i}: {type(exc).__name__}: {_msg(exc)[:150]}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(one, range(20)))
+    wall = time.perf_counter() - t0
+    assert not fails, fails[:5]
+    assert running_app.alive(running_app.client())
+    lat.sort()
+    report.section("Public Space: 20 clients, identical results", [
+        f"20 gradio_client sessions segment the same 128² tile in a loop for {seconds:.0f} s ({wall:.0f} s wall):",
+        f"{len(lat)} `/segment` answers, {len(fails)} failed or truncated downloads; latency p50 "
+        f"{lat[len(lat) // 2]:.1f} s, p95 {lat[int(0.95 * (len(lat) - 1))]:.1f} s (before: 4 of 219 truncated).",
+    ])
