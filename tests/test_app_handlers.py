@@ -276,6 +276,7 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
 
     review = review_tab.on_review(state)
     metrics_html, iou, chart, only, only_legend, compare = review
+    chart, only = _px(chart), _px(only)
     assert "mIoU" in metrics_html
     assert list(iou.columns) == ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
     assert chart.ndim == 3 and chart.shape[2] == 3

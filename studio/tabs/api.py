@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from studio import services, views
-from studio.session import session_root
+from studio.session import session_root, sweep_sessions
 from studio.tabs.common import INFERENCE, Studio, image_file, path_of, user_errors
 from studio.tabs.locate import drop_upload
 
@@ -36,7 +36,9 @@ def api_locate(file: Any, lat: float | None, lon: float | None) -> dict[str, Any
 
 
 def api_folder(request: Any) -> Path:
-    """This API client's folder (by its Gradio session), kept while it is in use (``sweep_sessions``)."""
+    """This API client's folder (by its Gradio session), kept while it is in use: idle ones (of API
+    clients, which never close a tab) go with :func:`studio.session.sweep_sessions`."""
+    sweep_sessions()
     key = str(getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", "api"))
     folder = session_root() / f"api-{uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:16]}"
     folder.mkdir(parents=True, exist_ok=True)

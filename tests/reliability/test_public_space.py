@@ -319,12 +319,15 @@ def _tree_bytes(folder) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def test_failed_loads_leave_no_files(running_app, tmp_path, report):
+def test_failed_loads_leave_no_files(running_app, tmp_path, monkeypatch, report):
     """10 failed uploads (a big GeoTIFF whose header reads but whose pixels are cut off) leave the
     session folders and Gradio's upload folder as they were."""
     from gradio_client import handle_file
 
     from studio.session import session_root
+
+    # a session root of this test's own (the default one under /tmp is shared with other processes)
+    monkeypatch.setenv("METASEG_SESSION_DIR", str(tmp_path / "sessions"))
 
     good = write_geotiff(tmp_path / "big.tif", 52.39, 13.06, crs="EPSG:32633", size=1024, seed=7)
     data = good.read_bytes()
