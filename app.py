@@ -11,7 +11,9 @@ Run: ``python app.py`` (or ``make run``). Environment: ``GRADIO_SERVER_NAME`` (1
 ``METASEG_CHECKPOINT_METASEGNET`` / ``METASEG_CHECKPOINT_BASELINE`` (checkpoint path or hub id;
 default: the shipped demo weights), ``METASEG_MAX_UPLOAD_MB`` (200), ``METASEG_MAX_PIXELS``,
 ``METASEG_LABEL_DIR`` (saved labels; default ``labels/`` next to the database), ``OPENAI_API_KEY`` /
-``OPENAI_BASE_URL`` (LLM prompt regeneration).
+``OPENAI_BASE_URL`` (LLM prompt regeneration). What a public deployment lets visitors do (their
+models, server folders, caps, sharing) is set by the variables in the README's "Operators and
+visitors" table (read by ``studio.policy`` and ``studio.services``).
 
 API (gradio_client): ``/locate`` (file, lat, lon), ``/segment`` (file, prompt),
 ``/save_prompt`` (zone, class_set, text) — see the README.
