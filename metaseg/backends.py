@@ -48,7 +48,8 @@ file so that concurrent workers build once. The record holds the graph's SHA-256
 whose bytes differ (truncated, corrupt) or that ONNX Runtime cannot load is rebuilt. When the
 checkpoint's folder is not writable (e.g. weights shipped inside site-packages) the graphs go to
 the user cache: ``$METASEG_CACHE_DIR/onnx`` (``$METASEG_CACHE/onnx`` also accepted) or
-``~/.cache/metaseg/onnx``.
+``~/.cache/metaseg/onnx``; that shared cache is kept under ``METASEG_ONNX_CACHE_MB`` (default 2048;
+the least recently written graphs go first; 0 = unbounded).
 
 onnx, onnxruntime and onnxscript are imported lazily (only by the ONNX backends).
 """
@@ -579,6 +580,10 @@ def ensure_graph(model: nn.Module, backend: str, checkpoint: Path | None = None,
             "verified": _passes(backend, check), **extra,
         }
         _atomic_write_bytes(_record_path(path), (json.dumps(record, indent=2) + "\n").encode())
+        if path.parent == user_cache_dir():  # the shared cache stays under METASEG_ONNX_CACHE_MB
+            from metaseg.cachebound import budget_bytes, trim
+
+            trim(path.parent, budget_bytes("METASEG_ONNX_CACHE_MB", 2048), keep=[path, _record_path(path)])
         log.info("built %s (%s): agreement min %.4f, max |dlogit| %.3g, %.1fs", path.name, backend,
                  check["agreement_min"], check["max_abs_diff"], record["build_seconds"])
         return path, record

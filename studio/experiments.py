@@ -53,14 +53,20 @@ def keep_labelled_tile(tile_path: str | os.PathLike | None, label_folder: Path) 
     return dest
 
 
-def labelled_set(out_dir: Path, class_set: str | None = None) -> tuple[Path, str, int]:
+def labelled_set(out_dir: Path, class_set: str | None = None,
+                 label_ids: set[int] | None = None) -> tuple[Path, str, int]:
     """A dataset folder (SynthEarth/OpenEarthMap layout, split ``test``) of the stored labels whose
     tile was kept: the newest label per tile. Returns ``(root, class set, tiles)``.
+
+    ``label_ids``: only these labels (a visitor's own; ``None`` = every label in the store, when the
+    operator shares them).
 
     Raises:
         ConfigError: no saved label with its tile (of ``class_set``, when given).
     """
     rows = _store().labels(class_set=class_set)
+    if label_ids is not None:
+        rows = [r for r in rows if r.get("id") in label_ids]
     picked: dict[str, dict[str, Any]] = {}
     for r in rows:  # newest first: keep the first label per tile
         folder = Path(r["mask_path"]).parent
@@ -143,20 +149,27 @@ def start(
     work_dir: Path,
     on_progress: Callable[[int, int], Any] | None = None,
     sources: dict[str, str] | None = None,
+    label_ids: set[int] | None = None,
 ) -> dict[str, Any]:
-    """Run a prompt experiment over the chosen evaluation set; returns the sweep's report."""
+    """Run a prompt experiment over the chosen evaluation set; returns the sweep's report.
+
+    A dataset folder must lie under the operator's ``METASEG_DATA_ROOTS`` (:func:`studio.policy.data_folder`);
+    the labelled tiles are ``label_ids``'s (``None``: all, when shared); ``sources`` are the
+    session's models.
+    """
+    from studio import policy
     from training.sweep import run_sweep
 
     chosen = [*variants, *versions]
     if not chosen:
         raise ConfigError("pick at least one variant or stored prompt version")
     if source == LABELLED:
-        root_p, _cs, _n = labelled_set(Path(work_dir) / "labelled_set")
+        root_p, _cs, _n = labelled_set(Path(work_dir) / "labelled_set", label_ids=label_ids)
         dataset, root, split = "synthearth", str(root_p), "test"
     else:
         if not root or not str(root).strip():
             raise ConfigError("type the dataset folder on the server")
-        root = str(Path(str(root).strip()).expanduser())
+        root = str(policy.data_folder(str(root)))
         if not dataset or not split:
             raise ConfigError("pick the dataset and the split")
     scheduler = os.environ.get("METASEG_SWEEP_SCHEDULER", "").strip() or None
@@ -171,14 +184,16 @@ def start(
 # ----------------------------------------------------------------------------- showing
 
 
-def experiment_choices() -> list[tuple[str, int]]:
+def experiment_choices(ids: list[int] | None = None) -> list[tuple[str, int]]:
+    """Dropdown choices of the stored experiments (only ``ids`` when given: a visitor's own)."""
     from prompts_db import experiments as ex
 
+    keep = None if ids is None else {int(i) for i in ids}
     return [
         (f"#{e['id']} {e['created'][:16].replace('T', ' ')} · {e['model']} · {e['dataset']}/{e['split']} · "
          f"{e['tiles']}/{e['n_tiles']} tiles · {', '.join(e['variants'])}"
          + ("" if e["status"] == "complete" else f" ({e['status']})"), e["id"])
-        for e in ex.list_experiments(_store())
+        for e in ex.list_experiments(_store()) if keep is None or int(e["id"]) in keep
     ]  # fmt: skip
 
 

@@ -29,8 +29,10 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +63,32 @@ def max_pixels() -> int | None:
     return _env_int("METASEG_MAX_PIXELS", 0) or None if value else None
 
 
+#: default per-request pixel budget for visitors (about 2048 x 2048: ~20 s for both models on 2 vCPUs)
+DEFAULT_VISITOR_MAX_PIXELS = 2048 * 2048
+#: tiles up to this many pixels run in the "small" inference lane, which never waits behind a large tile
+DEFAULT_SMALL_PIXELS = 1024 * 1024
+
+
+def visitor_max_pixels() -> int:
+    """Largest tile (pixels) one visitor request may segment (``METASEG_VISITOR_MAX_PIXELS``)."""
+    return _env_int("METASEG_VISITOR_MAX_PIXELS", DEFAULT_VISITOR_MAX_PIXELS)
+
+
+def check_pixel_budget(width: Any, height: Any) -> None:
+    """Refuse a tile over the visitor budget *before* its pixels are read (one clear line)."""
+    try:
+        w, h = int(width or 0), int(height or 0)
+    except (TypeError, ValueError):
+        return
+    budget = visitor_max_pixels()
+    if w * h > budget:
+        raise TileReadError(
+            f"the tile is {w}×{h} px ({w * h / 1e6:.1f} M pixels); this server segments up to "
+            f"{budget / 1e6:.1f} M pixels per request (METASEG_VISITOR_MAX_PIXELS): crop it, or run "
+            "`python -m metaseg map` on your own machine for large scenes"
+        )
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -89,6 +117,37 @@ def get_store():
             store = PromptStore(key)
             _stores[key] = store
         return store
+
+
+_prompt_limits: dict[tuple[str, int], Any] = {}
+
+
+def check_prompt_save(session_key: str) -> None:
+    """Count one prompt-version save (typed, restored or LLM-generated) of a session: at most
+    ``METASEG_PROMPT_SAVES_PER_MINUTE`` (default 10) per session and
+    ``METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE`` (default 120) for the whole server. The store is
+    shared by every visitor (that is its purpose), so one visitor must not flood it."""
+    from metaseg.imagery import RateLimiter
+
+    per = _env_int("METASEG_PROMPT_SAVES_PER_MINUTE", 10)
+    total = _env_int("METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE", 120)
+    with _store_lock:
+        mine = _prompt_limits.setdefault(("session", per), RateLimiter(per, 60.0, "prompt versions saved",
+                                                                         MetasegError))
+        everyone = _prompt_limits.setdefault(("process", total), RateLimiter(
+            total, 60.0, "prompt versions saved on this server by all visitors", MetasegError))
+    mine.check(session_key)
+    everyone.check("all sessions")
+
+
+def check_prompt_text(text: Any) -> str:
+    """A prompt for the models: at most the store's limit of characters (the same cap as saving)."""
+    from prompts_db import MAX_TEXT_CHARS
+
+    text = str(text or "")
+    if len(text) > MAX_TEXT_CHARS:
+        raise MetasegError(f"the prompt has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    return text
 
 
 def llm_status() -> tuple[bool, str]:
@@ -347,6 +406,7 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
     ``sources`` are the session's model choices (role -> source; missing = operator default)."""
     if not str(prompt or "").strip():
         raise MetasegError("the prompt is empty: type one in the Describe tab or pick a location first")
+    check_prompt_text(prompt)
     models = {r: MODELS.get(r, (sources or {}).get(r) or None) for r in ROLES}
     cs_a = models["metasegnet"].predictor.class_set
     cs_b = models["baseline"].predictor.class_set
@@ -355,7 +415,7 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
             f"MetaSegNet predicts {cs_a.name} classes but the baseline predicts {cs_b.name}; load a matching pair"
         )
     masks, seconds, backends = {}, {}, {}
-    with _infer_lock:  # one inference at a time: the cores (or the GPU) are shared anyway
+    with inference_lane(int(rgb.shape[0]) * int(rgb.shape[1])):
         _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends)
     from metaseg.classes import get_class_set
 
@@ -370,7 +430,29 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
     )
 
 
-_infer_lock = threading.Lock()
+#: Two inference lanes: one tile at a time in each, so a large tile (up to the visitor budget) never
+#: makes a small one wait behind it; the cores are shared between the two while both run.
+_lanes = {"small": threading.Semaphore(1), "large": threading.Semaphore(1)}
+
+
+@contextmanager
+def inference_lane(pixels: int):
+    """Hold the inference lane of a ``pixels``-sized tile (``METASEG_SMALL_PIXELS``: the small lane's
+    limit). A small tile waits only for another small one; a large one waits at most
+    ``METASEG_LARGE_WAIT_S`` seconds (default 10) for the large lane, then gets a clear "busy"."""
+    small = pixels <= _env_int("METASEG_SMALL_PIXELS", DEFAULT_SMALL_PIXELS)
+    lane = _lanes["small" if small else "large"]
+    wait = None if small else float(_env_int("METASEG_LARGE_WAIT_S", 10))
+    if not lane.acquire(timeout=wait):
+        raise MetasegError(
+            "another large tile is being segmented on this server right now; try again in a minute, or use a "
+            f"tile of at most {_env_int('METASEG_SMALL_PIXELS', DEFAULT_SMALL_PIXELS) / 1e6:.1f} M pixels "
+            "(those never wait behind large ones)"
+        )
+    try:
+        yield
+    finally:
+        lane.release()
 
 
 def _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends=None) -> None:
@@ -624,23 +706,28 @@ def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: st
     encoded = encode_label(index, class_set)
     tags = label_tags(class_set, index)
     geo = tile_info is not None and getattr(tile_info, "crs", None) and getattr(tile_info, "transform", None)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # unique per call (two visitors labelling the same tile in the same second get two files), and
+    # written under a temporary name then renamed, so a recorded path always holds a whole file
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     outdir.mkdir(parents=True, exist_ok=True)
-    if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
-        path = outdir / f"label_{class_set.name}_{stamp}.png"
-        _write_png(path, encoded[..., :3].astype(np.uint8), tags)
-    else:
-        view = _raw_view(class_set)
-        path = outdir / f"label_{class_set.name}_{stamp}{'.tif' if geo else '.png'}"
-        if geo:
+    suffix = ".png" if encoded.ndim == 3 or not geo else ".tif"
+    path = outdir / f"label_{class_set.name}_{stamp}{suffix}"
+    tmp = outdir / f".partial-{uuid.uuid4().hex}{suffix}"
+    try:
+        if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
+            _write_png(tmp, encoded[..., :3].astype(np.uint8), tags)
+        elif geo:
             from metaseg.export import write_mask_geotiff
 
-            write_mask_geotiff(path, encoded, view, tile_info.crs, tile_info.transform)
-            _tag_geotiff(path, tags)
+            write_mask_geotiff(tmp, encoded, _raw_view(class_set), tile_info.crs, tile_info.transform)
+            _tag_geotiff(tmp, tags)
         else:
             from metaseg.export import palette_bytes
 
-            _write_png(path, encoded, tags, palette=palette_bytes(view))
+            _write_png(tmp, encoded, tags, palette=palette_bytes(_raw_view(class_set)))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     row = get_store().save_label(tile_hash_, class_set.name, str(path))
     return {"path": str(path), "labelled_pixels": int(tags["LABELLED_PIXELS"]), **row}
 
@@ -721,11 +808,12 @@ def label_dir() -> Path:
     return Path(os.environ.get("METASEG_LABEL_DIR") or Path(default_db_path()).parent / "labels")
 
 
-def zip_labels(tile_hash_: str, out: Path) -> Path:
-    """All saved label files of a tile in one zip (MetasegError when there are none)."""
+def zip_labels(tile_hash_: str, out: Path, label_ids: set[int] | None = None) -> Path:
+    """The saved label files of a tile in one zip (only ``label_ids`` when given: a session's own;
+    MetasegError when there are none)."""
     import zipfile
 
-    rows = get_store().labels(tile_hash_)
+    rows = [r for r in get_store().labels(tile_hash_) if label_ids is None or r.get("id") in label_ids]
     files = [Path(r["mask_path"]) for r in rows if Path(r["mask_path"]).is_file()]
     if not files:
         raise MetasegError("no saved labels for this tile yet")
@@ -914,7 +1002,7 @@ def write_polygons(masks: dict[str, np.ndarray], class_names: list[str], tile_in
 
 
 # --------------------------------------------------------------------------- imagery
-_imagery_limits: dict[tuple[int, float], Any] = {}
+_imagery_limits: dict[tuple[str, int], Any] = {}
 _imagery_lock = threading.Lock()
 
 
@@ -924,9 +1012,23 @@ def imagery_limiter():
 
     calls = _env_int("METASEG_IMAGERY_PER_MINUTE", 6)
     with _imagery_lock:
-        lim = _imagery_limits.get((calls, 60.0))
+        lim = _imagery_limits.get(("session", calls))
         if lim is None:
-            lim = _imagery_limits[(calls, 60.0)] = RateLimiter(calls, 60.0)
+            lim = _imagery_limits[("session", calls)] = RateLimiter(calls, 60.0)
+        return lim
+
+
+def imagery_global_limiter():
+    """The process-wide limiter beside the per-session one (``METASEG_IMAGERY_GLOBAL_PER_MINUTE``
+    fetches a minute for all sessions together, default 20): fresh sessions or API clients cannot
+    turn the server into a proxy for the tile server."""
+    from metaseg.imagery import RateLimiter
+
+    calls = _env_int("METASEG_IMAGERY_GLOBAL_PER_MINUTE", 20)
+    with _imagery_lock:
+        lim = _imagery_limits.get(("process", calls))
+        if lim is None:
+            lim = _imagery_limits[("process", calls)] = RateLimiter(calls, 60.0)
         return lim
 
 
@@ -953,4 +1055,8 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any, out: Path, session_key: str):
     lat_f, lon_f = validate(lat, lon)
     src = require_source()
     imagery_limiter().check(session_key)
+    try:
+        imagery_global_limiter().check("all sessions")
+    except MetasegError as exc:
+        raise type(exc)(f"this server is fetching a lot of imagery for all its visitors right now: {exc}") from None
     return _fetch(lat_f, lon_f, zoom, out, source=src)

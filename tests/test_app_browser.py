@@ -248,7 +248,7 @@ def test_loveda_and_potsdam_legend_label_encoding_and_review(app_server, browser
             assert len(present) >= 3 and all(name in table for name in present)
 
 
-def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser):
+def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser, tmp_path, monkeypatch):
     """The real shipped demo weights (no fakes): an example with ground truth → segment → Review
     shows the scores the app logged; then the Label tab: start from the MetaSegNet mask, paint a
     bareland stroke, save → a label whose pixels are that mask plus the stroke. (A narrow page:
@@ -259,6 +259,10 @@ def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser):
     from prompts_db import PromptStore
     from studio import services
     from studio.session import session_root
+
+    # this test's own session root: the default one under /tmp is shared with other processes,
+    # whose masks the glob below would otherwise pick up
+    monkeypatch.setenv("METASEG_SESSION_DIR", str(tmp_path / "sessions"))
 
     ARTIFACTS.mkdir(exist_ok=True)
     weights = ROOT / "metaseg" / "weights" / "metasegnet_demo.safetensors"

@@ -75,6 +75,13 @@ class FakePredictor:
         return _Pred(index=index)
 
 
+def _px(image):
+    """The pixels of a result picture: handlers return PNG files (new per result), not arrays."""
+    from PIL import Image
+
+    return np.asarray(Image.open(image).convert("RGB")) if isinstance(image, (str, Path)) else image
+
+
 def fake_factory(role: str, source: str | None = None) -> FakePredictor:
     return FakePredictor(role)
 
@@ -110,6 +117,7 @@ def _load(app, path, class_set="openearthmap", state=None):
 def test_upload_geotiff_locates_and_copies_into_session(app_module, geotiff):
     out = _load(app_module, geotiff)
     state, loc_html, map_html, lat, lon, prompt, info, _dd, _table, preview, gt = out
+    preview = _px(preview)
     assert state.location["source"] == "geotiff"
     assert state.location["zone"]["code"] == "Cfb"
     assert abs(lat - 52.39) < 0.01 and abs(lon - 13.06) < 0.01
@@ -254,6 +262,7 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     stored = services.get_store().get(state.prompt_id).text
     out = segment.on_segment(stored, 0.5, state, progress=progress)
     state, (ov_a, ov_b), dis, dis_txt, fractions, files, legend, status, gsd = out
+    ov_a, ov_b, dis = _px(ov_a), _px(ov_b), _px(dis)
     assert ov_a.shape == ov_b.shape == state.tile.rgb.shape  # the two sides of the ImageSlider
     assert not np.array_equal(ov_a, ov_b)  # the fake models differ
     assert dis.shape == ov_a.shape and "disagree" in dis_txt
@@ -267,6 +276,7 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
 
     review = review_tab.on_review(state)
     metrics_html, iou, chart, only, only_legend, compare = review
+    chart, only = _px(chart), _px(only)
     assert "mIoU" in metrics_html
     assert list(iou.columns) == ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
     assert chart.ndim == 3 and chart.shape[2] == 3
@@ -451,6 +461,7 @@ def test_api_functions(app_module, geotiff, fake_models):
     with pytest.raises(gr.Error):
         api.api_locate(None, None, None)
     a, b, fr = api.api_segment(str(SYNTH), "")
+    a, b = _px(a), _px(b)
     assert a.shape == b.shape == (256, 256, 3)
     assert set(fr) == {"metasegnet", "baseline"} and abs(sum(fr["baseline"].values()) - 1) < 1e-6
     rec = api.api_save_prompt("Cfa", "loveda", "A humid subtropical prompt.")
@@ -633,6 +644,7 @@ def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeyp
     state = locate.on_map_click({"lat": 46.95, "lng": 7.45}, "openearthmap", None)[0]
     out = locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
     state, loc_html, map_html, lat, lon, prompt, info, _dd, _t, preview, gt, file_box = out
+    preview = _px(preview)
     assert file_box is None  # the upload box is emptied: the fetched tile is the session's tile
     assert state.location["source"] == "geotiff" and state.location["crs"] == "EPSG:3857"
     assert state.location["zone"]["code"] == "Cfb" and "Cfb" in info and prompt.strip()
@@ -642,7 +654,7 @@ def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeyp
     assert "Loopback tiles" in loc_html and "zoom 16" in loc_html and 'data-gsd="1.6' in loc_html
     assert "L.polygon" in html.unescape(map_html)  # the fetched footprint on the map
     seg = segment.on_segment(prompt, 0.5, state, progress=lambda *a, **k: None)
-    assert seg[1][0].shape == (1024, 1024, 3) and "Done" in seg[7]
+    assert _px(seg[1][0]).shape == (1024, 1024, 3) and "Done" in seg[7]
     assert "coarser" in seg[8] and "⚠️" in seg[8]  # 1.6 m/px under a 0.25-0.5 m model
     # the per-session rate limit, then the switch
     monkeypatch.setenv("METASEG_IMAGERY_PER_MINUTE", "1")

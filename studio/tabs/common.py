@@ -36,6 +36,12 @@ CLASS_SET_CHOICES = ["openearthmap", "loveda", "potsdam"]
 TILE_TYPES = [".tif", ".tiff", ".png", ".jpg", ".jpeg"]
 #: keyword arguments of every UI event: only the named endpoints of ``studio.tabs.api`` are public API
 UI = {"api_visibility": "undocumented"}
+#: events that run the models on a visitor's tile (Segment, ``/segment``): at most 4 at once in
+#: Gradio's workers, in two inference lanes (``studio.services.inference_lane``: a small tile never
+#: waits behind a large one); every other event runs at most 2 at a time (``app.queue_kwargs``)
+INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
+#: experiments and their galleries (whole evaluation sets): one at a time on the server
+EXPERIMENT = {"concurrency_id": "experiment", "concurrency_limit": 1}
 
 
 @dataclass
@@ -139,8 +145,51 @@ def user_errors(fn):
 
 
 def session(state: SessionState | None) -> SessionState:
-    """The session of a handler call (a fresh one when Gradio passes ``None``)."""
-    return state if isinstance(state, SessionState) else SessionState()
+    """The session of a handler call (a fresh one when Gradio passes ``None``; a fresh session also
+    lets the janitor remove session folders nobody has used for a long time)."""
+    if isinstance(state, SessionState):
+        return state
+    from studio.session import sweep_sessions
+
+    sweep_sessions()
+    return SessionState()
+
+
+#: result pictures older than this (seconds) are removed from a session's results folder: Gradio
+#: has long copied them into its own cache by then
+RESULT_KEEP_S = 120
+
+
+def image_file(image: Any, folder: Path, stem: str = "image") -> str:
+    """Write a result picture (H×W×3 uint8) to a *new* PNG file and return its path.
+
+    Returning a file instead of an array matters under concurrency: Gradio caches an array under
+    the hash of its bytes and rewrites that file in place, so two visitors getting the same
+    picture at once could download a truncated copy; a uniquely named file is copied into the
+    cache under a temporary name and renamed, never rewritten.
+    """
+    import os
+    import time
+    import uuid
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in folder.glob("*.png"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > RESULT_KEEP_S:
+                old.unlink()
+    path = folder / f"{stem}-{uuid.uuid4().hex[:12]}.png"
+    tmp = folder / f".{path.name}.partial"
+    try:
+        Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).save(tmp, format="PNG",
+                                                                                      compress_level=3)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path)
 
 
 @contextlib.contextmanager

@@ -196,8 +196,17 @@ def remember_label(state: SessionState, row: dict[str, Any], class_set: str, lab
                    "labelled_pixels": labelled, "prompt": (prompt or "").strip() or None})
 
 
+def own_labels(state: SessionState) -> set[int] | None:
+    """The saved labels this session may see: its own, or all (``None``) when the operator shares them."""
+    from studio import policy
+
+    return None if policy.share_labels() else set(state.label_ids)
+
+
 def labels_table(state: SessionState) -> pd.DataFrame:
-    return views.labels_table(services.get_store().labels(state.tile_hash) if state.tile_hash else [])
+    rows = services.get_store().labels(state.tile_hash) if state.tile_hash else []
+    ids = own_labels(state)
+    return views.labels_table([r for r in rows if ids is None or r.get("id") in ids])
 
 
 @user_errors
@@ -205,7 +214,7 @@ def on_labels_export(state: SessionState | None):
     state = session(state)
     if not state.tile_hash:
         raise gr.Error("Load a tile first.")
-    out = services.zip_labels(state.tile_hash, state.output_path("labels.zip"))
+    out = services.zip_labels(state.tile_hash, state.output_path("labels.zip"), own_labels(state))
     return labels_table(state), str(out)
 
 

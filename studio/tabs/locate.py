@@ -24,6 +24,7 @@ from studio.tabs.common import (
     Studio,
     as_uploaded,
     class_set_of,
+    image_file,
     path_of,
     session,
     user_errors,
@@ -66,14 +67,29 @@ def tile_outputs(ctx: Studio) -> list[Any]:
 
 def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_name: str | None = None,
               note: str | None = None, copy: bool = True):
-    """Copy ``path`` into the session (unless it is already there: ``copy=False``), read and locate
-    it; returns the :func:`tile_outputs` values."""
+    """Check, read and locate ``path``, then copy it into the session (unless it is already there:
+    ``copy=False``); returns the :func:`tile_outputs` values.
+
+    Nothing is copied before the file has been read successfully and found within the visitor's
+    pixel budget, so a failed load leaves no file behind (a failed *upload* is removed from
+    Gradio's upload folder too); the session keeps one copy: its current tile's.
+    """
     src = str(path)
-    services.ensure_readable(src)
+    try:
+        services.ensure_readable(src)
+        with as_uploaded(Path(src), shown_name or src):
+            loc, _info = services.locate_file(src)
+            services.check_pixel_budget(loc.get("width"), loc.get("height"))
+            tile = services.read_tile(src)
+    except Exception:
+        if copy:
+            drop_upload(src)
+        raise
+    previous = state.tile_path
     copy = state.import_file(src) if copy else Path(src)
-    with as_uploaded(copy, shown_name or src):
-        loc, _info = services.locate_file(copy)
-        tile = services.read_tile(copy)
+    if previous and Path(previous) != copy and Path(previous).parent == state.workdir \
+            and Path(previous).name.startswith("tile-"):
+        Path(previous).unlink(missing_ok=True)  # the session's earlier tile: no longer used
     state.reset_tile()
     state.tile_path, state.tile = str(copy), tile
     state.tile_hash = services.tile_hash(copy)
@@ -89,7 +105,23 @@ def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_na
         f"Ground truth loaded ({state.ground_truth_source})." if state.ground_truth is not None
         else "No ground truth yet: upload a label or paint one in the Label tab."
     )
-    return (*located(state, class_set, note), views.display_image(tile.rgb), gt)
+    preview = image_file(views.display_image(tile.rgb), state.output_path("results"), "tile")  # a new file
+    return (*located(state, class_set, note), preview, gt)
+
+
+def drop_upload(path: str | Path) -> None:
+    """Remove a file from Gradio's upload folder (a failed upload: nobody can use it); files
+    anywhere else (the examples, a dataset) are never touched."""
+    try:
+        from gradio.utils import get_upload_folder
+
+        p = Path(path).resolve()
+        if p.is_file() and p.is_relative_to(Path(get_upload_folder()).resolve()):
+            p.unlink(missing_ok=True)
+            if p.parent != Path(get_upload_folder()).resolve() and not any(p.parent.iterdir()):
+                p.parent.rmdir()
+    except OSError:
+        pass
 
 
 def with_file_fields(state: SessionState, loc: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +242,9 @@ def build(ctx: Studio) -> None:
             preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
     examples = services.example_tiles(EXAMPLES)
     if examples:
-        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8)
+        # "private": the page's example clicks only, not an API endpoint (a bad index gave an empty error)
+        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8,
+                    api_visibility="private")
     if credits:
         gr.Markdown("SynthEarth examples are procedural tiles with exact ground truth. "
                     "`iguacu_landsat8.tif`: Landsat 8 imagery courtesy of the U.S. Geological Survey "

@@ -19,6 +19,7 @@ from studio.tabs.common import (
     Studio,
     as_uploaded,
     class_set_of,
+    image_file,
     path_of,
     session,
     user_errors,
@@ -68,6 +69,8 @@ def on_review(state: SessionState | None):
     legend = views.legend_items_html(
         [(n.replace("A", "MetaSegNet").replace("B", "baseline"), c) for n, c in ONLY_ONE_RIGHT_LEGEND]
     )
+    out = state.output_path("results")  # new files: identical pictures of two visitors never share one
+    bars, only = image_file(bars, out, "iou"), image_file(only, out, "only-one-right")
     return (views.metrics_html(rev, state.ground_truth_source), iou, bars, only, legend,
             views.compare_table(services.get_store().compare_prompt_versions(state.tile_hash)))
 

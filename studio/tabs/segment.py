@@ -21,7 +21,17 @@ import pandas as pd
 from studio import services, views
 from studio.session import SessionState
 from studio.tabs import locate
-from studio.tabs.common import UI, Studio, class_set_of, clean_message, legend_html, session, user_errors
+from studio.tabs.common import (
+    INFERENCE,
+    UI,
+    Studio,
+    class_set_of,
+    clean_message,
+    image_file,
+    legend_html,
+    session,
+    user_errors,
+)
 
 TAB_ID = "segment"
 FRACTION_COLS = ["class", "MetaSegNet %", "baseline %"]
@@ -37,8 +47,10 @@ def overlays(state: SessionState, opacity: float):
     a, b = views.display_image(p.metasegnet), views.display_image(p.baseline)
     dis = disagreement_map(a, b, rgb)
     frac = disagreement_fraction(p.metasegnet, p.baseline)
+    out = state.output_path("results")  # new files per result: never rewritten while downloaded
     return (
-        (overlay(rgb, a, cs, alpha=opacity), overlay(rgb, b, cs, alpha=opacity)), dis,
+        (image_file(overlay(rgb, a, cs, alpha=opacity), out, "metasegnet"),
+         image_file(overlay(rgb, b, cs, alpha=opacity), out, "baseline")), image_file(dis, out, "disagreement"),
         f"The models disagree on **{100 * frac:.1f}%** of the pixels (magenta).",
     )
 
@@ -171,7 +183,7 @@ def wire(ctx: Studio) -> None:
     seg = ctx.seg_btn.click(
         on_segment, [ctx.prompt, ctx.opacity, ctx.state, ctx.class_set, ctx.resample],
         [ctx.state, ctx.slider, ctx.dis_img, ctx.dis_txt, ctx.frac_df, ctx.downloads, ctx.legend,
-         ctx.seg_status, ctx.gsd_note], **UI,
+         ctx.seg_status, ctx.gsd_note], **UI, **INFERENCE,
     )
     ctx.emit("segmented", seg)
     ctx.poly_btn.click(on_polygons, [ctx.state], [ctx.downloads], **UI)
