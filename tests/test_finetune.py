@@ -128,6 +128,7 @@ def test_taught_folder_round_trips_through_checkpoint_dir(tmp_path, capsys):
 
     assert export_main(["--checkpoint", str(out), "--out", str(tmp_path / "exported"), "--json"]) == 0
     capsys.readouterr()
+    assert meta["teach"]["base_sha256"] in (tmp_path / "exported" / "README.md").read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- budget
