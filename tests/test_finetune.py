@@ -206,3 +206,26 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_store_labels_finds_tiles_by_hash(tmp_path, capsys):
+    """--store-labels: the newest saved label per tile, its tile found by sha256 in --root."""
+    from metaseg.geo import tile_hash
+    from prompts_db.store import PromptStore
+    from training.finetune import main
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    image, label, raw = _synth_pair(tiles, size=64)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    moved = labels / "label_openearthmap_1.png"
+    label.rename(moved)
+    with PromptStore() as store:
+        store.save_label(tile_hash(image), "openearthmap", str(moved))
+    rc = main(["--model", "baseline_demo", "--store-labels", "--root", str(tiles), "--steps", "1",
+               "--out", str(tmp_path / "o"), "--json", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(capsys.readouterr().out)
+    assert res["tiles"] == 1 and res["class_set"] == "openearthmap"
+    assert res["labelled_pixels"] == int((raw != 255).sum())
