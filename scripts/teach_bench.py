@@ -195,7 +195,8 @@ def run_case(kind: str, rgb: np.ndarray, gt: np.ndarray, teach: np.ndarray, scor
                           args.seed, recipe)
         rows[f"{name} taught"] = {**score(gt, idx, scored, cs), "seconds": res["teach_seconds"],
                                   "predict_seconds": res["predict_seconds"], "steps": res["steps"],
-                                  "stopped": res["stopped"]}
+                                  "stopped": res["stopped"], "flips_cached": res.get("flips_cached"),
+                                  "timing": res.get("timing")}
         print(f"[{kind}] {name} taught: {rows[f'{name} taught']['miou']} mIoU, {res['steps']} steps", file=sys.stderr)
     if not args.skip_rf:
         pred, sec = random_forest(rgb, teach, args.seed)
