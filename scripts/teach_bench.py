@@ -195,13 +195,14 @@ def run_case(kind: str, rgb: np.ndarray, gt: np.ndarray, teach: np.ndarray, scor
                           args.seed, recipe)
         rows[f"{name} taught"] = {**score(gt, idx, scored, cs), "seconds": res["teach_seconds"],
                                   "predict_seconds": res["predict_seconds"], "steps": res["steps"],
-                                  "stopped": res["stopped"]}
+                                  "stopped": res["stopped"], "flips_cached": res.get("flips_cached"),
+                                  "timing": res.get("timing")}
         print(f"[{kind}] {name} taught: {rows[f'{name} taught']['miou']} mIoU, {res['steps']} steps", file=sys.stderr)
     if not args.skip_rf:
         pred, sec = random_forest(rgb, teach, args.seed)
         rows["random forest"] = {**score(gt, pred, scored, cs), "seconds": round(sec, 2)}
         print(f"[{kind}] random forest: {rows['random forest']['miou']} mIoU", file=sys.stderr)
-    for name in args.models:
+    for name in [] if args.skip_shipped else args.models:
         idx, sec, _ = shipped(name, rgb, args.zone)
         rows[f"{name} shipped"] = {**score(gt, idx, scored, cs), "seconds": round(sec, 2)}
     return rows
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zone", default="Cfa", help="the tile's Köppen zone (LoveDA: Cfa)")
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--skip-rf", action="store_true")
+    p.add_argument("--skip-rf", action="store_true", help="leave out the random-forest anchor")
+    p.add_argument("--skip-shipped", action="store_true", help="leave out the shipped demo pair")
     p.add_argument("--recipe", nargs="*", default=[], metavar="KEY=JSON", help="override a finetune recipe field")
     p.add_argument("--work", default=str(ROOT / "runs" / "teach_bench"), help="where checkpoints/labels go")
     p.add_argument("--json", action="store_true")
