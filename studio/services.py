@@ -611,8 +611,8 @@ def editor_composite(value: Any) -> np.ndarray | None:
     return np.asarray(value)
 
 
-#: Lowest layer alpha (0..255) that counts as painted: anti-aliased stroke rims below it stay unlabelled.
-PAINT_MIN_ALPHA = 24
+#: Lowest layer alpha (0..255) that counts as painted (below it the 8-bit colour is too coarse to tell the class).
+PAINT_MIN_ALPHA = 8
 #: Tags of a label file the studio writes (GeoTIFF tags / PNG text chunks).
 LABEL_ENCODING_TAG = "LABEL_ENCODING"
 

@@ -87,7 +87,7 @@ def _strokes(state: SessionState, start: str = label_tab.EMPTY, opacity: float =
     a = int(round(255 * opacity))
     layer[10:20, 10:60] = (*CS.colors[3], a)  # road
     layer[100:130, 100:120] = (*CS.colors[5], a)  # water
-    layer[5, 5] = (*CS.colors[3], 10)  # an anti-aliased rim pixel: too faint to count
+    layer[5, 5] = (*CS.colors[3], 4)  # an almost transparent pixel: too faint to tell its colour
     return {"background": value["background"], "layers": [layer], "composite": None}
 
 
