@@ -106,6 +106,7 @@ class SessionState:
     session_labels: list[dict[str, Any]] = field(default_factory=list)
     #: taught model pairs of this session: name -> {"metasegnet": folder, "baseline": folder, ...}
     taught: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label_start: np.ndarray | None = None  # the Label editor's starting mask (editor grid), if any
     teach_seconds: float = 0.0  # teaching budget spent by this session (both models)
     #: the session's model choice, role -> source (empty = the operator's default); checked by
     #: :func:`studio.policy.model_choice` before it is stored, so it is always loadable

@@ -283,7 +283,8 @@ def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser, tmp_pa
         assert mseg["miou"] > 0.3  # trained weights, not random ones
 
         page.get_by_role("tab", name="Label").click()
-        page.locator("#label-start").click()  # default: start from the MetaSegNet prediction
+        page.locator("#label-start-from").get_by_label("MetaSegNet prediction").check()  # a dense correction
+        page.locator("#label-start").click()
         page.wait_for_selector("#editor canvas")
         page.locator("#editor button[aria-label='Brush']").click()
         box = page.locator("#editor canvas").first.bounding_box()

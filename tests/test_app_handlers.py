@@ -391,7 +391,7 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
     value = update["value"]
     assert "building" in legend and len(update["brush"].colors) == 8
     cs = get_class_set("openearthmap")
-    layer = value["layers"][0].copy()  # the prediction as a paint layer over the tile
+    layer = np.zeros((256, 256, 4), np.uint8)  # the editor's stroke layer over the tile and the prediction
     layer[:20, :20] = (*cs.colors[7], 153)  # paint a building in the corner
     editor = {"background": value["background"], "layers": [layer], "composite": None}
     state, msg, labels, path = label_tab.on_label_save(editor, state)

@@ -65,13 +65,20 @@ def _view(img: np.ndarray) -> np.ndarray:
 
 
 def editor_value(state: SessionState, view_index: np.ndarray | None, cs_name: str, opacity: float) -> dict[str, Any]:
-    """The editor's value: the tile as background, the label on the editor's grid (or an empty
-    layer) painted over it."""
+    """The editor's value: the tile as background, with the starting label (a prediction or the
+    ground truth, on the editor's grid) blended over it at ``opacity``; strokes go on the editor's
+    own empty layer (the browser editor does not reliably load layers sent by the server).
+
+    The starting label is kept in the session (``state.label_start``): on save, what the strokes
+    leave unpainted keeps its class from there (255 = unlabelled for an empty start).
+    """
+    from metaseg.visualize import overlay
+
     rgb = _view(np.asarray(state.tile.rgb)[..., :3]).astype(np.uint8)
-    if view_index is None:
-        view_index = np.full(rgb.shape[:2], services.IGNORE, np.uint8)
-    return {"background": rgb, "layers": [services.label_layer(view_index, class_set_of(cs_name), opacity)],
-            "composite": None}
+    state.label_start = None if view_index is None else np.asarray(view_index, np.uint8)
+    if view_index is not None:
+        rgb = np.asarray(overlay(rgb, view_index, class_set_of(cs_name), alpha=float(opacity)), np.uint8)[..., :3]
+    return {"background": rgb, "layers": [], "composite": None}
 
 
 @user_errors
@@ -126,19 +133,6 @@ def brush_class_name(choice: str | None) -> str | None:
     return str(choice).split("|", 1)[0] if choice else None
 
 
-@user_errors
-def on_label_opacity(editor: Any, opacity: float, name: str | None, state: SessionState | None,
-                     class_set: str | None = None):
-    """Redraw the paint layer (and the brushes) at a new opacity; what is painted is kept."""
-    state = session(state)
-    if state.tile is None or services.editor_layer(editor) is None:
-        return gr.skip()
-    cs_name = label_class_set(state, class_set)
-    painted = painted_index(editor, state, cs_name)
-    return gr.update(value=editor_value(state, painted, cs_name, opacity),
-                     brush=brush(cs_name, opacity, brush_class_name(name)))
-
-
 def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
     """Class indices of the editor's paint layer on the editor's grid (255 = unlabelled)."""
     layer = services.editor_layer(editor)
@@ -151,7 +145,13 @@ def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
                        + (f" (shown at {want[1]}×{want[0]})" if want != (h, w) else "")
                        + "; load the tile into the editor again.")
     valid = getattr(state.tile, "valid", None)
-    return services.layer_to_index(layer, class_set_of(cs_name), None if valid is None else _view(valid))
+    index = services.layer_to_index(layer, class_set_of(cs_name), None if valid is None else _view(valid))
+    start = getattr(state, "label_start", None)
+    if start is not None and start.shape == index.shape:  # unpainted pixels keep the starting label
+        index = np.where(index == services.IGNORE, start, index).astype(np.uint8)
+        if valid is not None:
+            index[~np.asarray(_view(valid), dtype=bool)] = services.IGNORE
+    return index
 
 
 @user_errors
@@ -230,7 +230,7 @@ def build(ctx: Studio) -> None:
         with gr.Row():
             brush_class = gr.Radio(class_choices("openearthmap"), value=class_choices("openearthmap")[0][1],
                                    label="Brush class", elem_id="brush-class", scale=3)
-            label_opacity = gr.Slider(0.2, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Label opacity",
+            label_opacity = gr.Slider(0.2, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Label opacity (strokes; the starting mask on loading)",
                                       elem_id="label-opacity", scale=1)
         label_legend = gr.HTML(legend_html("openearthmap"), js_on_load=None, elem_id="label-legend")
         editor = gr.ImageEditor(label="Paint with the class brushes over the tile", type="numpy", format="png",
@@ -253,9 +253,7 @@ def wire(ctx: Studio) -> None:
     ctx.label_start_btn.click(on_label_start, [ctx.label_start, ctx.state, ctx.label_opacity, ctx.class_set],
                               [ctx.editor, ctx.label_legend, ctx.brush_class], **UI)
     ctx.brush_class.input(None, [ctx.brush_class, ctx.label_opacity], None, js=PICK_BRUSH_JS, **UI)
-    ctx.label_opacity.release(on_label_opacity,
-                              [ctx.editor, ctx.label_opacity, ctx.brush_class, ctx.state, ctx.class_set],
-                              [ctx.editor], **UI)
+    ctx.label_opacity.release(None, [ctx.brush_class, ctx.label_opacity], None, js=PICK_BRUSH_JS, **UI)
     saved = ctx.save_label_btn.click(on_label_save, [ctx.editor, ctx.state, ctx.class_set, ctx.prompt],
                                      [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out], **UI)
     ctx.emit("label_saved", saved)
