@@ -112,6 +112,7 @@ def test_paint_two_classes_save_teach_see_the_taught_pair_and_another_session_ke
 
         page.get_by_role("tab", name="Models").click()
         page.wait_for_selector("#models-pair:has-text('taught 1')")
+        page.wait_for_function("() => !document.querySelector('#models-table').innerText.includes('demo:')")
         table = page.locator("#models-table").inner_text()
         assert "demo:metasegnet_demo" not in table and "metasegnet" in table
 
