@@ -108,7 +108,8 @@ def summarise(work: str, peak_tflops: float, t0: float | None = None, final: boo
                                      "checkpoint_s", "seconds", "world_size")}
         if t["images_per_s"] is None and t["step_s"]:
             t["images_per_s"] = round(2 / t["step_s"], 3)
-        t["val_miou"] = t.pop("best_miou")
+        t["val_miou"] = None if t["best_miou"] is None else round(float(t.pop("best_miou")), 2)
+        t.pop("best_miou", None)
         g = ((be or {}).get("gflops_per_image") or {}).get("metasegnet")
         if g and t["images_per_s"] and peak_tflops:
             t["approx_fraction_of_bf16_peak"] = round(3 * g * t["images_per_s"] / 1e3 / peak_tflops, 4)
