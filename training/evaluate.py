@@ -42,8 +42,15 @@ What is computed:
 
 JSON keys: ``miou, oa, mf1, precision, recall, per_class`` (scored class → ``{iou, f1,
 precision, recall}``) plus ``f1_of_means, dataset, split, prompt_mode, n_images, n_pixels,
-model, checkpoint, class_set, tta, class_map, units, seconds`` and ``note`` when some classes
-are not scored.
+model, checkpoint, class_set, tta, class_map, units, seconds``, ``prompt_source`` (where the
+texts came from: ``checkpoint`` = the training prompts it recorded, ``store`` = the prompt store's
+current text, and why), ``prompt_hash`` (short SHA-256 of zone → text as scored) and
+``train_prompt_hash`` (the same over the training zones, from the checkpoint) and ``note`` when
+some classes are not scored.
+
+Prompts: ``--prompt-source checkpoint`` (default) gives each zone the text the checkpoint was
+trained with (:class:`TrainingPrompts`); zones it never saw, and checkpoints that record none,
+get the prompt store's current text. ``--prompt-source store`` always asks the store.
 """
 
 from __future__ import annotations
@@ -188,6 +195,81 @@ def resolve_device(name: str | None) -> Any:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda requested but CUDA is not available")
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+class _Text:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class TrainingPrompts:
+    """What the dataset reader asks for a zone's prompt: the checkpoint's training texts first.
+
+    A checkpoint of ``training.train`` records ``train_prompts`` (zone → the text each training
+    tile carried). Stored prompts get edited after a model is trained, so scoring with the
+    store's *current* text would test the model on texts it never saw. This object answers the
+    reader's ``current(zone, class_set)`` with the recorded text, and asks the prompt store only
+    for zones (or class sets) the checkpoint did not record; :meth:`report` says which happened.
+    Recorded texts are used only when the checkpoint trained with ``prompt_mode=climate`` (each
+    zone's own prompt), the mode whose texts are per zone.
+    """
+
+    def __init__(self, recorded: dict[str, str] | None, class_set: str | None, why: str,
+                 train_hash: str | None = None) -> None:
+        self.recorded = dict(recorded or {})
+        self.class_set = class_set
+        self.why = why
+        self.train_hash = train_hash
+        self._store = None
+        self.from_checkpoint: set[str] = set()
+        self.from_store: set[str] = set()
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], source: str = "checkpoint") -> TrainingPrompts:
+        recorded = meta.get("train_prompts")
+        train_hash = meta.get("train_prompt_hash")
+        if source == "store":
+            return cls(None, None, "--prompt-source store", train_hash)
+        if not isinstance(recorded, dict) or not recorded:
+            return cls(None, None, "the checkpoint records no training prompts", train_hash)
+        if meta.get("prompt_mode", "climate") != "climate":
+            return cls(None, None, f"the checkpoint trained with prompt_mode={meta.get('prompt_mode')}, "
+                                   "not per-zone climate prompts", train_hash)
+        return cls({str(k): str(v) for k, v in recorded.items()}, meta.get("class_set"), "", train_hash)
+
+    def current(self, zone: str | None, class_set: str) -> _Text:
+        key = str(zone)
+        if key in self.recorded and class_set == self.class_set:
+            self.from_checkpoint.add(key)
+            return _Text(self.recorded[key])
+        if self._store is None:
+            from prompts_db import PromptStore
+
+            self._store = PromptStore()
+        self.from_store.add(key)
+        return _Text(str(self._store.current(zone, class_set).text))
+
+    def report(self, dataset: Any, prompt_mode: str, uses_text: bool) -> dict[str, Any]:
+        """JSON keys ``prompt_source``, ``prompt_hash`` (of zone → text as scored), ``train_prompt_hash``."""
+        from training.train import prompt_hash
+
+        used = {str(z): str(p) for z, p in zip(dataset.zones, dataset.prompts, strict=True)}
+        if not uses_text:
+            source = "none (the model reads no text)"
+        elif not (self.from_checkpoint or self.from_store):
+            source = f"fixed ({prompt_mode} mode: the same text for every tile)"
+        elif self.from_store and not self.from_checkpoint:
+            source = "store" + (f" ({self.why})" if self.why else f" (zones not recorded in the checkpoint: "
+                                                                 f"{', '.join(sorted(self.from_store))})")
+        elif self.from_store:
+            source = f"checkpoint + store for zones it did not record: {', '.join(sorted(self.from_store))}"
+        else:
+            source = "checkpoint"
+        return {"prompt_source": source, "prompt_hash": prompt_hash(used) if uses_text else None,
+                "train_prompt_hash": self.train_hash}
 
 
 # ----------------------------------------------------------------------------- evaluation loop
@@ -408,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="climate (default); generic = the paper's 'It is a remote sensing image.'; "
                         "store-generic = the store's zone-free prompt; none = empty text (the paper's "
                         "'no text' row is the baseline model instead); wrong = a mismatched zone")
+    p.add_argument("--prompt-source", choices=("checkpoint", "store"), default="checkpoint",
+                   help="checkpoint (default): the zone prompts the checkpoint was trained with, the prompt "
+                        "store's current text only for zones it did not record; store: the store's current text")
     p.add_argument("--score-background", action="store_true",
                    help="OpenEarthMap only: also report the paper's 9-class mean (Background as a class)")
     p.add_argument("--tta", action="store_true", help="average horizontal/vertical flips")
@@ -446,13 +531,14 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     device = resolve_device(args.device)
-    dataset = build_dataset(args.dataset, args.root, args.split, prompt_mode=args.prompt_mode)
+    model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
+    prompts = TrainingPrompts.from_meta(meta, getattr(args, "prompt_source", "checkpoint"))
+    dataset = build_dataset(args.dataset, args.root, args.split, prompt_mode=args.prompt_mode, store=prompts)
     if len(dataset) == 0:
         raise ConfigError(f"split {args.split!r} of {args.root} has no tiles")
     if not getattr(dataset, "has_labels", True):
         raise ConfigError(f"split {args.split!r} of {args.root} has no labels to score against")
     ds_cs = dataset.class_set
-    model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
     model.to(device).eval()
     if args.backend != "torch":  # same weights through the ONNX Runtime graph (metaseg.backends)
         from metaseg.inference import Predictor
@@ -496,6 +582,7 @@ def run(args: argparse.Namespace) -> int:
         model=model.config.name, checkpoint=ckpt_path, tta=bool(args.tta), backend=getattr(model, "backend", "torch"),
         class_map=class_map["path"] if class_map else None, seconds=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
+    report.update(prompts.report(dataset, args.prompt_mode, bool(model.uses_text)))
     if with_bg is not None:
         report["with_background"] = with_bg
     if args.json:

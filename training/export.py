@@ -142,13 +142,14 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
     lines += ["", "## Metrics", ""]
     val = meta.get("val") or {}
     proto = meta.get("val_protocol") or {}
+    vfmt = _pct_already if meta.get("units") == "percent" else _pct  # checkpoints before issue 23: fractions
     if val:
         lines += [f"Validation split `{proto.get('split', train_cfg.get('split_val'))}` at the checkpoint's epoch "
                   f"(protocol of `training.evaluate`: native tile size, flip TTA {'on' if proto.get('tta') else 'off'}), "
                   "percent:", "",
-                  f"mIoU **{_pct(val.get('miou'))}**, OA {_pct(val.get('oa'))}, mF1 {_pct(val.get('mf1'))}", ""]
+                  f"mIoU **{vfmt(val.get('miou'))}**, OA {vfmt(val.get('oa'))}, mF1 {vfmt(val.get('mf1'))}", ""]
         if val.get("per_class"):
-            lines += _per_class_table(val["per_class"], _pct) + [""]
+            lines += _per_class_table(val["per_class"], vfmt) + [""]
     else:
         lines += ["No validation metrics were recorded for this checkpoint.", ""]
     for rep in reports or []:

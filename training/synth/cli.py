@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split-fractions", default=None, help="train,val,test fractions (default 0.7,0.15,0.15)")
     p.add_argument(
-        "--workers", type=int, default=1, help="parallel processes (default 1; output is identical)"
+        "--workers", type=int, default=1, help="parallel processes through Dask (default 1; output is identical; "
+        "serial when Dask distributed is not installed)"
     )
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
     except (MetasegError, OSError) as exc:
         sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
+        return 2
+    except ImportError as exc:  # e.g. rasterio (writes the GeoTIFFs) missing on a bare machine
+        sys.stderr.write(f"error: SynthEarth needs the Python package {exc.name or exc}: "
+                         "install the project's requirements.txt\n")
         return 2
     splits = {s: sum(t["split"] == s for t in manifest["tiles"]) for s in ("train", "val", "test")}
     summary = {
