@@ -130,6 +130,12 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
         ("L_itm", meta.get("itm_signal", "–")),
         ("weights", f"{meta.get('weights_dtype')} safetensors"),
     ]
+    teach = meta.get("teach") or {}
+    if teach:  # a training.finetune folder re-exported: keep its provenance on the card
+        rows.append(("taught", f"`python -m training.finetune` from `{teach.get('base')}` (sha256 "
+                               f"`{teach.get('base_sha256')}`) on {len(teach.get('tiles') or [])} tile(s), "
+                               f"{teach.get('labelled_pixels')} labelled px, {teach.get('steps')} steps, "
+                               f"{teach.get('seconds')} s"))
     from metaseg.checkpoints import gsd_range_m
 
     gsd = gsd_range_m(meta)
