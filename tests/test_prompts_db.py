@@ -178,7 +178,6 @@ def test_runs_labels_and_prompt_version_comparison(store):
 
 
 def test_prompt_for_location_uses_climate_lookup(store):
-    pytest.importorskip("metaseg.climate")
     rec = store.prompt_for_location(52.39, 13.06, "potsdam")  # Potsdam, Cfb
     assert rec.zone == "Cfb"
     ocean = store.prompt_for_location(0.0, -30.0, "potsdam")
@@ -196,9 +195,8 @@ def test_trim_to_budget_cuts_at_boundaries():
 
 
 def test_file_opens_in_sqlite_utils_cli(store):
-    exe = REPO / ".venv" / "bin" / "sqlite-utils"
-    if not exe.exists():
-        pytest.skip("sqlite-utils CLI not installed in .venv")
+    exe = Path(sys.executable).parent / "sqlite-utils"  # a pinned requirement: installed with the venv
+    assert exe.is_file(), f"{exe} missing: pip install -r requirements.txt"
     out = subprocess.run(
         [str(exe), "tables", str(store.path), "--counts"], capture_output=True, text=True, timeout=60
     )
