@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from metaseg.cli import run_cli
 from metaseg.errors import CheckpointError, ConfigError, MetasegError
 
 log = logging.getLogger(__name__)
@@ -568,14 +569,7 @@ def _score_with_background(model: Any, dataset: Any, cs: Any, args: argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (MetasegError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 2
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":
