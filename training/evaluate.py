@@ -194,34 +194,6 @@ def resolve_device(name: str | None) -> Any:
 # ----------------------------------------------------------------------------- evaluation loop
 
 
-def _predict(model: Any, images: Any, prompts: list[str], tta: bool) -> Any:
-    """Class indices B×H×W (torch, on the model's device) of a batch of same-size tiles."""
-    import torch
-
-    dev = images.device
-    text = list(prompts) if model.uses_text else None
-    views = [images, images.flip(-1), images.flip(-2)] if tta else [images]
-    batch = torch.cat(views, 0)
-    if text is not None:
-        text = text * len(views)
-    from metaseg.device import autocast_dtype
-
-    amp_dtype = autocast_dtype(dev)  # CUDA: bf16 where supported, else fp16; CPU: None (float32)
-    ctx = (
-        torch.autocast("cuda", dtype=amp_dtype)
-        if amp_dtype is not None
-        else torch.autocast("cpu", enabled=False)
-    )
-    with ctx:
-        out = model(batch, text=text) if text is not None else model(batch)
-    logits = getattr(out, "logits", out).float()
-    if not tta:
-        return logits.argmax(1)
-    p = torch.softmax(logits, 1).chunk(len(views), 0)
-    probs = (p[0] + p[1].flip(-1) + p[2].flip(-2)) / 3.0
-    return probs.argmax(1)
-
-
 def evaluate_dataset(
     model: Any,
     dataset: Any,
@@ -269,7 +241,8 @@ def confusion_dataset(
     flips only with ``tta``, autocast only on CUDA (CPU evaluation is float32 whatever ``amp`` says).
 
     Args:
-        model: a ``SegModel`` in eval mode (on ``device``).
+        model: a :class:`metaseg.inference.Predictor` (any backend), or a ``SegModel`` in eval
+            mode (on ``device``), run as it is (no memory-format change, no BatchNorm folding).
         dataset: items ``{"image": 3×H×W float [0,1], "label": H×W int64, "prompt": str, ...}``.
         class_set: the dataset's :class:`metaseg.classes.ClassSet`.
         lut: optional checkpoint → dataset class lookup (zero-shot); 255 = unmapped.
@@ -285,10 +258,12 @@ def confusion_dataset(
     """
     import torch
 
+    from metaseg.inference import Predictor
     from metaseg.metrics import ConfusionMatrix
 
     if device is None:
-        device = next(model.parameters()).device
+        device = model.device if isinstance(model, Predictor) else next(model.parameters()).device
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device, channels_last=False)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     cm = ConfusionMatrix(class_set.num_classes, ignore_index=class_set.ignore_index)
     lut_t = torch.as_tensor(lut.astype(np.int64), device=device) if lut is not None else None
@@ -304,7 +279,7 @@ def confusion_dataset(
             groups.setdefault(tuple(item["image"].shape), []).append(item)
         for group in groups.values():
             images = torch.stack([it["image"] for it in group]).to(device)
-            pred = _predict(model, images, [it["prompt"] or "" for it in group], tta)
+            pred = predictor.predict_batch(images, [it["prompt"] or "" for it in group], tta=tta)
             if lut_t is not None:
                 pred = lut_t[pred]
             labels = torch.stack([it["label"] for it in group]).to(device)
@@ -458,7 +433,8 @@ def run(args: argparse.Namespace) -> int:
     if args.backend != "torch":  # same weights through the ONNX Runtime graph (metaseg.backends)
         from metaseg.inference import Predictor
 
-        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path)).as_model()
+        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path),
+                          channels_last=False)
     ck_name = meta.get("class_set") or model.config.class_set
     ck_cs = get_class_set(ck_name)
 
