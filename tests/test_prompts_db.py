@@ -357,3 +357,21 @@ def test_threads_share_one_store(store):
     with ThreadPoolExecutor(max_workers=6) as pool:
         versions = sorted(pool.map(edit, range(24)))
     assert versions == list(range(2, 26))
+
+
+def test_zones_and_class_sets_have_one_home():
+    """prompts_db takes the zones from metaseg.climate and the class sets from metaseg.classes;
+    its own tables are prompt phrasing keyed by exactly those codes."""
+    from metaseg import classes, climate
+    from prompts_db import knowledge
+
+    assert knowledge.ZONE_CODES is climate.ZONE_CODES and ZONE_CODES is climate.ZONE_CODES
+    assert tuple(knowledge.ZONE_NAMES) == climate.ZONE_CODES
+    assert set(knowledge.ZONE_FACTS) <= set(climate.ZONE_CODES)
+    assert set(knowledge.GROUP_NAMES) == set(climate.GROUPS) == set(knowledge.GROUP_FACTS)
+    assert CLASS_SET_NAMES == tuple(classes.CLASS_SETS)
+    info = knowledge.zone_info("cfb")
+    assert (info.code, info.name, info.description) == ("Cfb", climate.ZONES["Cfb"].name, climate.ZONES["Cfb"].description)
+    with pytest.raises(UnknownNameError, match="not a Köppen climate zone"):
+        knowledge.zone_info("generic")
+
