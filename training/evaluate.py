@@ -61,11 +61,11 @@ import numpy as np
 
 from metaseg.cli import run_cli
 from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from training.config import DATASET_NAMES
+from training.config import PROMPT_MODE_NAMES as PROMPT_MODES
 
 log = logging.getLogger(__name__)
 
-PROMPT_MODES = ("climate", "generic", "store-generic", "none", "wrong")
-DATASETS = ("openearthmap", "loveda", "potsdam", "synthearth")
 CLASS_MAP_DIR = Path(__file__).resolve().parent / "class_maps"
 
 
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         help="variant name; alone: its shipped demo weights; with --checkpoint: the expected variant",
     )
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
     p.add_argument("--prompt-mode", default="climate", choices=PROMPT_MODES,

@@ -55,6 +55,7 @@ from typing import Any
 
 from metaseg.cli import run_cli
 from metaseg.errors import ConfigError
+from training.config import DATASET_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = p.add_mutually_exclusive_group()
     b.add_argument("--baseline", help="baseline variant (alone: its shipped demo weights), run once per tile")
     b.add_argument("--baseline-checkpoint", help="baseline checkpoint")
-    p.add_argument("--dataset", required=True, help="openearthmap | loveda | potsdam | synthearth")
+    p.add_argument("--dataset", required=True, help=" | ".join(DATASET_NAMES))
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
     p.add_argument("--variant", action="append", default=[], required=True,
