@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,11 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "METASEG_LLM_MODEL"):
 for _var in ("METASEG_IMAGERY_ATTRIBUTION", "METASEG_IMAGERY_CACHE", "METASEG_IMAGERY_SUBDOMAINS"):
     os.environ.pop(_var, None)
 os.environ["METASEG_IMAGERY_URL"] = "off"
+# The app's session folders: this run's own temp folder, not the system-wide default
+# (/tmp/metaseg_sessions is shared with every other process on the machine, whose masks a test
+# would then find). Subprocesses inherit it.
+os.environ["METASEG_SESSION_DIR"] = tempfile.mkdtemp(prefix="metaseg-test-sessions-")
+atexit.register(shutil.rmtree, os.environ["METASEG_SESSION_DIR"], True)
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "metaseg" / "weights"
