@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from training import evaluate, synth  # noqa: E402
+from training import evaluate, synth
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"miou", "oa", "mf1", "precision", "recall", "per_class", "dataset", "split", "prompt_mode", "n_images",

@@ -102,7 +102,7 @@ def test_zone_parsing_and_errors():
 
 
 def test_write_oem_layout_geotiff_and_manifest(tmp_path):
-    rasterio = pytest.importorskip("rasterio")
+    import rasterio
     from rasterio.warp import transform as warp
 
     from metaseg.climate import lookup

@@ -24,7 +24,14 @@ import yaml
 
 from metaseg.errors import ConfigError
 
-DATASET_NAMES = ("openearthmap", "loveda", "potsdam", "synthearth")
+#: The dataset readers (:mod:`training.datasets`) by name → the class set each is scored with
+#: (SynthEarth may override it in its ``synthearth.json``). The one list of dataset names: the
+#: config, the readers, ``training.evaluate`` and the app's Experiments tab take it from here
+#: (this module is torch-free, the readers are not).
+DATASET_CLASS_SETS: dict[str, str] = {"openearthmap": "openearthmap", "loveda": "loveda", "potsdam": "potsdam",
+                                      "synthearth": "openearthmap"}
+DATASET_NAMES: tuple[str, ...] = tuple(DATASET_CLASS_SETS)
+#: Prompt modes of the dataset readers (:mod:`training.datasets.prompts`; ``training.evaluate --prompt-mode``).
 PROMPT_MODE_NAMES = ("climate", "generic", "store-generic", "none", "wrong")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 LR_SCALING = ("none", "linear", "sqrt")

@@ -66,12 +66,13 @@ from typing import Any
 
 import numpy as np
 
+from metaseg.cli import run_cli
 from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from training.config import DATASET_NAMES
+from training.config import PROMPT_MODE_NAMES as PROMPT_MODES
 
 log = logging.getLogger(__name__)
 
-PROMPT_MODES = ("climate", "generic", "store-generic", "none", "wrong")
-DATASETS = ("openearthmap", "loveda", "potsdam", "synthearth")
 CLASS_MAP_DIR = Path(__file__).resolve().parent / "class_maps"
 
 
@@ -275,34 +276,6 @@ class TrainingPrompts:
 # ----------------------------------------------------------------------------- evaluation loop
 
 
-def _predict(model: Any, images: Any, prompts: list[str], tta: bool) -> Any:
-    """Class indices B×H×W (torch, on the model's device) of a batch of same-size tiles."""
-    import torch
-
-    dev = images.device
-    text = list(prompts) if model.uses_text else None
-    views = [images, images.flip(-1), images.flip(-2)] if tta else [images]
-    batch = torch.cat(views, 0)
-    if text is not None:
-        text = text * len(views)
-    from metaseg.device import autocast_dtype
-
-    amp_dtype = autocast_dtype(dev)  # CUDA: bf16 where supported, else fp16; CPU: None (float32)
-    ctx = (
-        torch.autocast("cuda", dtype=amp_dtype)
-        if amp_dtype is not None
-        else torch.autocast("cpu", enabled=False)
-    )
-    with ctx:
-        out = model(batch, text=text) if text is not None else model(batch)
-    logits = getattr(out, "logits", out).float()
-    if not tta:
-        return logits.argmax(1)
-    p = torch.softmax(logits, 1).chunk(len(views), 0)
-    probs = (p[0] + p[1].flip(-1) + p[2].flip(-2)) / 3.0
-    return probs.argmax(1)
-
-
 def evaluate_dataset(
     model: Any,
     dataset: Any,
@@ -350,7 +323,8 @@ def confusion_dataset(
     flips only with ``tta``, autocast only on CUDA (CPU evaluation is float32 whatever ``amp`` says).
 
     Args:
-        model: a ``SegModel`` in eval mode (on ``device``).
+        model: a :class:`metaseg.inference.Predictor` (any backend), or a ``SegModel`` in eval
+            mode (on ``device``), run as it is (no memory-format change, no BatchNorm folding).
         dataset: items ``{"image": 3×H×W float [0,1], "label": H×W int64, "prompt": str, ...}``.
         class_set: the dataset's :class:`metaseg.classes.ClassSet`.
         lut: optional checkpoint → dataset class lookup (zero-shot); 255 = unmapped.
@@ -366,10 +340,12 @@ def confusion_dataset(
     """
     import torch
 
+    from metaseg.inference import Predictor
     from metaseg.metrics import ConfusionMatrix
 
     if device is None:
-        device = next(model.parameters()).device
+        device = model.device if isinstance(model, Predictor) else next(model.parameters()).device
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device, channels_last=False)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     cm = ConfusionMatrix(class_set.num_classes, ignore_index=class_set.ignore_index)
     lut_t = torch.as_tensor(lut.astype(np.int64), device=device) if lut is not None else None
@@ -385,7 +361,7 @@ def confusion_dataset(
             groups.setdefault(tuple(item["image"].shape), []).append(item)
         for group in groups.values():
             images = torch.stack([it["image"] for it in group]).to(device)
-            pred = _predict(model, images, [it["prompt"] or "" for it in group], tta)
+            pred = predictor.predict_batch(images, [it["prompt"] or "" for it in group], tta=tta)
             if lut_t is not None:
                 pred = lut_t[pred]
             labels = torch.stack([it["label"] for it in group]).to(device)
@@ -483,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         help="variant name; alone: its shipped demo weights; with --checkpoint: the expected variant",
     )
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
     p.add_argument("--prompt-mode", default="climate", choices=PROMPT_MODES,
@@ -543,7 +519,8 @@ def run(args: argparse.Namespace) -> int:
     if args.backend != "torch":  # same weights through the ONNX Runtime graph (metaseg.backends)
         from metaseg.inference import Predictor
 
-        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path)).as_model()
+        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path),
+                          channels_last=False)
     ck_name = meta.get("class_set") or model.config.class_set
     ck_cs = get_class_set(ck_name)
 
@@ -655,14 +632,7 @@ def _score_with_background(model: Any, dataset: Any, cs: Any, args: argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (MetasegError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 2
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

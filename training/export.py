@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from metaseg.cli import run_cli
+from metaseg.errors import ConfigError, MetasegError
 
 log = logging.getLogger(__name__)
 
@@ -284,22 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        reports = []
-        for path in args.eval_json:
-            try:
-                reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"--eval-json {path}: {exc}") from None
-        result = export_checkpoint(args.checkpoint, args.out, half=args.half, eval_reports=reports,
-                                   repo_id=args.push, verify=not args.no_verify)
-        result.update(pushed=False, repo_id=args.push, url=None)
-        if args.push:
-            result["url"] = push_folder(args.out, args.push, private=args.private)
-            result["pushed"] = True
-    except (MetasegError, CheckpointError, OSError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    reports = []
+    for path in args.eval_json:
+        try:
+            reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--eval-json {path}: {exc}") from None
+    result = export_checkpoint(args.checkpoint, args.out, half=args.half, eval_reports=reports,
+                               repo_id=args.push, verify=not args.no_verify)
+    result.update(pushed=False, repo_id=args.push, url=None)
+    if args.push:
+        result["url"] = push_folder(args.out, args.push, private=args.private)
+        result["pushed"] = True
     if args.json:
         print(json.dumps(result))
     else:

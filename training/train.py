@@ -968,23 +968,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary = train(cfg)
-    except MetasegError as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        if args.json:
-            print(json.dumps(summary))
-        elif "runs" in summary:
-            b = summary["best_miou"]
-            print(f"done: {b['n']} seeds, best val mIoU {b['mean']} ± {b['std']} % (min {b['min']}, "
-                  f"max {b['max']}); runs in {summary['out_dir']}/seed_N")
-        else:
-            print(f"done: best val mIoU {summary['best_miou']} % at epoch {summary['best_epoch']}; "
-                  f"{summary['steps']} steps; checkpoints in {summary['out_dir']}")
-    return 0
+    from metaseg.cli import run_cli
+
+    def command() -> int:
+        summary = train(load_config(args.config, args.overrides))
+        if int(os.environ.get("RANK", "0")) == 0:
+            if args.json:
+                print(json.dumps(summary))
+            elif "runs" in summary:
+                b = summary["best_miou"]
+                print(f"done: {b['n']} seeds, best val mIoU {b['mean']} ± {b['std']} % (min {b['min']}, "
+                      f"max {b['max']}); runs in {summary['out_dir']}/seed_N")
+            else:
+                print(f"done: best val mIoU {summary['best_miou']} % at epoch {summary['best_epoch']}; "
+                      f"{summary['steps']} steps; checkpoints in {summary['out_dir']}")
+        return 0
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":
