@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from metaseg.errors import ConfigError
+from training.config import DATASET_NAMES
 
 log = logging.getLogger(__name__)
 
 #: built-in variants offered as checkboxes (``id:N`` versions come from a multiselect)
 BUILTIN_VARIANTS = ("climate", "generic", "none", "wrong", "source:llm", "source:user")
-DATASETS = ("synthearth", "openearthmap", "loveda", "potsdam")
+#: the dataset readers, SynthEarth first (it ships with the project); names from training.config
+DATASETS = ("synthearth", *(d for d in DATASET_NAMES if d != "synthearth"))
 LABELLED = "labelled tiles in the store"
 TILE_STEM = "tile"
 

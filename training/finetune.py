@@ -1033,21 +1033,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    from metaseg.cli import run_cli
+
+    def command() -> int:
         result = run(args)
-    except (MetasegError, OSError) as exc:
-        sys.stderr.write(f"error: {_one_line(exc)}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted (nothing written)\n")
-        return 2
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print(f"taught {result['base']} on {result['tiles']} tile(s), {result['labelled_pixels']} labelled px "
-              f"({result['class_set']}): {result['steps']} steps in {result['seconds']:.1f} s "
-              f"(stopped: {result['stopped']}) -> {result['checkpoint']}")
-    return 0
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False))
+        else:
+            print(f"taught {result['base']} on {result['tiles']} tile(s), {result['labelled_pixels']} labelled px "
+                  f"({result['class_set']}): {result['steps']} steps in {result['seconds']:.1f} s "
+                  f"(stopped: {result['stopped']}) -> {result['checkpoint']}")
+        return 0
+
+    return run_cli(command, interrupted=lambda _exc: " (nothing written)")
 
 
 if __name__ == "__main__":
