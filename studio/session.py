@@ -146,6 +146,7 @@ class SessionState:
         self.ground_truth = None
         self.ground_truth_source = None
         self.example_label_path = None
+        self.label_start = None  # the editor's starting mask belonged to the old tile
 
     def cleanup(self) -> None:
         shutil.rmtree(session_root() / self.session_id, ignore_errors=True)

@@ -136,6 +136,11 @@ def brush_class_name(choice: str | None) -> str | None:
 def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
     """Class indices of the editor's paint layer on the editor's grid (255 = unlabelled)."""
     layer = services.editor_layer(editor)
+    if layer is None and isinstance(editor, dict) and editor.get("background") is None:
+        comp = services.editor_composite(editor)  # an API client's dense colour mask (no tile under it)
+        if comp is not None and np.ndim(comp) == 3:
+            comp = np.asarray(comp)[..., :3].astype(np.uint8)
+            layer = np.concatenate([comp, np.full(comp.shape[:2] + (1,), 255, np.uint8)], axis=2)
     if layer is None:
         raise gr.Error("Nothing to save: load the tile into the editor and paint first.")
     h, w = state.tile.rgb.shape[:2]
@@ -249,7 +254,13 @@ def build(ctx: Studio) -> None:
             labels_df=labels_df, label_file_out=label_file_out)
 
 
+def clear():
+    """A new tile: the editor's strokes belonged to the previous one."""
+    return None, ""
+
+
 def wire(ctx: Studio) -> None:
+    ctx.on("tile_loaded", clear, None, [ctx.editor, ctx.label_status])
     ctx.label_start_btn.click(on_label_start, [ctx.label_start, ctx.state, ctx.label_opacity, ctx.class_set],
                               [ctx.editor, ctx.label_legend, ctx.brush_class], **UI)
     ctx.brush_class.input(None, [ctx.brush_class, ctx.label_opacity], None, js=PICK_BRUSH_JS, **UI)
