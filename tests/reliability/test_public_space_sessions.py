@@ -57,8 +57,8 @@ def test_two_api_sessions_keep_tiles_labels_and_experiments_apart(running_app, t
     lines.append(f"A uploads and segments a tile; B's Segment (`/on_segment`) answers \"{msg[:60]}\".")
 
     # A's label is A's: B, on the very same tile, has no labelled set.
-    editor = {"background": handle_file(str(painted)), "layers": [], "composite": handle_file(str(painted))}
-    out = running_app.call(a, editor, api_name="/on_label_save", timeout=120)
+    editor = {"background": None, "layers": [], "composite": handle_file(str(painted))}  # an API client's colour mask
+    out = running_app.call(a, editor, "openearthmap", "", api_name="/on_label_save", timeout=120)
     assert "Saved label #" in str(out), out
     running_app.call(b, handle_file(str(tile)), "openearthmap", api_name="/on_tile", timeout=120)
     msg = _refused(running_app, b, LABELLED, "synthearth", "", "test", api_name="/on_scan")
