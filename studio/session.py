@@ -55,7 +55,13 @@ class SessionState:
     prediction: PairPrediction | None = None
     ground_truth: np.ndarray | None = None  # H×W uint8 indices
     ground_truth_source: str | None = None  # "upload" | "painted" | "example"
+    ground_truth_class_set: str | None = None  # class set of ``ground_truth``'s indices
     example_label_path: str | None = None
+    tile_name: str | None = None  # the name the visitor knows the tile by (display only, never a path)
+    #: why the last attempt to open a tile failed (the tile in use, if any, stayed); ``None`` after a success
+    load_error: str | None = None
+    #: set when a tile load replaced the session's tile; consumed by :meth:`take_new_tile`
+    new_tile: bool = False
 
     @property
     def workdir(self) -> Path:
@@ -84,10 +90,41 @@ class SessionState:
         self.tile_path = None
         self.tile_hash = None
         self.tile = None
+        self.tile_name = None
         self.prediction = None
         self.ground_truth = None
         self.ground_truth_source = None
+        self.ground_truth_class_set = None
         self.example_label_path = None
+        self.load_error = None
+        self.new_tile = True
+
+    def take_new_tile(self) -> bool:
+        """Whether a tile load replaced the tile since the last call (the results shown are stale)."""
+        new, self.new_tile = self.new_tile, False
+        return new
+
+    def shown_tile_file(self) -> str | None:
+        """A copy of the tile in use named as the visitor knows it, for the tile file box.
+
+        After a failed load the file box must name the tile the session still uses, not the file
+        that was refused. The name is reduced to safe characters and the copy lives in a fresh
+        folder of this session, so visitor text never steers a path.
+        """
+        if not self.tile_path or not Path(self.tile_path).is_file():
+            return None
+        name = Path(self.tile_name or Path(self.tile_path).name).name
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80].strip("._") or "tile"
+        suffix = Path(self.tile_path).suffix.lower()
+        folder = self.workdir / "shown"
+        shutil.rmtree(folder, ignore_errors=True)
+        dst = folder / uuid.uuid4().hex[:8] / f"{stem}{suffix}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.tile_path, dst)  # no second copy of a large tile where the disk allows
+        except OSError:
+            shutil.copyfile(self.tile_path, dst)
+        return str(dst)
 
     def cleanup(self) -> None:
         shutil.rmtree(session_root() / self.session_id, ignore_errors=True)

@@ -60,9 +60,12 @@ def on_label_save(editor: Any, state: SessionState | None):
     row = services.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
                               services.label_dir() / state.tile_hash[:16])
     experiments.keep_labelled_tile(state.tile_path, Path(row["path"]).parent)  # evaluable in Experiments
-    state.ground_truth, state.ground_truth_source = index, "painted label"
+    state.ground_truth, state.ground_truth_source = index, f"saved label #{row['id']}"
+    state.ground_truth_class_set = cs.name
+    from studio.tabs import locate
+
     return state, f"Saved label #{row['id']} ({cs.name} encoding); it is now this tile's ground truth.", \
-        labels_table(state), row["path"]
+        labels_table(state), row["path"], locate.gt_text(state)
 
 
 def labels_table(state: SessionState) -> pd.DataFrame:
@@ -101,5 +104,5 @@ def build(ctx: Studio) -> None:
 def wire(ctx: Studio) -> None:
     ctx.label_start_btn.click(on_label_start, [ctx.label_start, ctx.state], [ctx.editor, ctx.label_legend], **UI)
     ctx.save_label_btn.click(on_label_save, [ctx.editor, ctx.state],
-                             [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out], **UI)
+                             [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out, ctx.gt_status], **UI)
     ctx.export_btn.click(on_labels_export, [ctx.state], [ctx.labels_df, ctx.label_file_out], **UI)

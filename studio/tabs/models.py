@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from metaseg.errors import MetasegError
 from studio import services
 from studio.tabs.common import UI, Studio, user_errors
 
@@ -17,11 +18,20 @@ def models_table() -> pd.DataFrame:
 
 @user_errors
 def on_load_checkpoints(src_a: str, src_b: str):
-    """Load checkpoints (path or hub id) for both slots now; empty = back to the default source."""
-    services.MODELS.set_source("metasegnet", src_a)
-    services.MODELS.set_source("baseline", src_b)
-    for role in services.ROLES:
-        services.MODELS.get(role)
+    """Load checkpoints (path or hub id) for both slots now; empty = back to the default source.
+
+    All or nothing: when one fails, both slots go back to what they served before."""
+    previous = {role: services.MODELS.chosen_source(role) for role in services.ROLES}
+    try:
+        services.MODELS.set_source("metasegnet", src_a)
+        services.MODELS.set_source("baseline", src_b)
+        for role in services.ROLES:
+            services.MODELS.get(role)
+    except MetasegError as exc:
+        for role, source in previous.items():
+            services.MODELS.set_source(role, source)
+        raise gr.Error(f"{' '.join(str(exc).split())}. Check the path or hub id; the models in use did not "
+                       "change.") from None
     gr.Info("Models loaded.")
     return models_table()
 
