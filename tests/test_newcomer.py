@@ -237,7 +237,13 @@ def test_point_locates_a_tile_without_a_location(tmp_path):
 
 # --------------------------------------------------------------------------- 6. Web Mercator limit
 def test_imagery_beyond_web_mercator_is_refused(tmp_path, monkeypatch):
-    from metaseg.imagery import MERCATOR_MAX_LAT, fetch_imagery, ground_resolution_m, window_around, window_centre_lat
+    from metaseg.imagery import (
+        MERCATOR_MAX_LAT,
+        fetch_imagery,
+        ground_resolution_m,
+        window_around,
+        window_centre_lat,
+    )
 
     monkeypatch.setenv("METASEG_IMAGERY_URL", "http://127.0.0.1:9/{z}/{x}/{y}.png")
     for lat in (89.5, -85.06):
