@@ -405,3 +405,18 @@ def test_predict_checkpoint_without_model_and_gsd_warning(tmp_path, capsys, tiny
     assert code == 2 and "not 'baseline_demo'" in capsys.readouterr().err  # a given --model must match
     assert main(["predict", str(coarse), "--out", str(tmp_path / "o.tif")]) == 2
     assert "--model NAME" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- item 4 (no page: the CLI)
+@pytest.mark.slow
+def test_readme_map_command_skips_the_label_files(tmp_path, capsys):
+    """``metaseg map static/examples`` (the README's command): 5 tiles of imagery, not 9."""
+    from metaseg.cli import main
+
+    out = tmp_path / "map"
+    code = main(["map", str(Path(__file__).resolve().parents[1] / "static" / "examples"), "--out", str(out), "--model", "metasegnet_demo",
+                 "--workers", "0", "--json"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and len(summary["tiles"]) == 5 and summary["label_files_skipped"] == 4
+    assert not any(t["path"].endswith("_label.tif") for t in summary["tiles"])
+    assert {"tiles", "area_ha", "seconds", "counts"} <= set(summary)

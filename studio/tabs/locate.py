@@ -227,7 +227,11 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
     if lat is None or lon is None:
         raise gr.Error("Click the map or type coordinates first, then fetch the imagery there.")
     out = state.output_path(f"imagery-{uuid.uuid4().hex[:8]}.tif")
-    res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+    try:
+        res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+    except Exception as exc:  # noqa: BLE001 - remembered for the failure view, then reported as usual
+        state.load_error = f"the imagery at {lat}, {lon}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        raise
     note = (f"Fetched {res.size}×{res.size} px around {res.lat:.5f}, {res.lon:.5f} at zoom {res.zoom} "
             f"(≈{res.gsd_m:.2g} m/px; {res.tiles} tiles, {res.cached} cached). {res.attribution}")
     outputs = load_tile(out, class_set, state, note=note, copy=False)
