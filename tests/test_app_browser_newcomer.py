@@ -52,7 +52,17 @@ def colorado_tile(folder: Path, name: str = "colorado.tif") -> Path:
 
 
 def upload(page, path: Path) -> None:
+    """Pick a file in the tile box like a user: clear the file shown first (× button), if any."""
+    clear = page.locator("#tile-file button[aria-label='Clear']")
+    if clear.count() and clear.first.is_visible():
+        clear.first.click()
     page.locator("#tile-file input[type=file]").set_input_files(str(path))
+
+
+def file_box_names(page) -> list[str]:
+    """The file name(s) the tile file box shows."""
+    return page.evaluate(
+        "() => [...document.querySelectorAll('#tile-file td.filename')].map(td => td.getAttribute('aria-label'))")
 
 
 def error_badges(page) -> int:
@@ -89,8 +99,8 @@ def test_failed_upload_saved_label_and_location_precedence(app_url, browser, tmp
         upload(page, empty)
         page.wait_for_selector("#location:has-text('Could not open empty.tif')")
         assert "Still using colorado.tif" in page.locator("#location").inner_text()
-        page.wait_for_function("document.querySelector('#tile-file').innerText.includes('colorado.tif')")
-        assert "empty.tif" not in page.locator("#tile-file").inner_text()
+        page.wait_for_selector("#tile-file td.filename[aria-label='colorado.tif']")
+        assert file_box_names(page) == ["colorado.tif"]
         assert zone_of(page) == zone and page.locator("#preview img").count() == 1
         assert page.locator("#slider img").count() == 2  # the results of the tile in use are kept
         page.wait_for_timeout(500)
@@ -113,6 +123,12 @@ def test_failed_upload_saved_label_and_location_precedence(app_url, browser, tmp
         page.wait_for_selector("#gt-status:has-text('Ground truth loaded (saved label #1')")
         again = tmp_path / "same_tile_other_name.tif"
         shutil.copyfile(tif, again)
+        upload(page, again)  # the same tile again in this session: nothing is lost
+        page.wait_for_selector("#tile-file td.filename[aria-label='same_tile_other_name.tif']")
+        page.wait_for_timeout(1000)
+        assert "saved label #1" in page.locator("#gt-status").inner_text()
+
+    with open_page(browser, app_url) as page:  # another visit: the label is found by the tile's hash
         upload(page, again)
         page.wait_for_selector("#location:has-text('Found the label saved for this tile')")
         assert "saved label #1" in page.locator("#gt-status").inner_text()
@@ -132,7 +148,7 @@ def test_failed_upload_saved_label_and_location_precedence(app_url, browser, tmp
         text = page.locator("#location").inner_text()
         assert "unloaded" in text and "typed" in text
         assert "No tile loaded" in page.locator("#gt-status").inner_text()
-        page.wait_for_function("!document.querySelector('#tile-file').innerText.includes('.tif')")
+        page.wait_for_function("document.querySelectorAll('#tile-file td.filename').length === 0")
         assert page.locator("#preview img").count() == 0
         page.get_by_role("tab", name="Segment").click()
         page.wait_for_function("document.querySelectorAll('#slider img').length === 0")  # old results gone
