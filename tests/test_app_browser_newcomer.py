@@ -51,12 +51,12 @@ def colorado_tile(folder: Path, name: str = "colorado.tif") -> Path:
     return write_geotiff(folder / name, 40.0, -105.27, crs="EPSG:32613", size=64, pixel_size=0.5)
 
 
-def upload(page, path: Path) -> None:
-    """Pick a file in the tile box like a user: clear the file shown first (× button), if any."""
-    clear = page.locator("#tile-file button[aria-label='Clear']")
+def upload(page, path: Path, box: str = "tile-file") -> None:
+    """Pick a file in a file box like a user: clear the file shown first (× button), if any."""
+    clear = page.locator(f"#{box} button[aria-label='Clear']")
     if clear.count() and clear.first.is_visible():
         clear.first.click()
-    page.locator("#tile-file input[type=file]").set_input_files(str(path))
+    page.locator(f"#{box} input[type=file]").set_input_files(str(path))
 
 
 def file_box_names(page) -> list[str]:
@@ -184,7 +184,7 @@ def test_review_recognises_the_studios_own_masks(app_url, browser, tmp_path):
         page.wait_for_selector("#metrics table")
         row = page.locator("#metrics tr", has_text="Baseline").inner_text()
         assert re.findall(r"[\d.]+", row) == ["100.0", "100.0", "100.0"]  # not 0.0
-        page.locator("#label-file input[type=file]").set_input_files(str(raw))
+        upload(page, raw, box="label-file")
         page.wait_for_selector("#gt-status:has-text('look like class indices')")
         page.wait_for_selector(".toast-body:has-text('look like class indices')")
 
@@ -254,16 +254,19 @@ def test_experiments_gallery_uncropped_none_variant_and_describe_history(app_url
             page.locator("#prompt textarea").fill(text)
             page.locator("#save-prompt").click()
             page.wait_for_selector(f"#prompt-info [data-version='{i + 2}']")
-        table = page.locator("#history-table").inner_text()
-        assert "slate roofs" in table and "red tile roofs" in table  # they no longer look identical
-        choose(page, "history", _history_option(page, 2))
+        # they no longer look identical: each row shows where it differs
+        page.wait_for_function("""() => {
+            const t = document.querySelector('#history-table').innerText;
+            return t.includes('slate roofs') && t.includes('red tile roofs');
+        }""")
+        pick(page, "history", "v2 ·")
         page.wait_for_function("([sel, want]) => document.querySelector(sel).value === want",
                                arg=["#version-text textarea", old_text])
 
         # 7. Experiments: A|B pairs whole, captions readable; "open with B's prompt" for B = none
         page.get_by_role("tab", name="Experiments").click()
         page.locator("button:has-text('Refresh list')").click()
-        choose(page, "exp-pick", _exp_option(page, exp_id))
+        pick(page, "exp-pick", f"#{exp_id}")
         page.wait_for_selector("#exp-info:has-text('metasegnet_demo')")
         page.locator("#exp-rank").click()  # A = climate, B = none (the defaults)
         page.wait_for_selector("#exp-gallery img")
@@ -289,15 +292,7 @@ def test_experiments_gallery_uncropped_none_variant_and_describe_history(app_url
         page.wait_for_selector("#seg-status:has-text('without a prompt')")
 
 
-def _history_option(page, version: int) -> str:
-    page.locator("#history input").click()
-    option = page.get_by_role("option").filter(has_text=f"v{version} ·").first.inner_text()
-    page.keyboard.press("Escape")
-    return option.strip()
-
-
-def _exp_option(page, exp_id: int) -> str:
-    page.locator("#exp-pick input").click()
-    option = page.get_by_role("option").filter(has_text=f"#{exp_id}").first.inner_text()
-    page.keyboard.press("Escape")
-    return option.strip()
+def pick(page, elem_id: str, contains: str) -> None:
+    """Pick the first option of the gr.Dropdown ``#elem_id`` whose text contains ``contains``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option").filter(has_text=contains).first.click()

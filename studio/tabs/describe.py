@@ -17,7 +17,7 @@ from studio.session import SessionState
 from studio.tabs.common import UI, Studio, session, user_errors
 
 TAB_ID = "describe"
-HISTORY_COLS = ["version", "id", "source", "tokens", "created", "text (where it differs from the current)"]
+HISTORY_COLS = ["version", "id", "source", "tokens", "created", "text (from where it differs from the current)"]
 #: characters of a version shown in the history table
 SNIPPET_CHARS = 120
 
@@ -49,11 +49,21 @@ def prompt_panel(state: SessionState, class_set: str):
     hist = store.history(rec.id)
     choices = [(f"v{r.version} · {r.source} · {r.created_at[:19]} (id {r.id})", r.id) for r in hist]
     table = pd.DataFrame(
-        [[r.version, r.id, r.source, r.token_count, r.created_at[:19], diff_snippet(r.text, rec.text)] for r in hist],
+        [[r.version, r.id, r.source, r.token_count, r.created_at[:19], diff_snippet(r.text, _reference(r, rec, hist))]
+         for r in hist],
         columns=HISTORY_COLS,
     )
     info = views.prompt_info_html(rec, zone_label(state))
     return rec.text, info, gr.update(choices=choices, value=rec.id), table
+
+
+def _reference(r: Any, current: Any, hist: list[Any]) -> str:
+    """What a history row is compared with: the current version; the current one itself with the
+    version before it (so it, too, shows what sets it apart)."""
+    if r.id != current.id:
+        return current.text
+    older = [h for h in hist if h.id != current.id and h.version < current.version]
+    return max(older, key=lambda h: h.version).text if older else current.text
 
 
 def _prompt_id(value: Any) -> int:
