@@ -217,7 +217,6 @@ def run(args: argparse.Namespace) -> int:
     if class_set is None:
         raise MetasegError(f"the checkpoint does not name a known class set ({predictor.config.class_set!r})")
 
-    _warn_gsd(tile.info.gsd_m, predictor)
     prompt = source = stored_id = None
     if predictor.uses_text:
         prompt, source, stored_id = _resolve_prompt(args, prompt_id, zone, latlon is not None, reason,
@@ -231,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
                                  window=args.window)
     finally:
         progress.close()
+    _warn_gsd(tile.info.gsd_m, predictor)  # with the result: a failed run reports only its error
 
     from metaseg.export import write_mask
     from metaseg.visualize import class_fractions

@@ -31,7 +31,7 @@ def on_label_start(start: str, state: SessionState | None):
     if start == "ground truth":
         if state.ground_truth is None:
             raise gr.Error("This tile has no ground truth yet; start from a prediction.")
-        mask, cs_name = state.ground_truth, (p.class_set if p else "openearthmap")
+        mask, cs_name = state.ground_truth, (state.ground_truth_class_set or (p.class_set if p else "openearthmap"))
     else:
         if p is None:
             raise gr.Error("Segment the tile first, then correct a prediction.")
