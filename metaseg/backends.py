@@ -46,9 +46,11 @@ is onnxruntime's — a new checkpoint or runtime gives a new file.
 Files are written to a temporary name and ``os.replace``-d into place (atomic), under a lock
 file so that concurrent workers build once. The record holds the graph's SHA-256: a graph
 whose bytes differ (truncated, corrupt) or that ONNX Runtime cannot load is rebuilt. When the
-checkpoint's folder is not writable (e.g. weights shipped inside site-packages) the graphs go to
-the user cache: ``$METASEG_CACHE_DIR/onnx`` (``$METASEG_CACHE/onnx`` also accepted) or
-``~/.cache/metaseg/onnx``.
+checkpoint's folder is not writable (e.g. weights shipped inside site-packages), and always for the
+weights shipped in ``metaseg/weights/`` (the package folder stays as shipped), the graphs go to the
+user cache: ``$METASEG_CACHE_DIR/onnx`` (``$METASEG_CACHE/onnx`` also accepted) or
+``~/.cache/metaseg/onnx``; that shared cache is kept under ``METASEG_ONNX_CACHE_MB`` (default 2048;
+the least recently written graphs go first; 0 = unbounded).
 
 onnx, onnxruntime and onnxscript are imported lazily (only by the ONNX backends).
 """
@@ -69,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metaseg.checkpoints import WEIGHTS_DIR as _SHIPPED_WEIGHTS
 from metaseg.errors import ConfigError, MetasegError
 from metaseg.onnx_graph import static_same_padding, streamline
 
@@ -308,13 +311,15 @@ def model_key(model: nn.Module, checkpoint: Path | None = None) -> str:
 
 
 def graph_path(model: nn.Module, backend: str, checkpoint: Path | None = None) -> Path:
-    """Where the graph of ``backend`` for this model lives (next to the checkpoint if writable)."""
+    """Where the graph of ``backend`` for this model lives: next to the checkpoint if writable, in
+    :func:`user_cache_dir` for the shipped weights (the package folder stays as shipped) and for a
+    model without a checkpoint."""
     import onnxruntime as ort
 
     stem = Path(checkpoint).with_suffix("").name if checkpoint is not None else str(
         getattr(getattr(model, "config", None), "name", "model"))
     folder = Path(checkpoint).parent if checkpoint is not None else None
-    if folder is None or not _writable(folder):
+    if folder is None or folder.resolve() == _SHIPPED_WEIGHTS.resolve() or not _writable(folder):
         folder = user_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
     kind = f"{backend}-w{int8_weight_bits()}" if backend == "onnx-int8" else backend
@@ -579,6 +584,10 @@ def ensure_graph(model: nn.Module, backend: str, checkpoint: Path | None = None,
             "verified": _passes(backend, check), **extra,
         }
         _atomic_write_bytes(_record_path(path), (json.dumps(record, indent=2) + "\n").encode())
+        if path.parent == user_cache_dir():  # the shared cache stays under METASEG_ONNX_CACHE_MB
+            from metaseg.cachebound import budget_bytes, trim
+
+            trim(path.parent, budget_bytes("METASEG_ONNX_CACHE_MB", 2048), keep=[path, _record_path(path)])
         log.info("built %s (%s): agreement min %.4f, max |dlogit| %.3g, %.1fs", path.name, backend,
                  check["agreement_min"], check["max_abs_diff"], record["build_seconds"])
         return path, record

@@ -6,8 +6,6 @@ devices that support it, float16 on older GPUs, ``None`` (full fp32) on CPU.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from metaseg.errors import ConfigError
@@ -47,8 +45,9 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
 
 
 def autocast(device: torch.device | str):
-    """Context manager: CUDA autocast with :func:`autocast_dtype`, a no-op on CPU."""
+    """Context manager of inference: CUDA autocast with :func:`autocast_dtype`; on CPU float32,
+    also inside an enclosing autocast (e.g. validation during a ``amp=true`` CPU training run)."""
     dtype = autocast_dtype(device)
     if dtype is None:
-        return contextlib.nullcontext()
+        return torch.autocast("cpu", enabled=False)
     return torch.autocast(device_type="cuda", dtype=dtype)

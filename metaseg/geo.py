@@ -427,7 +427,9 @@ def _pillow_open(p: Path, max_pixels: int | None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(p)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _fail(p, "image too large (decompression-bomb guard)", exc) from exc
+        # Pillow's own text names its internal threshold (twice the limit): name ours instead
+        raise _fail(p, f"image too large: over the limit of {limit:,} pixels (decompression-bomb guard; "
+                       "set METASEG_MAX_PIXELS to raise it)") from exc
     except UnidentifiedImageError as exc:
         raise _fail(p, "corrupt or unsupported image", None) from exc
     except (OSError, SyntaxError, ValueError) as exc:

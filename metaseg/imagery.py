@@ -10,7 +10,8 @@ The server comes only from the environment (read at each call, never from a visi
   default URL is used, else the template's host).
 - ``METASEG_IMAGERY_TIMEOUT`` (seconds per tile, 10), ``METASEG_IMAGERY_MAX_TILES`` (per request,
   36), ``METASEG_IMAGERY_CACHE`` (tile cache folder; default ``$METASEG_CACHE_DIR/imagery`` or
-  ``~/.cache/metaseg/imagery``).
+  ``~/.cache/metaseg/imagery``), ``METASEG_IMAGERY_CACHE_MB`` (its size bound, 512; the least
+  recently used tiles go first; 0 = unbounded).
 
 Fetching is polite: a User-Agent naming the project, a per-tile timeout and an overall deadline,
 at most :func:`max_tiles` tiles per request, at most four connections at a time, and an on-disk
@@ -21,6 +22,7 @@ No torch, no gradio.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -229,8 +231,10 @@ def check_mercator_lat(lat: float) -> float:
 class RateLimiter:
     """At most ``calls`` requests per ``period_s`` seconds per key (a session); thread-safe."""
 
-    def __init__(self, calls: int = 6, period_s: float = 60.0) -> None:
-        self.calls, self.period_s = calls, period_s
+    def __init__(self, calls: int = 6, period_s: float = 60.0, what: str = "imagery requests",
+                 error: type[Exception] | None = None) -> None:
+        self.calls, self.period_s, self.what = calls, period_s, what
+        self.error = error or ImageryError
         self._seen: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -245,8 +249,8 @@ class RateLimiter:
                 q.popleft()
             if len(q) >= self.calls:
                 wait = self.period_s - (now - q[0])
-                raise ImageryError(
-                    f"too many imagery requests ({self.calls} per {self.period_s:.0f} s): try again in {wait:.0f} s")
+                raise self.error(
+                    f"too many {self.what} ({self.calls} per {self.period_s:.0f} s): try again in {wait:.0f} s")
             q.append(now)
 
 
@@ -291,9 +295,14 @@ def fetch_tile(source: ImagerySource, z: int, x: int, y: int, *, timeout: float 
     path = folder / f"{y}.img"
     if path.is_file():
         try:
-            return _decode(path.read_bytes(), "cached tile"), True
+            pixels = _decode(path.read_bytes(), "cached tile")
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: the size bound (cachebound.trim) removes the oldest first
+            return pixels, True
         except ImageryError:
             path.unlink(missing_ok=True)
+        except OSError:  # removed meanwhile (the size bound): download it again
+            pass
     url = source.url(z, x, y)
     data = _download(url, timeout if timeout is not None else timeout_s())
     pixels = _decode(data, f"tile {z}/{x}/{y} from {source.host}")
@@ -391,6 +400,10 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any = None, out: str | os.PathLike =
         dst.write(np.moveaxis(mosaic, -1, 0))
         dst.update_tags(TIFFTAG_COPYRIGHT=src.attribution[:500], TIFFTAG_SOFTWARE=USER_AGENT.split(" (")[0],
                         IMAGERY_ZOOM=str(z), IMAGERY_HOST=src.host)
+    if cached < len(tiles):  # new tiles were written: keep the cache under its bound
+        from metaseg.cachebound import budget_bytes, trim
+
+        trim(cache, budget_bytes("METASEG_IMAGERY_CACHE_MB", 512))
     gsd = ground_resolution_m(window_centre_lat(win), z)  # what the tile's own transform says
     return ImageryResult(path=out, lat=lat_f, lon=lon_f, zoom=z, gsd_m=gsd, size=size,
                          tiles=len(tiles), cached=cached, seconds=time.perf_counter() - t0,

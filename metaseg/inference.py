@@ -37,6 +37,12 @@ Pipeline of :meth:`Predictor.predict`:
    verified graph exists or can be built, torch on CUDA) — see :mod:`metaseg.backends`. Windows,
    batching, blending, TTA, nodata and progress are the same code for every backend; the
    prediction records which backend ran (:attr:`Prediction.backend`).
+8. **Batch entry.** :meth:`Predictor.predict_batch` runs a batch of same-size images whole
+   (images × prompts, one prompt or one per image, flip TTA, the backend seam, autocast) and
+   returns their class indices. The single pass of :meth:`predict`, ``training.evaluate`` (and
+   so ``training.train``'s validation) and the stacked GPU tiles of :mod:`metaseg.mapping` call
+   it; ``training.sweep`` calls :meth:`predict` (one window per tile). There is no other copy of
+   the forward pass.
 """
 
 from __future__ import annotations
@@ -446,8 +452,25 @@ class Predictor:
             self._tokens[key] = tokens
         return tokens
 
-    def _logits(self, batch: torch.Tensor, prompt: str | None) -> torch.Tensor:
-        """The one model call of every path: logits B×K×h×w of windows B×3×h×w in [0, 1]."""
+    def _logits(self, batch: torch.Tensor, prompt: str | list[str] | None) -> torch.Tensor:
+        """The one model call of every path: logits B×K×h×w of windows B×3×h×w in [0, 1].
+
+        ``prompt``: one prompt for the whole batch (encoded once, features expanded), one per
+        image (the torch model encodes them per exact text; ONNX Runtime runs one call per
+        distinct prompt, in batch order), or ``None`` for a text-free model.
+        """
+        if isinstance(prompt, list):
+            if len(prompt) != batch.shape[0]:
+                raise ValueError(f"batch of {batch.shape[0]} images but {len(prompt)} prompts")
+            if self._ort is not None:
+                out: list[torch.Tensor | None] = [None] * len(prompt)
+                for text in dict.fromkeys(prompt):  # one call per distinct prompt
+                    idx = [i for i, q in enumerate(prompt) if q == text]
+                    for j, logits in zip(idx, self._logits(batch[idx], text), strict=True):
+                        out[j] = logits
+                return torch.stack(out)  # type: ignore[arg-type]
+            with _autocast(self.device):
+                return _logits_of(self.model(batch, text=prompt))
         if self._ort is not None:
             tokens = self._ort_tokens(prompt, batch.shape[0]) if prompt is not None else None
             return torch.from_numpy(self._ort.run(batch.contiguous().numpy(), tokens))
@@ -463,10 +486,12 @@ class Predictor:
         """
         return BackendModel(self)
 
-    def _forward_probs(self, x: torch.Tensor, prompt: str | None, tta: bool) -> torch.Tensor:
+    def _forward_probs(self, x: torch.Tensor, prompt: str | list[str] | None, tta: bool) -> torch.Tensor:
         """Softmax probabilities B×K×h×w (float32) of a batch of windows B×3×h×w in [0, 1]."""
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
         batch = torch.cat(views, 0) if tta else x
+        if tta and isinstance(prompt, list):
+            prompt = prompt * len(views)
         logits = self._logits(batch, prompt)
         probs = torch.softmax(logits.float(), dim=1)
         if not tta:
@@ -480,7 +505,71 @@ class Predictor:
         t = t.float().div_(255.0)
         return t if self.channels_last and self._ort is None else t.contiguous()
 
+    def _check_prompt(self, prompt: str) -> str:
+        prompt = str(prompt)
+        try:  # tokenizers need valid UTF-8: a lone surrogate (e.g. from undecodable argv bytes) is user input
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MetasegError(
+                "the prompt is not valid Unicode text (it contains a lone surrogate code point); retype it"
+            ) from None
+        return prompt
+
+    def _batch_prompts(self, prompts: str | list[str] | tuple[str, ...] | None,
+                       batch: int) -> str | list[str] | None:
+        if not self.uses_text:
+            return None
+        if prompts is None:  # "" is allowed: the stored "no text" prompt of the ablation
+            raise MetasegError(f"model {self.name!r} needs a text prompt")
+        if isinstance(prompts, str):
+            return self._check_prompt(prompts)
+        prompts = [self._check_prompt(q) for q in prompts]
+        if len(prompts) != batch:
+            raise ValueError(f"batch of {batch} images but {len(prompts)} prompts")
+        return prompts
+
     # ------------------------------------------------------------------ predict
+    def predict_batch(
+        self,
+        images: np.ndarray | torch.Tensor,
+        prompts: str | list[str] | tuple[str, ...] | None = None,
+        *,
+        tta: bool = False,
+    ) -> torch.Tensor:
+        """Class indices of a batch of same-size images, each run whole in one pass (no windows).
+
+        The batch entry of the forward path: ``training.evaluate`` (dataset tiles),
+        ``metaseg.mapping`` (stacked one-window tiles on a GPU) and the single pass of
+        :meth:`predict` all run through it, so backend, autocast, text features and flip TTA are
+        the same code everywhere.
+
+        Args:
+            images: ``B×H×W×3`` uint8 RGB (numpy), or ``B×3×H×W`` float in [0, 1] (torch).
+            prompts: text models: one prompt for all images or one per image (``""`` allowed);
+                ignored by text-free models.
+            tta: average the softmax of each image and its horizontal and vertical flips.
+
+        Returns:
+            ``B×H×W`` int64 class indices on the predictor's device (no nodata handling: callers
+            mark their invalid pixels).
+        """
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected B×3×H×W images, got {tuple(images.shape)}")
+            x = images.to(self.device)
+            if self.channels_last and self._ort is None:
+                x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            crops = np.asarray(images)
+            if crops.ndim != 4 or crops.shape[3] != 3 or crops.dtype != np.uint8:
+                raise ValueError(f"expected B×H×W×3 uint8 images, got {crops.shape} {crops.dtype}")
+            x = self._to_tensor(np.ascontiguousarray(crops))
+        prompt = self._batch_prompts(prompts, x.shape[0])
+        with torch.inference_mode():
+            if not tta:
+                return self._logits(x, prompt).argmax(1)
+            return self._forward_probs(x, prompt, tta).argmax(1)
+
     def predict(
         self,
         rgb: np.ndarray,
@@ -521,19 +610,9 @@ class Predictor:
                 valid = None
         if not 0.0 <= overlap <= 0.9:
             raise ValueError(f"overlap must be in [0, 0.9], got {overlap}")
-        if self.uses_text:
-            if prompt is None:  # "" is allowed: the stored "no text" prompt of the ablation
-                raise MetasegError(f"model {self.name!r} needs a text prompt")
-            prompt = str(prompt)
-            try:  # tokenizers need valid UTF-8: a lone surrogate (e.g. from undecodable argv bytes) is user input
-                prompt.encode("utf-8")
-            except UnicodeEncodeError:
-                raise MetasegError(
-                    "the prompt is not valid Unicode text (it contains a lone surrogate code point); retype it"
-                ) from None
+        prompt = self._batch_prompts(None if prompt is None else str(prompt), 1)
+        if prompt is not None:
             self.text_features(prompt)  # encode once, before any window runs
-        else:
-            prompt = None
         wh, ww = _window_size(window, self.window)
         wh, ww = min(wh, height), min(ww, width)
         bs = int(batch_size or self.batch_size)
@@ -569,10 +648,9 @@ class Predictor:
 
     def _single_pass(self, rgb: np.ndarray, prompt: str | None, tta: bool,
                      return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if not return_probs:
+            return self.predict_batch(rgb[None], prompt, tta=tta)[0].to(torch.uint8).cpu().numpy(), None
         x = self._to_tensor(np.ascontiguousarray(rgb)[None])
-        if not tta and not return_probs:  # fastest path: argmax of the logits on the device
-            logits = self._logits(x, prompt)
-            return logits[0].argmax(0).to(torch.uint8).cpu().numpy(), None
         probs = self._forward_probs(x, prompt, tta)[0]
         index = probs.argmax(0).to(torch.uint8).cpu().numpy()
         return index, (probs.half().cpu().numpy() if return_probs else None)
@@ -688,16 +766,7 @@ class BackendModel:
         if not p.uses_text:
             return _Logits(p._logits(images, None))
         prompts = [text] * images.shape[0] if isinstance(text, str) else list(text or [])
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"batch of {images.shape[0]} images but {len(prompts)} prompts")
-        out: list[torch.Tensor | None] = [None] * len(prompts)
-        for prompt in dict.fromkeys(prompts):  # one call per distinct prompt
-            idx = [i for i, q in enumerate(prompts) if q == prompt]
-            p.text_features(prompt)
-            logits = p._logits(images[idx], prompt)
-            for j, i in enumerate(idx):
-                out[i] = logits[j]
-        return _Logits(torch.stack(out))  # type: ignore[arg-type]
+        return _Logits(p._logits(images, prompts))
 
 
 @dataclass

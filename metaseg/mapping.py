@@ -432,21 +432,14 @@ def _vectorise(index: Any, crs: Any, transform: Any, class_set: Any, task: TileT
 
 
 def _predict_stacked(predictor: Any, group: list[tuple[TileTask, Any]]) -> list[Any]:
-    """One forward pass over same-size one-window tiles, each with its own prompt (GPU batching)."""
+    """One forward pass over same-size one-window tiles, each with its own prompt (GPU batching),
+    through the predictor's batch entry (its backend, autocast and text features)."""
     import numpy as np
     import torch
 
-    from metaseg.device import autocast
-
     rgb = np.stack([tile.rgb for _, tile in group])
-    x = torch.from_numpy(rgb).to(predictor.device).permute(0, 3, 1, 2).float().div_(255.0)
-    if getattr(predictor, "channels_last", False):
-        x = x.contiguous(memory_format=torch.channels_last)
-    text = [task.prompt for task, _ in group] if predictor.uses_text else None
-    with torch.inference_mode(), autocast(predictor.device):
-        out = predictor.model(x, text=text) if text is not None else predictor.model(x)
-    logits = out.logits if hasattr(out, "logits") else out
-    index = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    prompts = [task.prompt for task, _ in group] if predictor.uses_text else None
+    index = predictor.predict_batch(rgb, prompts).to(torch.uint8).cpu().numpy()
     masks = []
     for k, (_, tile) in enumerate(group):
         m = np.ascontiguousarray(index[k])
@@ -527,7 +520,7 @@ def map_tiles(bundle: Sequence[TileTask], spec: Any, settings: MapSettings) -> l
         device = str(getattr(predictor, "device", "cpu"))
         use_batches = settings.batch_tiles if settings.batch_tiles is not None else (
             device.startswith("cuda") and getattr(spec, "backend", "torch") == "torch")
-        if use_batches and not settings.tta and len(loaded) > 1 and hasattr(predictor, "model"):
+        if use_batches and not settings.tta and len(loaded) > 1 and hasattr(predictor, "predict_batch"):
             try:
                 stacked = _batched_masks(predictor, [(t, tile) for t, tile, _ in loaded], settings)
             except Exception:  # noqa: BLE001 - e.g. out of GPU memory: fall back to one tile at a time

@@ -238,20 +238,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run; MetasegError → one stderr line, exit 2."""
+    """Parse ``argv`` and run under the CLI error policy (:func:`metaseg.cli.run_cli`)."""
     from sqlalchemy.exc import OperationalError
 
+    from metaseg.cli import run_cli
+
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except MetasegError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OperationalError as err:
-        print(f"error: cannot use the prompt database: {err.orig}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. the database folder cannot be created
-        print(f"error: cannot open the prompt database: {err.strerror or err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # e.g. piped into `head`
-        return 0
+    return run_cli(lambda: run(args), messages={
+        OperationalError: lambda err: f"cannot use the prompt database: {err.orig}",
+        # MetasegError is checked after these; an OSError here is the database folder or file
+        OSError: lambda err: f"cannot open the prompt database: {err.strerror or err}",
+    })

@@ -22,6 +22,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from metaseg.classes import CLASS_SETS
+from metaseg.climate import ZONE_CODES, ZONES
+
 log = logging.getLogger(__name__)
 
 #: Zone key of the class-set-wide generic prompt (paper Table V "simple text prompt" ablation).
@@ -29,9 +32,13 @@ GENERIC = "generic"
 #: Zone key of the explicit "no text" choice: empty text, callers run without a prompt.
 NO_TEXT = "none"
 
-CLASS_SET_NAMES: tuple[str, ...] = ("openearthmap", "loveda", "potsdam")
+#: The class sets prompts are written for: those of :mod:`metaseg.classes` (their one home).
+CLASS_SET_NAMES: tuple[str, ...] = tuple(CLASS_SETS)
 
-#: The 30 Köppen-Geiger zones in the Beck et al. legend order, with their usual names.
+#: How the prompts name each zone, in running text ("in a temperate oceanic climate"). Prompt
+#: phrasing only: the zones themselves (codes, order, legend names, descriptions) live in
+#: :mod:`metaseg.climate`, whose :data:`~metaseg.climate.ZONE_CODES` this module re-exports; a
+#: test keeps the keys here equal to those codes.
 ZONE_NAMES: dict[str, str] = {
     "Af": "tropical rainforest",
     "Am": "tropical monsoon",
@@ -64,8 +71,7 @@ ZONE_NAMES: dict[str, str] = {
     "ET": "tundra",
     "EF": "ice cap",
 }
-ZONE_CODES: tuple[str, ...] = tuple(ZONE_NAMES)
-
+#: How the prompts name each climate group (prompt phrasing, see :data:`ZONE_NAMES`).
 GROUP_NAMES: dict[str, str] = {
     "A": "tropical",
     "B": "arid",
@@ -377,7 +383,7 @@ _CLASS_TEMPLATES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class ZoneInfo:
-    """Code, name and a one-line description of a Köppen zone (from metaseg.climate when present)."""
+    """Code, name and a one-line description of a Köppen zone (from :mod:`metaseg.climate`)."""
 
     code: str
     name: str
@@ -408,16 +414,18 @@ def normalize_zone(zone: str) -> str:
 
 
 def zone_info(code: str) -> ZoneInfo:
-    """Name and description of ``code``; prefers ``metaseg.climate.ZONES``, falls back to ours."""
-    code = normalize_zone(code)
-    try:
-        from metaseg.climate import ZONES  # lazy: written in parallel by another module
+    """Name and description of the Köppen zone ``code`` from :data:`metaseg.climate.ZONES`.
 
-        zone = ZONES[code]
-        return ZoneInfo(code, zone.name, zone.description)
-    except Exception:  # module missing or zone absent: our own short notes
-        facts = ZONE_FACTS.get(code, {})
-        return ZoneInfo(code, ZONE_NAMES.get(code, code), facts.get("intro", ""))
+    Raises:
+        UnknownNameError: not a Köppen code (``generic`` and ``none`` are prompt keys, not zones).
+    """
+    from metaseg.errors import UnknownNameError
+
+    key = normalize_zone(code)
+    if key not in ZONES:
+        raise UnknownNameError(f"{key!r} is not a Köppen climate zone; valid: {', '.join(ZONE_CODES)}")
+    zone = ZONES[key]
+    return ZoneInfo(zone.code, zone.name, zone.description)
 
 
 def class_names(class_set: str) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
+from metaseg.climate import lookup
 from metaseg.errors import MetasegError
 from prompts_db.errors import PromptNotFoundError, PromptTextError
 from prompts_db.knowledge import (
@@ -454,8 +455,6 @@ class PromptStore:
 
     def prompt_for_location(self, lat: float, lon: float, class_set: str) -> PromptRecord:
         """Current prompt for the Köppen zone at (lat, lon); ocean/no data → the generic prompt."""
-        from metaseg.climate import lookup  # lazy: keeps import light, module written in parallel
-
         result = lookup(lat, lon)
         return self.current(result.zone.code if result.zone is not None else None, class_set)
 

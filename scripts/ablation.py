@@ -195,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_drift": prompt_drift, "experiment_id": report["experiment_id"], "seconds": report["seconds"],
         "runner": {"scheduler": args.scheduler} if args.scheduler else {"workers": args.workers},
         "meta_train": meta_meta.get("train_summary"), "base_train": base_meta.get("train_summary"),
-        "val": {"metasegnet_demo": (meta_meta.get("val") or {}).get("miou"),
-                "baseline_demo": (base_meta.get("val") or {}).get("miou")},
+        "val": {"metasegnet_demo": _val_fraction(meta_meta), "baseline_demo": _val_fraction(base_meta)},
     }  # fmt: skip
     info["command"] = " ".join(["python scripts/ablation.py"] + list(argv if argv is not None else sys.argv[1:]))
     json_out = ROOT / args.json_out
@@ -207,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(render(rows, info, cs, info["command"]))
     print(f"wrote {out} and {json_out} (experiment {report['experiment_id']})", file=sys.stderr)
     return 0
+
+
+def _val_fraction(meta: dict[str, Any]) -> float | None:
+    """Validation mIoU of a checkpoint as a fraction (checkpoints since issue 23 store percent)."""
+    miou = (meta.get("val") or {}).get("miou")
+    if miou is None:
+        return None
+    return float(miou) / 100.0 if meta.get("units") == "percent" else float(miou)
 
 
 # ------------------------------------------------------------------------------------- report

@@ -31,20 +31,28 @@ sys.path.insert(0, str(ROOT))
 
 
 def write_tiles(folder: Path, n: int, size: int) -> None:
+    """``n`` GeoTIFFs of ``size``² px: the Iguaçu crop tiled, rolled by 101 px per tile and centred
+    0.6° further north per tile (EPSG:32721, 30 m) so that every tile is a different scene."""
     import rasterio
-
-    from tests.fixtures.geotiffs import IGUACU_TIF, write_geotiff
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform
 
     folder.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(IGUACU_TIF) as ds:
+    with rasterio.open(ROOT / "static" / "examples" / "iguacu_landsat8.tif") as ds:
         px = ds.read()
     reps = -(-size // px.shape[1])
     big = np.tile(px, (1, reps, reps))[:, :size, :size]
+    crs, pixel = CRS.from_epsg(32721), 30.0
     for i in range(n):
         path = folder / f"t{i}.tif"
-        if not path.exists():
-            write_geotiff(path, -25.5 + 0.6 * i, -54.6, crs="EPSG:32721", data=np.roll(big, 101 * i, axis=2),
-                          pixel_size=30.0)
+        if path.exists():
+            continue
+        xs, ys = transform(CRS.from_epsg(4326), crs, [-54.6], [-25.5 + 0.6 * i])
+        west, north = xs[0] - size / 2 * pixel, ys[0] + size / 2 * pixel
+        with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=big.shape[0],
+                           dtype=str(big.dtype), crs=crs, transform=from_origin(west, north, pixel, pixel)) as dst:
+            dst.write(np.roll(big, 101 * i, axis=2))
 
 
 def main() -> None:

@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from metaseg.errors import ConfigError
+from training.config import DATASET_NAMES
 
 log = logging.getLogger(__name__)
 
 #: built-in variants offered as checkboxes (``id:N`` versions come from a multiselect)
 BUILTIN_VARIANTS = ("climate", "generic", "none", "wrong", "source:llm", "source:user")
-DATASETS = ("synthearth", "openearthmap", "loveda", "potsdam")
+#: the dataset readers, SynthEarth first (it ships with the project); names from training.config
+DATASETS = ("synthearth", *(d for d in DATASET_NAMES if d != "synthearth"))
 LABELLED = "labelled tiles in the store"
 TILE_STEM = "tile"
 
@@ -53,14 +55,20 @@ def keep_labelled_tile(tile_path: str | os.PathLike | None, label_folder: Path) 
     return dest
 
 
-def labelled_set(out_dir: Path, class_set: str | None = None) -> tuple[Path, str, int]:
+def labelled_set(out_dir: Path, class_set: str | None = None,
+                 label_ids: set[int] | None = None) -> tuple[Path, str, int]:
     """A dataset folder (SynthEarth/OpenEarthMap layout, split ``test``) of the stored labels whose
     tile was kept: the newest label per tile. Returns ``(root, class set, tiles)``.
+
+    ``label_ids``: only these labels (a visitor's own; ``None`` = every label in the store, when the
+    operator shares them).
 
     Raises:
         ConfigError: no saved label with its tile (of ``class_set``, when given).
     """
     rows = _store().labels(class_set=class_set)
+    if label_ids is not None:
+        rows = [r for r in rows if r.get("id") in label_ids]
     picked: dict[str, dict[str, Any]] = {}
     for r in rows:  # newest first: keep the first label per tile
         folder = Path(r["mask_path"]).parent
@@ -115,14 +123,15 @@ def version_choices(zones: list[str | None], class_set: str) -> list[tuple[str, 
     return out
 
 
-def model_args() -> dict[str, Any]:
-    """The models the app serves, as :func:`training.sweep.run_sweep` arguments."""
+def model_args(sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """The models a session uses (its ``model_sources``; default: the server's), as
+    :func:`training.sweep.run_sweep` arguments."""
     from studio.services import MODELS
 
     out: dict[str, Any] = {}
     for role, (name_key, ck_key) in {"metasegnet": ("model", "checkpoint"),
                                      "baseline": ("baseline", "baseline_checkpoint")}.items():  # fmt: skip
-        src = MODELS.source_of(role)
+        src = MODELS.source_of(role, (sources or {}).get(role) or None)
         if src.startswith("demo:"):
             out[name_key], out[ck_key] = src.split(":", 1)[1], None
         else:
@@ -141,26 +150,34 @@ def start(
     limit: int | None,
     work_dir: Path,
     on_progress: Callable[[int, int], Any] | None = None,
+    sources: dict[str, str] | None = None,
+    label_ids: set[int] | None = None,
 ) -> dict[str, Any]:
-    """Run a prompt experiment over the chosen evaluation set; returns the sweep's report."""
+    """Run a prompt experiment over the chosen evaluation set; returns the sweep's report.
+
+    A dataset folder must lie under the operator's ``METASEG_DATA_ROOTS`` (:func:`studio.policy.data_folder`);
+    the labelled tiles are ``label_ids``'s (``None``: all, when shared); ``sources`` are the
+    session's models.
+    """
+    from studio import policy
     from training.sweep import run_sweep
 
     chosen = [*variants, *versions]
     if not chosen:
         raise ConfigError("pick at least one variant or stored prompt version")
     if source == LABELLED:
-        root_p, _cs, _n = labelled_set(Path(work_dir) / "labelled_set")
+        root_p, _cs, _n = labelled_set(Path(work_dir) / "labelled_set", label_ids=label_ids)
         dataset, root, split = "synthearth", str(root_p), "test"
     else:
         if not root or not str(root).strip():
             raise ConfigError("type the dataset folder on the server")
-        root = str(Path(str(root).strip()).expanduser())
+        root = str(policy.data_folder(str(root)))
         if not dataset or not split:
             raise ConfigError("pick the dataset and the split")
     scheduler = os.environ.get("METASEG_SWEEP_SCHEDULER", "").strip() or None
     workers = int(os.environ.get("METASEG_SWEEP_WORKERS", "0") or 0)
     return run_sweep(
-        **model_args(), dataset=dataset, root=root, split=split, variants=chosen, workers=workers,
+        **model_args(sources), dataset=dataset, root=root, split=split, variants=chosen, workers=workers,
         scheduler=scheduler, limit=int(limit) if limit else None, store=_store(), progress=False,
         on_progress=on_progress, notes="started from the app" + (" (labelled tiles)" if source == LABELLED else ""),
     )  # fmt: skip
@@ -169,14 +186,16 @@ def start(
 # ----------------------------------------------------------------------------- showing
 
 
-def experiment_choices() -> list[tuple[str, int]]:
+def experiment_choices(ids: list[int] | None = None) -> list[tuple[str, int]]:
+    """Dropdown choices of the stored experiments (only ``ids`` when given: a visitor's own)."""
     from prompts_db import experiments as ex
 
+    keep = None if ids is None else {int(i) for i in ids}
     return [
         (f"#{e['id']} {e['created'][:16].replace('T', ' ')} · {e['model']} · {e['dataset']}/{e['split']} · "
          f"{e['tiles']}/{e['n_tiles']} tiles · {', '.join(e['variants'])}"
          + ("" if e["status"] == "complete" else f" ({e['status']})"), e["id"])
-        for e in ex.list_experiments(_store())
+        for e in ex.list_experiments(_store()) if keep is None or int(e["id"]) in keep
     ]  # fmt: skip
 
 

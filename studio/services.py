@@ -4,14 +4,16 @@ Everything here takes and returns plain Python / numpy values (no gradio), so th
 tested directly. The library does the real work (``metaseg`` for geo, climate, inference, pictures
 and metrics; ``prompts_db`` for prompts, runs and labels).
 
-Models are loaded once per process and shared by all users (:class:`ModelCache`, guarded by a
-lock); per-user data lives in :class:`studio.session.SessionState`.
+Models are loaded once per source and shared by all users (:class:`ModelCache`, a small bounded
+LRU); which model a session uses is that session's choice (``SessionState.model_sources``, passed
+as ``sources=``); per-user data lives in :class:`studio.session.SessionState`.
 
 Model sources, in order of precedence:
 
-1. a source set from the UI (checkpoint path or hub id, :meth:`ModelCache.set_source`);
-2. env ``METASEG_CHECKPOINT_METASEGNET`` / ``METASEG_CHECKPOINT_BASELINE``;
-3. the shipped demo weights (``Predictor.from_name("metasegnet_demo")`` / ``"baseline_demo"``).
+1. the session's choice (Models tab, checked by :func:`studio.policy.model_choice`; a taught model);
+2. the operator's default set in code (:meth:`ModelCache.set_source`, tests and scripts);
+3. env ``METASEG_CHECKPOINT_METASEGNET`` / ``METASEG_CHECKPOINT_BASELINE``;
+4. the shipped demo weights (``Predictor.from_name("metasegnet_demo")`` / ``"baseline_demo"``).
 
 Tests may inject a factory (:meth:`ModelCache.set_factory`) that builds predictors directly.
 
@@ -27,7 +29,10 @@ import logging
 import os
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +64,32 @@ def max_pixels() -> int | None:
     return _env_int("METASEG_MAX_PIXELS", 0) or None if value else None
 
 
+#: default per-request pixel budget for visitors (about 2048 x 2048: ~20 s for both models on 2 vCPUs)
+DEFAULT_VISITOR_MAX_PIXELS = 2048 * 2048
+#: tiles up to this many pixels run in the "small" inference lane, which never waits behind a large tile
+DEFAULT_SMALL_PIXELS = 1024 * 1024
+
+
+def visitor_max_pixels() -> int:
+    """Largest tile (pixels) one visitor request may segment (``METASEG_VISITOR_MAX_PIXELS``)."""
+    return _env_int("METASEG_VISITOR_MAX_PIXELS", DEFAULT_VISITOR_MAX_PIXELS)
+
+
+def check_pixel_budget(width: Any, height: Any) -> None:
+    """Refuse a tile over the visitor budget *before* its pixels are read (one clear line)."""
+    try:
+        w, h = int(width or 0), int(height or 0)
+    except (TypeError, ValueError):
+        return
+    budget = visitor_max_pixels()
+    if w * h > budget:
+        raise TileReadError(
+            f"the tile is {w}×{h} px ({w * h / 1e6:.1f} M pixels); this server segments up to "
+            f"{budget / 1e6:.1f} M pixels per request (METASEG_VISITOR_MAX_PIXELS): crop it, or run "
+            "`python -m metaseg map` on your own machine for large scenes"
+        )
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -87,6 +118,37 @@ def get_store():
             store = PromptStore(key)
             _stores[key] = store
         return store
+
+
+_prompt_limits: dict[tuple[str, int], Any] = {}
+
+
+def check_prompt_save(session_key: str) -> None:
+    """Count one prompt-version save (typed, restored or LLM-generated) of a session: at most
+    ``METASEG_PROMPT_SAVES_PER_MINUTE`` (default 10) per session and
+    ``METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE`` (default 120) for the whole server. The store is
+    shared by every visitor (that is its purpose), so one visitor must not flood it."""
+    from metaseg.imagery import RateLimiter
+
+    per = _env_int("METASEG_PROMPT_SAVES_PER_MINUTE", 10)
+    total = _env_int("METASEG_PROMPT_SAVES_GLOBAL_PER_MINUTE", 120)
+    with _store_lock:
+        mine = _prompt_limits.setdefault(("session", per), RateLimiter(per, 60.0, "prompt versions saved",
+                                                                         MetasegError))
+        everyone = _prompt_limits.setdefault(("process", total), RateLimiter(
+            total, 60.0, "prompt versions saved on this server by all visitors", MetasegError))
+    mine.check(session_key)
+    everyone.check("all sessions")
+
+
+def check_prompt_text(text: Any) -> str:
+    """A prompt for the models: at most the store's limit of characters (the same cap as saving)."""
+    from prompts_db import MAX_TEXT_CHARS
+
+    text = str(text or "")
+    if len(text) > MAX_TEXT_CHARS:
+        raise MetasegError(f"the prompt has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    return text
 
 
 def llm_status() -> tuple[bool, str]:
@@ -211,11 +273,20 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Process-wide, lock-guarded cache of the two predictors (loaded lazily on first use)."""
+    """Process-wide cache of loaded predictors, keyed by (role, source) and shared by all sessions.
+
+    *Loading* is shared (two visitors who pick the same checkpoint share one predictor); the
+    *choice* is per session: a visitor's sources live in ``SessionState.model_sources`` and reach
+    :meth:`get` as ``source``. ``source=None`` is the operator's default (:meth:`source_of`). The
+    operator defaults stay loaded; other entries live in a small LRU (``METASEG_MODEL_CACHE``
+    entries, default 4). A source is loaded and checked *before* it is cached, so a bad one
+    never becomes anybody's model.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._models: dict[str, LoadedModel] = {}
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._sources: dict[str, str | None] = {r: None for r in ROLES}
         self._factory: Callable[[str, str | None], Any] | None = None
 
@@ -231,40 +302,68 @@ class ModelCache:
             self._models.clear()
 
     def set_source(self, role: str, source: str | None) -> None:
-        """Use a checkpoint path / hub id for ``role`` (``None`` or "" = back to the default)."""
+        """Set the *operator's* default source of ``role`` for every session (``None`` = back to the
+        environment / demo default). Visitors never reach this: their choice is per session."""
         if role not in ROLES:
             raise MetasegError(f"unknown model role {role!r}; valid: {', '.join(ROLES)}")
         with self._lock:
             self._sources[role] = (source or "").strip() or None
-            self._models.pop(role, None)
 
     def chosen_source(self, role: str) -> str | None:
-        """The source set from the UI for ``role`` (``None``: the default)."""
+        """The operator-wide source set for ``role`` (``None``: the default)."""
         return self._sources.get(role)
 
-    def source_of(self, role: str) -> str:
+    def source_of(self, role: str, source: str | None = None) -> str:
+        """The source ``get(role, source)`` loads: ``source`` itself, else the operator default."""
+        if source:
+            return source
         return self._sources.get(role) or os.environ.get(ENV_VARS[role], "").strip() or f"demo:{DEMO_NAMES[role]}"
 
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
 
-    def get(self, role: str) -> LoadedModel:
+    def _capacity(self) -> int:
+        return _env_int("METASEG_MODEL_CACHE", 4)
+
+    def get(self, role: str, source: str | None = None) -> LoadedModel:
+        """The predictor of ``role`` from ``source`` (``None``: the operator default), loaded once."""
+        if role not in ROLES:
+            raise MetasegError(f"unknown model role {role!r}; valid: {', '.join(ROLES)}")
+        src = self.source_of(role, source)
+        key = (role, src)
         with self._lock:
-            loaded = self._models.get(role)
+            loaded = self._models.get(key)
+            if loaded is not None:
+                self._models.move_to_end(key)
+                return loaded
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one load per source at a time; other sources and cached models go on
+            with self._lock:
+                loaded = self._models.get(key)
             if loaded is None:
-                loaded = self._load(role)
-                self._models[role] = loaded
+                factory = self._factory
+                loaded = self._load(role, src, factory)
+                with self._lock:
+                    if factory is self._factory:  # not swapped meanwhile (tests)
+                        self._models[key] = loaded
+                        self._evict()
+                    self._loading.pop(key, None)
             return loaded
 
-    def loaded(self, role: str) -> LoadedModel | None:
-        return self._models.get(role)
+    def _evict(self) -> None:
+        defaults = {(r, self.source_of(r)) for r in ROLES}
+        extra = [k for k in self._models if k not in defaults]
+        for key in extra[: max(0, len(extra) - self._capacity())]:
+            del self._models[key]
 
-    def _load(self, role: str) -> LoadedModel:
-        source = self.source_of(role)
+    def loaded(self, role: str, source: str | None = None) -> LoadedModel | None:
+        return self._models.get((role, self.source_of(role, source)))
+
+    def _load(self, role: str, source: str, factory: Callable[[str, str | None], Any] | None = None) -> LoadedModel:
         t0 = time.perf_counter()
-        if self._factory is not None:
-            predictor = self._factory(role, source)
+        if factory is not None:
+            predictor = factory(role, source)
         else:
             from metaseg.inference import Predictor
 
@@ -276,46 +375,68 @@ class ModelCache:
                 else:
                     predictor = Predictor.from_checkpoint(source, device=device, backend=backend)
             except CheckpointError as exc:
-                # where to fix it depends on the screen: segment_models() adds the Models-tab hint
+                # where to fix it depends on the screen: segment_model() adds the Models-tab hint
                 raise CheckpointError(f"{role} model: {' '.join(str(exc).split())}") from None
-        if role == "metasegnet" and not getattr(predictor, "uses_text", True):
-            log.warning("the MetaSegNet slot holds a model without text (%s)", source)
+        uses_text = bool(getattr(predictor, "uses_text", role == "metasegnet"))
+        if role == "metasegnet" and not uses_text:
+            raise CheckpointError(
+                "this checkpoint is a vision-only model (no text encoder, like the baseline): it cannot fill "
+                "the MetaSegNet slot, whose results depend on the prompt; load it as the baseline instead"
+            )
+        if role == "baseline" and uses_text:
+            raise CheckpointError(
+                "this checkpoint reads a prompt (a MetaSegNet model): the baseline slot needs a vision-only "
+                "model; load it as MetaSegNet instead"
+            )
         meta = dict(getattr(predictor, "meta", {}) or {})
         ckpt = str(meta.get("checkpoint_hash") or meta.get("sha256") or meta.get("hash") or source)
         log.info("loaded %s model from %s in %.1fs", role, source, time.perf_counter() - t0)
         return LoadedModel(predictor=predictor, source=source, checkpoint_id=ckpt)
 
-    def describe(self) -> list[list[str]]:
-        """Rows ``[role, source, status]`` for the UI."""
+    def describe(self, sources: dict[str, str] | None = None, shown: Callable[[str], str] | None = None
+                 ) -> list[list[str]]:
+        """Rows ``[role, source, status]`` for the UI (``sources``: a session's choices; ``shown``:
+        how a source is displayed, e.g. without server paths)."""
         rows = []
         for role in ROLES:
-            loaded = self._models.get(role)
+            src = (sources or {}).get(role) or None
+            loaded = self.loaded(role, src)
             status = "loaded" if loaded else "loads on first segment"
             if loaded is not None:
                 p = loaded.predictor
                 cs = getattr(getattr(p, "class_set", None), "name", "?")
                 status += f" ({getattr(p, 'name', '?')}, {cs}, {getattr(p, 'device', '?')}, {getattr(p, 'backend', 'torch')})"
-            rows.append([role, self.source_of(role), status])
+            text = self.source_of(role, src)
+            rows.append([role, shown(text) if shown else text, status])
         return rows
+
+
+def shown_source(source: str) -> str:
+    """A model source as a visitor may see it: demo and hub names as they are, paths by their last part."""
+    if source.startswith("demo:") or (not source.startswith((".", "/", "~")) and "/" in source
+                                      and not Path(source).exists()):
+        return source
+    return Path(source).name or source
 
 
 MODELS = ModelCache()
 
 
-def segment_model(role: str) -> LoadedModel:
-    """:meth:`ModelCache.get` for a segmentation: a model that cannot load says where to fix it."""
+def segment_model(role: str, sources: dict[str, str] | None = None) -> LoadedModel:
+    """:meth:`ModelCache.get` for a segmentation (``sources``: the session's choices): a model that
+    cannot load says where to fix it."""
     try:
-        return MODELS.get(role)
+        return MODELS.get(role, (sources or {}).get(role) or None)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} (load a working checkpoint in the Models tab, or set {ENV_VARS[role]} "
                               "on the server)") from None
 
 
-def class_set_of_models():
-    """Class set of the MetaSegNet model (loads it); the baseline must use the same set."""
+def class_set_of_models(sources: dict[str, str] | None = None):
+    """Class set of the (session's) MetaSegNet model (loads it); the baseline must use the same set."""
     from metaseg.classes import get_class_set
 
-    cs = segment_model("metasegnet").predictor.class_set
+    cs = segment_model("metasegnet", sources).predictor.class_set
     return cs if cs is not None else get_class_set("openearthmap")
 
 
@@ -332,8 +453,10 @@ class PairResult:
 
 
 def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
-              progress: Callable[[float, str], Any] | None = None, allow_empty: bool = False) -> PairResult:
-    """Run both models on one tile. ``progress(fraction, text)`` reports the windows done.
+              progress: Callable[[float, str], Any] | None = None, allow_empty: bool = False,
+              sources: dict[str, str] | None = None) -> PairResult:
+    """Run both models on one tile. ``progress(fraction, text)`` reports the windows done;
+    ``sources`` are the session's model choices (role -> source; missing = operator default).
 
     An empty prompt is refused (a cleared box is a slip) unless ``allow_empty``: segmenting without a
     prompt on purpose (the ``none`` variant of the experiments: empty text)."""
@@ -341,7 +464,9 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
         prompt = ""
     elif not str(prompt or "").strip():
         raise MetasegError("the prompt is empty: type one in the Describe tab or pick a location first")
-    models = {r: segment_model(r) for r in ROLES}
+    else:
+        check_prompt_text(prompt)
+    models = {r: segment_model(r, sources) for r in ROLES}
     cs_a = models["metasegnet"].predictor.class_set
     cs_b = models["baseline"].predictor.class_set
     if cs_a is not None and cs_b is not None and cs_a.name != cs_b.name:
@@ -349,7 +474,7 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
             f"MetaSegNet predicts {cs_a.name} classes but the baseline predicts {cs_b.name}; load a matching pair"
         )
     masks, seconds, backends = {}, {}, {}
-    with _infer_lock:  # one inference at a time: the cores (or the GPU) are shared anyway
+    with inference_lane(int(rgb.shape[0]) * int(rgb.shape[1])):
         _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends)
     from metaseg.classes import get_class_set
 
@@ -364,7 +489,29 @@ def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
     )
 
 
-_infer_lock = threading.Lock()
+#: Two inference lanes: one tile at a time in each, so a large tile (up to the visitor budget) never
+#: makes a small one wait behind it; the cores are shared between the two while both run.
+_lanes = {"small": threading.Semaphore(1), "large": threading.Semaphore(1)}
+
+
+@contextmanager
+def inference_lane(pixels: int):
+    """Hold the inference lane of a ``pixels``-sized tile (``METASEG_SMALL_PIXELS``: the small lane's
+    limit). A small tile waits only for another small one; a large one waits at most
+    ``METASEG_LARGE_WAIT_S`` seconds (default 10) for the large lane, then gets a clear "busy"."""
+    small = pixels <= _env_int("METASEG_SMALL_PIXELS", DEFAULT_SMALL_PIXELS)
+    lane = _lanes["small" if small else "large"]
+    wait = None if small else float(_env_int("METASEG_LARGE_WAIT_S", 10))
+    if not lane.acquire(timeout=wait):
+        raise MetasegError(
+            "another large tile is being segmented on this server right now; try again in a minute, or use a "
+            f"tile of at most {_env_int('METASEG_SMALL_PIXELS', DEFAULT_SMALL_PIXELS) / 1e6:.1f} M pixels "
+            "(those never wait behind large ones)"
+        )
+    try:
+        yield
+    finally:
+        lane.release()
 
 
 def _predict_both(models, rgb, valid, prompt, progress, masks, seconds, backends=None) -> None:
@@ -474,8 +621,10 @@ def open_label(path: str | os.PathLike, class_set: Any, shape: tuple[int, int]):
     return _open(path, class_set, expected_shape=shape, max_pixels=max_pixels())
 
 
-def saved_ground_truth(tile_hash_: str | None, shape: tuple[int, int]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """The newest label saved for a tile (by its hash) whose file still reads: ``(indices, label row)``.
+def saved_ground_truth(tile_hash_: str | None, shape: tuple[int, int], label_ids: set[int] | None = None
+                       ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The newest label saved for a tile (by its hash) whose file still reads: ``(indices, label row)``;
+    only among ``label_ids`` when given (a session's own labels, unless the operator shares them).
 
     Whatever way a tile is opened (upload, re-upload, example, a tile opened from the Experiments
     gallery), this is how it finds the ground truth a visitor saved for it.
@@ -483,6 +632,8 @@ def saved_ground_truth(tile_hash_: str | None, shape: tuple[int, int]) -> tuple[
     if not tile_hash_:
         return None
     for row in get_store().labels(tile_hash_):
+        if label_ids is not None and row.get("id") not in label_ids:
+            continue
         path = Path(row["mask_path"])
         if not path.is_file():
             continue
@@ -547,37 +698,170 @@ def editor_composite(value: Any) -> np.ndarray | None:
     return np.asarray(value)
 
 
-def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: str, outdir: Path) -> dict[str, Any]:
-    """Write a ground-truth mask in the class set's official encoding and record it in SQLite.
+#: Lowest layer alpha (0..255) that counts as painted (below it the 8-bit colour is too coarse to tell the class).
+PAINT_MIN_ALPHA = 8
+#: Tags of a label file the studio writes (GeoTIFF tags / PNG text chunks).
+LABEL_ENCODING_TAG = "LABEL_ENCODING"
 
-    GeoTIFF with the tile's CRS/transform when the tile is georeferenced, PNG otherwise.
-    """
-    from metaseg.export import write_mask_geotiff, write_mask_png
 
-    encoded = np.asarray(class_set.encode(index))
-    geo = tile_info is not None and getattr(tile_info, "crs", None) and getattr(tile_info, "transform", None)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    outdir.mkdir(parents=True, exist_ok=True)
-    if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
+def label_layer(index: np.ndarray, class_set: Any, opacity: float) -> np.ndarray:
+    """The editor's paint layer for a mask: RGBA, class colour at ``opacity``, unlabelled transparent."""
+    index = np.asarray(index)
+    out = np.zeros((*index.shape, 4), dtype=np.uint8)
+    out[..., :3] = np.asarray(class_set.colorize(index), dtype=np.uint8)
+    labelled = index < class_set.num_classes
+    out[..., 3] = np.where(labelled, int(round(255 * min(max(float(opacity), 0.05), 1.0))), 0)
+    return out
+
+
+def layer_to_index(layer: np.ndarray, class_set: Any, valid: np.ndarray | None = None,
+                   min_alpha: int = PAINT_MIN_ALPHA) -> np.ndarray:
+    """Class indices of a painted RGBA layer: each painted pixel takes the nearest class colour,
+    transparent pixels (never painted, or erased) are unlabelled (255), as are pixels outside ``valid``."""
+    img = np.asarray(layer)
+    if img.ndim != 3 or img.shape[2] != 4:
+        raise MetasegError(f"the paint layer must be an RGBA image, got shape {img.shape}")
+    index = painted_to_index(img[..., :3], class_set)
+    index[img[..., 3] < min_alpha] = IGNORE
+    if valid is not None:
+        index[~np.asarray(valid, dtype=bool)] = IGNORE
+    return index
+
+
+def editor_layer(value: Any) -> np.ndarray | None:
+    """The first paint layer (RGBA array) of a ``gr.ImageEditor`` value, or ``None``."""
+    if not isinstance(value, dict):
+        return None
+    layers = value.get("layers") or []
+    if not layers or layers[0] is None:
+        return None
+    layer = layers[0]
+    if isinstance(layer, (str, Path)):
         from PIL import Image
 
-        path = outdir / f"label_{class_set.name}_{stamp}.png"
-        Image.fromarray(encoded[..., :3].astype(np.uint8)).save(path)
+        with Image.open(layer) as im:
+            layer = np.asarray(im.convert("RGBA"))
+    layer = np.asarray(layer)
+    if layer.ndim == 3 and layer.shape[2] == 3:  # no alpha: every pixel counts as painted
+        layer = np.concatenate([layer, np.full(layer.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    return layer
+
+
+def encode_label(index: np.ndarray, class_set: Any) -> np.ndarray:
+    """Class indices → the values of a label file the studio writes.
+
+    The class set's official class values (OpenEarthMap/LoveDA: index + 1; Potsdam: its colours),
+    and 255 for every unlabelled pixel (never a class, and never the official no-data 0, so a
+    sparse label reads the same in any reader of the official encoding: 255 is not a class value).
+    Potsdam's RGB labels keep black, its official ignore colour.
+    """
+    index = np.asarray(index)
+    encoded = np.asarray(class_set.encode(index))
+    if encoded.ndim == 2:
+        encoded = encoded.astype(np.uint8, copy=True)
+        encoded[(index < 0) | (index >= class_set.num_classes)] = IGNORE
+    return encoded
+
+
+def label_tags(class_set: Any, index: np.ndarray) -> dict[str, str]:
+    """What a saved label says about itself: class set, encoding, unlabelled value, labelled pixels."""
+    import json
+
+    labelled = int((np.asarray(index) < class_set.num_classes).sum())
+    if class_set.encoding != "rgb":
+        values = {"0": "no data"} | {str(i + 1): n for i, n in enumerate(class_set.names)}
     else:
-        view = _raw_view(class_set)
-        path = outdir / f"label_{class_set.name}_{stamp}{'.tif' if geo else '.png'}"
-        if geo:
-            write_mask_geotiff(path, encoded.astype(np.uint8), view, tile_info.crs, tile_info.transform)
+        values = dict(class_set.legend())  # name -> colour
+        values = {c: n for n, c in values.items()}
+    return {
+        "CLASS_SET": class_set.name,
+        LABEL_ENCODING_TAG: "official",  # class values as the dataset stores them (not 0-based indices)
+        "UNLABELLED_VALUE": "0,0,0" if class_set.encoding == "rgb" else str(IGNORE),
+        "LABEL_VALUES": json.dumps(values),
+        "LABELLED_PIXELS": str(labelled),
+        "WRITTEN_BY": "metaseg studio",
+    }
+
+
+def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: str, outdir: Path) -> dict[str, Any]:
+    """Write a ground-truth label (:func:`encode_label`: official class values, 255 = unlabelled)
+    with its class set in the file's tags, and record it in SQLite.
+
+    GeoTIFF with the tile's CRS/transform when the tile is georeferenced, PNG otherwise (tags as
+    PNG text chunks).
+    """
+    encoded = encode_label(index, class_set)
+    tags = label_tags(class_set, index)
+    geo = tile_info is not None and getattr(tile_info, "crs", None) and getattr(tile_info, "transform", None)
+    # unique per call (two visitors labelling the same tile in the same second get two files), and
+    # written under a temporary name then renamed, so a recorded path always holds a whole file
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    outdir.mkdir(parents=True, exist_ok=True)
+    suffix = ".png" if encoded.ndim == 3 or not geo else ".tif"
+    path = outdir / f"label_{class_set.name}_{stamp}{suffix}"
+    tmp = outdir / f".partial-{uuid.uuid4().hex}{suffix}"
+    try:
+        if encoded.ndim == 3:  # RGB-coded (Potsdam): the colours are the encoding
+            _write_png(tmp, encoded[..., :3].astype(np.uint8), tags)
+        elif geo:
+            from metaseg.export import write_mask_geotiff
+
+            write_mask_geotiff(tmp, encoded, _raw_view(class_set), tile_info.crs, tile_info.transform)
+            _tag_geotiff(tmp, tags)
         else:
-            write_mask_png(path, encoded.astype(np.uint8), view)
+            from metaseg.export import palette_bytes
+
+            _write_png(tmp, encoded, tags, palette=palette_bytes(_raw_view(class_set)))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     row = get_store().save_label(tile_hash_, class_set.name, str(path))
-    return {"path": str(path), **row}
+    return {"path": str(path), "labelled_pixels": int(tags["LABELLED_PIXELS"]), **row}
+
+
+def _write_png(path: Path, pixels: np.ndarray, tags: dict[str, str], palette: list[int] | None = None) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in tags.items():
+        info.add_text(k, v)
+    if palette is not None:
+        img = Image.frombytes("P", (pixels.shape[1], pixels.shape[0]), np.ascontiguousarray(pixels).tobytes())
+        img.putpalette(palette)
+    else:
+        img = Image.fromarray(pixels)
+    img.save(path, format="PNG", pnginfo=info)
+
+
+def _tag_geotiff(path: Path, tags: dict[str, str]) -> None:
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(**tags)
+
+
+def label_file_tags(path: str | os.PathLike) -> dict[str, str]:
+    """The tags of a label file (GeoTIFF tags or PNG text chunks); empty when it has none."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import rasterio
+
+            with rasterio.open(p) as ds:
+                return dict(ds.tags())
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return {str(k): str(v) for k, v in (getattr(im, "text", None) or {}).items()}
+    except Exception:  # noqa: BLE001 - unreadable: no tags (the reader reports the file itself)
+        return {}
 
 
 def _raw_view(class_set: Any) -> Any:
     """Names/colours indexed by the *raw* label value (offset-1 encodings: raw 0 = no data).
 
-    Lets the mask writers embed a correct colour map in a label saved in the official encoding.
+    Lets the mask writers embed a correct colour map in a label saved in the official encoding;
+    255 (unlabelled) is its no-data value.
     """
     from types import SimpleNamespace
 
@@ -585,7 +869,7 @@ def _raw_view(class_set: Any) -> Any:
         name=class_set.name,
         names=("no data", *class_set.names),
         colors=((0, 0, 0), *class_set.colors),
-        ignore_index=0,
+        ignore_index=IGNORE,
         label_encoding="official",  # the LABEL_ENCODING tag: readers decode it as the dataset does
     )
 
@@ -612,11 +896,12 @@ def label_dir() -> Path:
     return Path(os.environ.get("METASEG_LABEL_DIR") or Path(default_db_path()).parent / "labels")
 
 
-def zip_labels(tile_hash_: str, out: Path) -> Path:
-    """All saved label files of a tile in one zip (MetasegError when there are none)."""
+def zip_labels(tile_hash_: str, out: Path, label_ids: set[int] | None = None) -> Path:
+    """The saved label files of a tile in one zip (only ``label_ids`` when given: a session's own;
+    MetasegError when there are none)."""
     import zipfile
 
-    rows = get_store().labels(tile_hash_)
+    rows = [r for r in get_store().labels(tile_hash_) if label_ids is None or r.get("id") in label_ids]
     files = [Path(r["mask_path"]) for r in rows if Path(r["mask_path"]).is_file()]
     if not files:
         raise MetasegError("no saved labels for this tile yet")
@@ -696,11 +981,11 @@ if os.environ.get("METASEG_RANDOM_WEIGHTS") == "1":  # pragma: no cover - develo
 
 
 # --------------------------------------------------------------------------- ground sample distance
-def model_gsd_range(role: str = "metasegnet") -> tuple[float, float] | None:
+def model_gsd_range(role: str = "metasegnet", sources: dict[str, str] | None = None) -> tuple[float, float] | None:
     """``(min, max)`` m/px the model was trained on (recorded in its checkpoint, else its defaults)."""
     from metaseg.checkpoints import gsd_range_m
 
-    p = segment_model(role).predictor
+    p = segment_model(role, sources).predictor
     meta = dict(getattr(p, "meta", {}) or {})
     cs = getattr(getattr(p, "class_set", None), "name", None)
     if cs and "class_set" not in meta:
@@ -769,12 +1054,13 @@ def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def run_pair_at_gsd(rgb: np.ndarray, valid: np.ndarray | None, prompt: str, tile_gsd: float | None,
-                    target_gsd: float | None, progress=None, allow_empty: bool = False) -> PairResult:
+                    target_gsd: float | None, progress=None, allow_empty: bool = False,
+                    sources: dict[str, str] | None = None) -> PairResult:
     """:func:`run_pair` at ``target_gsd`` (tile shrunk first, masks brought back to the tile grid)."""
     if not tile_gsd or not target_gsd or target_gsd <= tile_gsd:
-        return run_pair(rgb, valid, prompt, progress=progress, allow_empty=allow_empty)
+        return run_pair(rgb, valid, prompt, progress=progress, allow_empty=allow_empty, sources=sources)
     small, small_valid = resample(rgb, valid, target_gsd / tile_gsd)
-    result = run_pair(small, small_valid, prompt, progress=progress, allow_empty=allow_empty)
+    result = run_pair(small, small_valid, prompt, progress=progress, allow_empty=allow_empty, sources=sources)
     shape = rgb.shape[:2]
     result.metasegnet = upsample_mask(result.metasegnet, shape)
     result.baseline = upsample_mask(result.baseline, shape)
@@ -828,7 +1114,7 @@ def write_polygons(masks: dict[str, np.ndarray], class_names: list[str], tile_in
 
 
 # --------------------------------------------------------------------------- imagery
-_imagery_limits: dict[tuple[int, float], Any] = {}
+_imagery_limits: dict[tuple[str, int], Any] = {}
 _imagery_lock = threading.Lock()
 
 
@@ -838,9 +1124,23 @@ def imagery_limiter():
 
     calls = _env_int("METASEG_IMAGERY_PER_MINUTE", 6)
     with _imagery_lock:
-        lim = _imagery_limits.get((calls, 60.0))
+        lim = _imagery_limits.get(("session", calls))
         if lim is None:
-            lim = _imagery_limits[(calls, 60.0)] = RateLimiter(calls, 60.0)
+            lim = _imagery_limits[("session", calls)] = RateLimiter(calls, 60.0)
+        return lim
+
+
+def imagery_global_limiter():
+    """The process-wide limiter beside the per-session one (``METASEG_IMAGERY_GLOBAL_PER_MINUTE``
+    fetches a minute for all sessions together, default 20): fresh sessions or API clients cannot
+    turn the server into a proxy for the tile server."""
+    from metaseg.imagery import RateLimiter
+
+    calls = _env_int("METASEG_IMAGERY_GLOBAL_PER_MINUTE", 20)
+    with _imagery_lock:
+        lim = _imagery_limits.get(("process", calls))
+        if lim is None:
+            lim = _imagery_limits[("process", calls)] = RateLimiter(calls, 60.0)
         return lim
 
 
@@ -868,4 +1168,8 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any, out: Path, session_key: str):
     check_mercator_lat(lat_f)  # before the rate limiter counts a fetch that cannot happen
     src = require_source()
     imagery_limiter().check(session_key)
+    try:
+        imagery_global_limiter().check("all sessions")
+    except MetasegError as exc:
+        raise type(exc)(f"this server is fetching a lot of imagery for all its visitors right now: {exc}") from None
     return _fetch(lat_f, lon_f, zoom, out, source=src)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,50 @@ import numpy as np
 
 #: Suffixes the app accepts for tiles (GeoTIFF / PNG / JPEG) and labels.
 TILE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+#: session folders untouched for this long are removed by :func:`sweep_sessions` (seconds)
+DEFAULT_SESSION_TTL_S = 6 * 3600
+_last_sweep = [0.0]
+
+
+def session_ttl_s() -> float:
+    """``METASEG_SESSION_TTL_S`` (default 6 h): an idle session's state and folder live this long."""
+    try:
+        value = float(os.environ.get("METASEG_SESSION_TTL_S", "") or DEFAULT_SESSION_TTL_S)
+    except ValueError:
+        value = DEFAULT_SESSION_TTL_S
+    return value if value > 0 else DEFAULT_SESSION_TTL_S
+
+
+def _last_use(folder: Path) -> float:
+    newest = folder.stat().st_mtime
+    for p in folder.rglob("*"):
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except OSError:
+            continue
+    return newest
+
+
+def sweep_sessions(force: bool = False) -> int:
+    """Remove session folders (browser, API and abandoned ones) nobody has written to for longer
+    than :func:`session_ttl_s`; at most once a minute unless ``force``. Returns how many went."""
+    now = time.time()
+    if not force and now - _last_sweep[0] < 60:
+        return 0
+    _last_sweep[0] = now
+    ttl = session_ttl_s()
+    gone = 0
+    root = session_root()
+    for folder in root.iterdir():
+        try:
+            if folder.is_dir() and not folder.is_symlink() and now - _last_use(folder) > ttl:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone += 1
+        except OSError:
+            continue
+    return gone
 
 
 def session_root() -> Path:
@@ -62,6 +107,20 @@ class SessionState:
     load_error: str | None = None
     #: set when a tile load replaced the session's tile; consumed by :meth:`take_new_tile`
     new_tile: bool = False
+    #: labels saved in this session, newest per tile: dicts ``id, path, tile_hash, tile, class_set,
+    #: labelled_pixels`` (what "Teach both models" learns from)
+    session_labels: list[dict[str, Any]] = field(default_factory=list)
+    #: taught model pairs of this session: name -> {"metasegnet": folder, "baseline": folder, ...}
+    taught: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label_start: np.ndarray | None = None  # the Label editor's starting mask (editor grid), if any
+    label_start_class_set: str | None = None  # the class set the Label editor was started in
+    teach_seconds: float = 0.0  # teaching budget spent by this session (both models)
+    #: the session's model choice, role -> source (empty = the operator's default); checked by
+    #: :func:`studio.policy.model_choice` before it is stored, so it is always loadable
+    model_sources: dict[str, str] = field(default_factory=dict)
+    #: ids of the labels / experiments this session saved / started (what it may see unless shared)
+    label_ids: set[int] = field(default_factory=set)
+    experiment_ids: list[int] = field(default_factory=list)
 
     @property
     def workdir(self) -> Path:
@@ -98,6 +157,8 @@ class SessionState:
         self.example_label_path = None
         self.load_error = None
         self.new_tile = True
+        self.label_start = None  # the editor's starting mask belonged to the old tile
+        self.label_start_class_set = None
 
     def take_new_tile(self) -> bool:
         """Whether a tile load replaced the tile since the last call (the results shown are stale)."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +24,24 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "METASEG_LLM_MODEL"):
 for _var in ("METASEG_IMAGERY_ATTRIBUTION", "METASEG_IMAGERY_CACHE", "METASEG_IMAGERY_SUBDOMAINS"):
     os.environ.pop(_var, None)
 os.environ["METASEG_IMAGERY_URL"] = "off"
+# The app's session folders: this run's own temp folder, not the system-wide default
+# (/tmp/metaseg_sessions is shared with every other process on the machine, whose masks a test
+# would then find). Subprocesses inherit it.
+os.environ["METASEG_SESSION_DIR"] = tempfile.mkdtemp(prefix="metaseg-test-sessions-")
+atexit.register(shutil.rmtree, os.environ["METASEG_SESSION_DIR"], True)
+
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "metaseg" / "weights"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _package_weights_stay_as_shipped():
+    """Tests write only under tmp dirs: nothing (an ONNX graph, a lock file) may appear in the
+    package's weights folder during a run."""
+    before = set(os.listdir(WEIGHTS))
+    yield
+    new = sorted(set(os.listdir(WEIGHTS)) - before)
+    assert not new, f"the tests wrote into {WEIGHTS}: {new}"
 
 
 @pytest.fixture(autouse=True)

@@ -150,7 +150,8 @@ def test_upload_click_edit_segment_then_fetch_imagery(app_url, browser, tmp_path
             # 4. the click lay off the tile, so it started a new location and unloaded the tile
             # (issue 24): load the tile again, then segment → the MetaSegNet | baseline slider, the
             # backend, a plain GSD warning (10 m tile)
-            assert "unloaded" in page.locator("#location").inner_text()
+            page.wait_for_function("document.querySelectorAll('#tile-file td.filename').length === 0")
+            assert page.locator("#preview img").count() == 0
             page.locator("#tile-file input[type=file]").set_input_files(str(tif))
             page.wait_for_selector("#location .ms-zone[data-zone='Cfb']")
             page.get_by_role("tab", name="Segment").click()
@@ -253,7 +254,7 @@ def test_loveda_and_potsdam_legend_label_encoding_and_review(app_server, browser
             assert len(present) >= 3 and all(name in table for name in present)
 
 
-def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser):
+def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser, tmp_path, monkeypatch):
     """The real shipped demo weights (no fakes): an example with ground truth → segment → Review
     shows the scores the app logged; then the Label tab: start from the MetaSegNet mask, paint a
     bareland stroke, save → a label whose pixels are that mask plus the stroke. (A narrow page:
@@ -264,6 +265,10 @@ def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser):
     from prompts_db import PromptStore
     from studio import services
     from studio.session import session_root
+
+    # this test's own session root: the default one under /tmp is shared with other processes,
+    # whose masks the glob below would otherwise pick up
+    monkeypatch.setenv("METASEG_SESSION_DIR", str(tmp_path / "sessions"))
 
     ARTIFACTS.mkdir(exist_ok=True)
     weights = ROOT / "metaseg" / "weights" / "metasegnet_demo.safetensors"
@@ -284,7 +289,8 @@ def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser):
         assert mseg["miou"] > 0.3  # trained weights, not random ones
 
         page.get_by_role("tab", name="Label").click()
-        page.locator("#label-start").click()  # default: start from the MetaSegNet prediction
+        page.locator("#label-start-from").get_by_label("MetaSegNet prediction").check()  # a dense correction
+        page.locator("#label-start").click()
         page.wait_for_selector("#editor canvas")
         page.locator("#editor button[aria-label='Brush']").click()
         box = page.locator("#editor canvas").first.bounding_box()

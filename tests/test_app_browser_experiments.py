@@ -29,9 +29,10 @@ def browser():
         b.close()
 
 
-def test_start_experiment_leaderboard_gallery_to_segment(app_server, browser, tmp_path):
+def test_start_experiment_leaderboard_gallery_to_segment(app_server, browser, tmp_path, monkeypatch):
     from training import synth
 
+    monkeypatch.setenv("METASEG_DATA_ROOTS", str(tmp_path))  # the operator offers the folder (read per call)
     root = tmp_path / "synth"
     synth.write_synthearth(root, n=2, size=64, seed=5, zones="Cfa,BWh", split_fractions="0,0,1")
     from training.datasets.prompts import PAPER_GENERIC_PROMPT
@@ -44,6 +45,7 @@ def test_start_experiment_leaderboard_gallery_to_segment(app_server, browser, tm
         page.goto(app_server)
         page.wait_for_selector("#map iframe")
         page.get_by_role("tab", name="Experiments").click()
+        page.locator("#exp-source").get_by_label("dataset folder on the server").check()
         page.locator("#exp-root textarea, #exp-root input").first.fill(str(root))
         page.locator("#exp-variants").get_by_label("none").uncheck()
         page.locator("#exp-variants").get_by_label("generic").check()

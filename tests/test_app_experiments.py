@@ -24,12 +24,13 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_start_show_rank_open_and_export(synth_root, tmp_path):
+def test_start_show_rank_open_and_export(synth_root, tmp_path, monkeypatch):
     import gradio as gr
 
     from studio.session import SessionState
     from studio.tabs import experiments as tab
 
+    monkeypatch.setenv("METASEG_DATA_ROOTS", str(synth_root))  # the operator offers this folder
     state = SessionState()
     versions, info = tab.on_scan(tab.FOLDER, "synthearth", str(synth_root), "test", state)
     assert "Cfa" in info and "BWh" in info
@@ -45,7 +46,7 @@ def test_start_show_rank_open_and_export(synth_root, tmp_path):
     assert f"#{eid}" in status and "complete" in status and "2/2 tiles" in status
     assert (2, 2) in [a[0] for a in seen if a and isinstance(a[0], tuple)]  # progress reached done/total
 
-    board, chart, cls, va, vb, head = tab.on_show(eid)
+    board, chart, cls, va, vb, head = tab.on_show(eid, state)
     assert set(board["variant"]) == {"baseline", "climate", "none", cfa}
     clim = board[board["variant"] == "climate"].iloc[0]
     assert clim["Δ mIoU vs climate"] == 0.0
@@ -55,12 +56,12 @@ def test_start_show_rank_open_and_export(synth_root, tmp_path):
     assert va["value"] == "climate" and vb["value"] != "climate" and "building" in cls["choices"]
     assert f"#{eid}" in head
 
-    items, picks = tab.on_gallery(eid, tab.ALL_CLASSES, "climate", "none", progress=progress)
+    items, picks = tab.on_gallery(eid, tab.ALL_CLASSES, "climate", "none", state, progress=progress)
     assert len(items) == len(picks) == 2
     thumb, caption = items[0]
     assert thumb.shape[1] == 2 * 64 + 4 and "Δ" in caption
     assert picks[0]["prompt"] == "" and picks[0]["variant"] == "none"  # B's prompt (empty text)
-    items, picks = tab.on_gallery(eid, "building", "none", "climate", progress=progress)
+    items, picks = tab.on_gallery(eid, "building", "none", "climate", state, progress=progress)
     from prompts_db import PromptStore
 
     zone = "Cfa" if "cfa" in Path(picks[0]["image"]).name else "BWh"
@@ -70,7 +71,7 @@ def test_start_show_rank_open_and_export(synth_root, tmp_path):
     assert out[5] == picks[0]["prompt"]  # the prompt box is filled with that variant's text
     assert out[0].tile is not None and Path(out[0].tile_path).read_bytes() == Path(picks[0]["image"]).read_bytes()
     with pytest.raises(gr.Error, match="different variants"):
-        tab.on_gallery(eid, tab.ALL_CLASSES, "none", "none", progress=progress)
+        tab.on_gallery(eid, tab.ALL_CLASSES, "none", "none", state, progress=progress)
 
     state, csv_path = tab.on_export(eid, "csv", state)
     assert Path(csv_path).read_text().startswith("experiment_id,tile,zone,variant")

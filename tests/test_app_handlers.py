@@ -75,6 +75,13 @@ class FakePredictor:
         return _Pred(index=index)
 
 
+def _px(image):
+    """The pixels of a result picture: handlers return PNG files (new per result), not arrays."""
+    from PIL import Image
+
+    return np.asarray(Image.open(image).convert("RGB")) if isinstance(image, (str, Path)) else image
+
+
 def fake_factory(role: str, source: str | None = None) -> FakePredictor:
     return FakePredictor(role)
 
@@ -110,6 +117,7 @@ def _load(app, path, class_set="openearthmap", state=None):
 def test_upload_geotiff_locates_and_copies_into_session(app_module, geotiff):
     out = _load(app_module, geotiff)
     state, loc_html, map_html, lat, lon, prompt, info, _dd, _table, preview, gt = out
+    preview = _px(preview)
     assert state.location["source"] == "geotiff"
     assert state.location["zone"]["code"] == "Cfb"
     assert abs(lat - 52.39) < 0.01 and abs(lon - 13.06) < 0.01
@@ -254,6 +262,7 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     stored = services.get_store().get(state.prompt_id).text
     out = segment.on_segment(stored, 0.5, state, progress=progress)
     state, (ov_a, ov_b), dis, dis_txt, fractions, files, legend, status, gsd = out
+    ov_a, ov_b, dis = _px(ov_a), _px(ov_b), _px(dis)
     assert ov_a.shape == ov_b.shape == state.tile.rgb.shape  # the two sides of the ImageSlider
     assert not np.array_equal(ov_a, ov_b)  # the fake models differ
     assert dis.shape == ov_a.shape and "disagree" in dis_txt
@@ -267,6 +276,7 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
 
     review = review_tab.on_review(state)
     metrics_html, iou, chart, only, only_legend, compare = review
+    chart, only = _px(chart), _px(only)
     assert "mIoU" in metrics_html
     assert list(iou.columns) == ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
     assert chart.ndim == 3 and chart.shape[2] == 3
@@ -377,13 +387,13 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
 
     state = _load(app_module, SYNTH)[0]
     state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
-    update, legend = label_tab.on_label_start("MetaSegNet prediction", state)
+    update, legend, _brushes = label_tab.on_label_start("MetaSegNet prediction", state)
     value = update["value"]
     assert "building" in legend and len(update["brush"].colors) == 8
     cs = get_class_set("openearthmap")
-    painted = value["background"].copy()
-    painted[:20, :20] = cs.colors[7]  # paint a building in the corner
-    editor = {"background": value["background"], "layers": [], "composite": painted}
+    layer = np.zeros((256, 256, 4), np.uint8)  # the editor's stroke layer over the tile and the prediction
+    layer[:20, :20] = (*cs.colors[7], 153)  # paint a building in the corner
+    editor = {"background": value["background"], "layers": [layer], "composite": None}
     state, msg, labels, path, gt = label_tab.on_label_save(editor, state)
     assert "Saved label" in msg and Path(path).suffix == ".tif"
     assert "Ground truth loaded (saved label #" in gt  # the Locate panel says so too
@@ -436,7 +446,7 @@ def test_launch_settings_from_env(app_module, monkeypatch):
 
 def test_models_load_lazily_and_report_status(app_module, fake_models):
     assert fake_models.loaded("metasegnet") is None
-    table = models_tab.on_load_checkpoints("", "")
+    _state, table = models_tab.on_load_checkpoints("", "")
     assert list(table["model"]) == ["metasegnet", "baseline"]
     assert all(s.startswith("loaded") for s in table["status"])
     assert "demo:metasegnet_demo" in list(table["source"])
@@ -452,6 +462,7 @@ def test_api_functions(app_module, geotiff, fake_models):
     with pytest.raises(gr.Error):
         api.api_locate(None, None, None)
     a, b, fr = api.api_segment(str(SYNTH), "")
+    a, b = _px(a), _px(b)
     assert a.shape == b.shape == (256, 256, 3)
     assert set(fr) == {"metasegnet", "baseline"} and abs(sum(fr["baseline"].values()) - 1) < 1e-6
     rec = api.api_save_prompt("Cfa", "loveda", "A humid subtropical prompt.")
@@ -547,8 +558,7 @@ def test_shipped_demo_weights_through_the_app(app_module):
     from studio import services
 
     weights = ROOT / "metaseg" / "weights" / "metasegnet_demo.safetensors"
-    if not weights.exists():
-        pytest.skip("demo weights not trained yet")
+    assert weights.exists(), "the demo weights ship with the project"
     services.MODELS.set_factory(None)
     services.MODELS.clear()
     try:
@@ -639,6 +649,7 @@ def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeyp
     state = locate.on_map_click({"lat": 46.95, "lng": 7.45}, "openearthmap", None)[0]
     out = locate.on_fetch_imagery(46.95, 7.45, "16", "openearthmap", state)
     state, loc_html, map_html, lat, lon, prompt, info, _dd, _t, preview, gt, file_box = out
+    preview = _px(preview)
     assert file_box is None  # the upload box is emptied: the fetched tile is the session's tile
     assert state.location["source"] == "geotiff" and state.location["crs"] == "EPSG:3857"
     assert state.location["zone"]["code"] == "Cfb" and "Cfb" in info and prompt.strip()
@@ -648,7 +659,7 @@ def test_fetch_imagery_then_segment_like_an_upload(xyz_env, fake_models, monkeyp
     assert "Loopback tiles" in loc_html and "zoom 16" in loc_html and 'data-gsd="1.6' in loc_html
     assert "L.polygon" in html.unescape(map_html)  # the fetched footprint on the map
     seg = segment.on_segment(prompt, 0.5, state, progress=lambda *a, **k: None)
-    assert seg[1][0].shape == (1024, 1024, 3) and "Done" in seg[7]
+    assert _px(seg[1][0]).shape == (1024, 1024, 3) and "Done" in seg[7]
     assert "coarser" in seg[8] and "⚠️" in seg[8]  # 1.6 m/px under a 0.25-0.5 m model
     # the per-session rate limit, then the switch
     monkeypatch.setenv("METASEG_IMAGERY_PER_MINUTE", "1")

@@ -201,6 +201,17 @@ def test_unwritable_checkpoint_dir_falls_back_to_user_cache(tiny_ckpts, tmp_path
     assert B.graph_path(model, "onnx", ck).parent == tmp_path / "user" / "onnx"
 
 
+def test_graphs_of_the_shipped_weights_go_to_the_user_cache(tmp_path, monkeypatch):
+    """The package's weights folder stays as shipped (and tests write only under tmp dirs)."""
+    from metaseg.checkpoints import WEIGHTS_DIR, demo_checkpoint_path, load_checkpoint
+
+    ck = demo_checkpoint_path("baseline_demo")
+    assert ck.parent == WEIGHTS_DIR
+    monkeypatch.setenv("METASEG_CACHE_DIR", str(tmp_path / "user"))
+    model, _ = load_checkpoint(ck)
+    assert B.graph_path(model, "onnx", ck).parent == tmp_path / "user" / "onnx"
+
+
 def test_auto_picks_onnx_on_cpu_and_falls_back(tiny_ckpts, monkeypatch):
     p = Predictor.from_checkpoint(tiny_ckpts["baseline_demo"], "cpu", backend="auto")
     assert p.backend == "onnx" and p.backend_requested == "auto"

@@ -60,3 +60,44 @@ def test_metasegnet_demo_with_checkpoint(tmp_path, capsys):
     assert main(["info", "--model", "baseline_demo", "--checkpoint", str(tmp_path / "m")]) == 2
     assert main(["info", "--model", "baseline_demo", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the paper's 399.7 M (issue 23)
+def test_bert_param_formula_matches_a_built_bert():
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from metaseg.models.param_count import bert_params
+
+    for layers, hidden, heads, inter, vocab, pos in ((2, 64, 4, 256, 1000, 128), (1, 48, 3, 96, 50, 16)):
+        with torch.device("meta"):
+            built = BertModel(BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                         num_attention_heads=heads, intermediate_size=inter,
+                                         max_position_embeddings=pos))
+        assert bert_params(layers, hidden, heads, inter, vocab, pos) == sum(p.numel() for p in built.parameters())
+    assert bert_params(12, 768, 12, 3072) == 109_482_240  # bert-base-uncased, as loaded by transformers
+    assert bert_params(24, 1024, 16, 4096) == 335_141_888  # bert-large-uncased
+
+
+def test_paper_comparison_reproduces_the_model_it_was_given():
+    from metaseg.models.param_count import paper_comparison
+    from metaseg.models.registry import create_model
+
+    model = create_model("metasegnet_demo")
+    te = model.text_encoder.model.config
+    own = {"own": {"layers": te.num_hidden_layers, "hidden": te.hidden_size, "heads": te.num_attention_heads,
+                   "intermediate": te.intermediate_size}}
+    block = paper_comparison(model, own)
+    row = block["with_text_encoder"][0]
+    assert row["total_params"] == block["this_model"]["total_params"] == sum(p.numel() for p in model.parameters())
+    assert row["trainable_params"] == block["this_model"]["trainable_params"]
+    assert paper_comparison(create_model("baseline_demo")) is None
+
+
+def test_bert_large_variant_is_listed_and_configured():
+    from metaseg.models.registry import list_variants, variant_config
+
+    assert "metasegnet_swin_b_bert_large" in list_variants()
+    cfg = variant_config("metasegnet_swin_b_bert_large")
+    base = variant_config("metasegnet_swin_b")
+    assert cfg.text_encoder == "bert-large-uncased" and cfg.encoder == base.encoder and cfg.caf_dim == base.caf_dim

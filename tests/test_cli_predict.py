@@ -23,7 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreference
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Random-weight demo-pair checkpoints (small heads, no package weights) in a temp dir."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from metaseg.checkpoints import save_checkpoint
     from metaseg.models import create_model
 
@@ -158,18 +159,28 @@ def test_unknown_prompt_id_exit_2(capsys, png_tile, tmp_path):
     assert code == 2 and "99999" in err
 
 
-def test_shipped_weights_or_clear_error(capsys, png_tile, tmp_path):
-    """Without --checkpoint a *_demo model uses its shipped weights (offline), or says they are missing."""
+def test_shipped_weights_are_used_without_checkpoint(capsys, png_tile, tmp_path):
+    """Without --checkpoint a *_demo model uses the weights shipped in metaseg/weights/ (offline)."""
     from metaseg.checkpoints import WEIGHTS_DIR
 
-    shipped = (WEIGHTS_DIR / "baseline_demo.safetensors").is_file()
+    assert (WEIGHTS_DIR / "baseline_demo.safetensors").is_file()  # they ship with the project
     code, stdout, err = _run(capsys, ["predict", str(png_tile), "--model", "baseline_demo",
                                       "--out", str(tmp_path / "m.png"), "--json"])
-    if shipped:
-        assert code == 0, err
-        assert json.loads(stdout)["checkpoint"] == "shipped"
-    else:
-        assert code == 2 and "--checkpoint" in err and err.count("\n") == 1
+    assert code == 0, err
+    assert json.loads(stdout)["checkpoint"] == "shipped"
+    assert (tmp_path / "m.png").is_file()
+
+
+def test_missing_shipped_weights_are_one_clear_line(capsys, png_tile, tmp_path, monkeypatch):
+    """A checkout without the weights files says so and how to go on (exit 2, no traceback)."""
+    import metaseg.checkpoints as ck
+
+    monkeypatch.setattr(ck, "WEIGHTS_DIR", tmp_path / "empty")
+    code, stdout, err = _run(capsys, ["predict", str(png_tile), "--model", "baseline_demo",
+                                      "--out", str(tmp_path / "m.png"), "--json"])
+    assert code == 2 and stdout == ""
+    assert "no shipped weights" in err and "--checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.png").exists()
 
 
 def test_subprocess_user_error_has_no_traceback(tmp_path):

@@ -7,13 +7,12 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-
-from metaseg.checkpoints import WEIGHTS_DIR, demo_checkpoint_path, load_checkpoint  # noqa: E402
-from metaseg.classes import get_class_set  # noqa: E402
-from training.synth import M_BRIGHT, M_DARK, M_STRIPED, generate_tile, partner_zone  # noqa: E402
+from metaseg.checkpoints import WEIGHTS_DIR, demo_checkpoint_path, load_checkpoint
+from metaseg.classes import get_class_set
+from training.synth import M_BRIGHT, M_DARK, M_STRIPED, generate_tile, partner_zone
 
 NAMES = ("metasegnet_demo", "baseline_demo")
 #: A tile from a seed no demo training used (training data: seed 0; ablation test set: 12345).

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from training import evaluate, synth  # noqa: E402
+from training import evaluate, synth
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"miou", "oa", "mf1", "precision", "recall", "per_class", "dataset", "split", "prompt_mode", "n_images",
@@ -339,3 +338,31 @@ def test_potsdam_report_notes_clutter_is_not_scored():
     assert rep["oa"] == pytest.approx(100 * 30 / 35, abs=0.01)
     assert rep["per_class"]["impervious surfaces"]["precision"] == 50.0
     assert rep["units"] == "percent"
+
+
+# ----------------------------------------------------------------------------- training prompts (issue 23)
+def test_scores_with_the_prompts_the_checkpoint_was_trained_with(monkeypatch, capsys, synth_root):
+    from prompts_db import PromptStore
+
+    store = PromptStore()
+    meta = {"class_set": "openearthmap", "prompt_mode": "climate", "train_prompt_hash": "abc",
+            "train_prompts": {"Cfa": "the Cfa text this model was trained with"}}
+    runs = {}
+    for label, m, extra in (("recorded", meta, []), ("store", meta, ["--prompt-source", "store"]),
+                            ("none", {"class_set": "openearthmap"}, [])):
+        model = StubModel(uses_text=True)
+        monkeypatch.setattr(evaluate, "load_model", lambda ckpt, name, dev, m=m, model=model: (model, m, "stub"))
+        rc, out, err = _run(capsys, ["--model", "x", "--dataset", "synthearth", "--root", str(synth_root),
+                                     "--split", "test", "--json", *extra])
+        assert rc == 0, err
+        runs[label] = (json.loads(out), set(model.prompts))
+    rep, seen = runs["recorded"]
+    assert seen == {"the Cfa text this model was trained with", store.current("BWh", "openearthmap").text}
+    assert rep["prompt_source"].startswith("checkpoint + store") and "BWh" in rep["prompt_source"]
+    assert rep["train_prompt_hash"] == "abc" and len(rep["prompt_hash"]) == 16
+    rep_s, seen_s = runs["store"]
+    assert seen_s == {store.current(z, "openearthmap").text for z in ("Cfa", "BWh")}
+    assert rep_s["prompt_source"].startswith("store") and rep_s["prompt_hash"] != rep["prompt_hash"]
+    rep_n, seen_n = runs["none"]
+    assert "records no training prompts" in rep_n["prompt_source"] and seen_n == seen_s
+    assert rep_n["prompt_hash"] == rep_s["prompt_hash"]  # same texts, same hash

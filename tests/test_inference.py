@@ -300,3 +300,47 @@ def test_from_checkpoint_round_trip(demo_pair, tmp_path):
     assert p.class_set.name == "openearthmap" and not p.uses_text
     rgb = _rgb(40, 40)
     np.testing.assert_array_equal(p.predict(rgb).index, Predictor(baseline, "cpu").predict(rgb).index)
+
+
+# --------------------------------------------------------------------------- the batch entry
+def test_predict_batch_is_the_single_pass_of_predict(demo_pair):
+    """predict() on a one-window tile runs through predict_batch: the same indices, TTA or not."""
+    metaseg_model, baseline = demo_pair
+    rgb = _rgb(48, 64)
+    prompt = "Aerial image of a temperate town."
+    for model, text in ((metaseg_model, prompt), (baseline, None)):
+        p = Predictor(model, "cpu")
+        for tta in (False, True):
+            batch = p.predict_batch(rgb[None], text, tta=tta)
+            assert batch.dtype == torch.int64 and batch.shape == (1, 48, 64)
+            np.testing.assert_array_equal(batch[0].numpy(), p.predict(rgb, text, tta=tta).index)
+
+
+def test_predict_batch_takes_one_prompt_per_image_and_float_tensors(demo_pair):
+    metaseg_model, _ = demo_pair
+    p = Predictor(metaseg_model, "cpu", channels_last=False)
+    rgbs = np.stack([_rgb(40, 40, seed=s) for s in (1, 2, 3)])
+    prompts = ["Aerial image.", "Aerial image of a desert town.", "Aerial image."]
+    x = torch.from_numpy(rgbs).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        direct = metaseg_model(x, text=prompts).logits.argmax(1)  # the model's own per-image prompts
+    for tta in (False, True):
+        got = p.predict_batch(x, prompts, tta=tta)
+        np.testing.assert_array_equal(got.numpy(), p.predict_batch(rgbs, prompts, tta=tta).numpy())
+    np.testing.assert_array_equal(p.predict_batch(x, prompts).numpy(), direct.numpy())
+
+
+def test_predict_batch_checks_its_inputs(demo_pair):
+    metaseg_model, baseline = demo_pair
+    p = Predictor(metaseg_model, "cpu")
+    rgbs = np.stack([_rgb(32, 32)] * 2)
+    with pytest.raises(MetasegError, match="needs a text prompt"):
+        p.predict_batch(rgbs)
+    with pytest.raises(ValueError, match="2 images but 3 prompts"):
+        p.predict_batch(rgbs, ["a", "b", "c"])
+    with pytest.raises(MetasegError, match="not valid Unicode"):
+        p.predict_batch(rgbs, ["a", "b\udcff"])
+    with pytest.raises(ValueError, match="uint8"):
+        p.predict_batch(rgbs.astype(np.float32))
+    base = Predictor(baseline, "cpu")
+    np.testing.assert_array_equal(base.predict_batch(rgbs, ["x", "y"]).numpy(), base.predict_batch(rgbs).numpy())

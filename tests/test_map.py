@@ -278,7 +278,8 @@ def test_colliding_stems_get_separate_masks(tiles, tmp_path, capsys):
 
 def test_export_folder_checkpoint_and_vision_only_model(tiles, tmp_path, capsys):
     """--checkpoint takes an export folder (model.safetensors + config.json); a baseline gets no prompt."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from metaseg.checkpoints import save_checkpoint
     from metaseg.models import create_model
 
@@ -375,7 +376,8 @@ def test_stacked_batches_equal_tile_by_tile(tiles, tmp_path):
 def test_cuda_worker_stacks_small_tiles(tiles, tmp_path):
     """On a CUDA worker the one-window tiles of a task are stacked by default (bf16 autocast);
     the masks agree with the CPU path on nearly every pixel."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from metaseg.runner import ModelSpec

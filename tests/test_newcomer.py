@@ -150,19 +150,30 @@ def test_saved_label_found_when_the_tile_is_opened_again(tmp_path, fake_models, 
     state = locate.on_tile(str(colorado), "openearthmap", None)[0]
     state = segment.on_segment("p", 0.5, state, progress=NOOP)[0]
     colours = OEM.colorize(state.prediction.metasegnet)
-    state, msg, _table, _path, gt = label_tab.on_label_save({"background": colours, "layers": [],
+    # a dense colour mask as an API client sends it (no tile under it: issue 20b's editor format)
+    state, msg, _table, _path, gt = label_tab.on_label_save({"background": None, "layers": [],
                                                              "composite": colours}, state)
     assert "Saved label #1" in msg and "Ground truth loaded (saved label #1" in gt
-    # a new visitor session, the same file uploaded under another name
+    saved_gt = state.ground_truth.copy()
+    # the same session opens another tile, then the same file again, uploaded under another name
+    other_tile = write_geotiff(tmp_path / "other.tif", 52.39, 13.06, crs="EPSG:32633", size=64, pixel_size=0.5)
+    state = locate.on_tile(str(other_tile), "openearthmap", state)[0]
+    assert state.ground_truth is None
     copy = tmp_path / "again.tif"
     shutil.copyfile(colorado, copy)
-    out = locate.on_tile(str(copy), "openearthmap", None)
+    out = locate.on_tile(str(copy), "openearthmap", state)
     fresh = out[0]
     assert "saved label #1" in out[-1] and "Found the label saved for this tile" in out[1]
-    assert np.array_equal(fresh.ground_truth, state.ground_truth)
+    assert np.array_equal(fresh.ground_truth, saved_gt)
     # and through the hook the Experiments gallery uses
-    opened = segment.open_tile(str(colorado), "x", "openearthmap", None)
+    opened = segment.open_tile(str(colorado), "x", "openearthmap", fresh)
     assert opened[0].ground_truth is not None and "saved label" in opened[10]
+    # another visitor's session does not see this session's label (issue 21) unless the operator shares labels
+    other = locate.on_tile(str(copy), "openearthmap", None)
+    assert other[0].ground_truth is None and "Found the label saved" not in other[1]
+    monkeypatch.setenv("METASEG_SHARE_LABELS", "1")
+    shared = locate.on_tile(str(copy), "openearthmap", None)
+    assert "saved label #1" in shared[-1]
 
 
 # --------------------------------------------------------------------------- 4. map skips label files

@@ -196,8 +196,8 @@ def test_validation_and_evaluate_give_the_same_number(trained, oem, capsys):
                         str(oem), "--split", "val", "--json", "--no-progress"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0
-    assert report["miou"] == pytest.approx(100 * summary["best_miou"], abs=0.006)
-    assert report["oa"] == pytest.approx(100 * meta["val"]["oa"], abs=0.006)
+    assert report["miou"] == pytest.approx(summary["best_miou"], abs=0.006)  # both percent
+    assert report["oa"] == pytest.approx(meta["val"]["oa"], abs=0.006)
 
 
 def test_score_background_adds_the_paper_nine_class_mean(trained, oem, capsys):

@@ -178,7 +178,6 @@ def test_runs_labels_and_prompt_version_comparison(store):
 
 
 def test_prompt_for_location_uses_climate_lookup(store):
-    pytest.importorskip("metaseg.climate")
     rec = store.prompt_for_location(52.39, 13.06, "potsdam")  # Potsdam, Cfb
     assert rec.zone == "Cfb"
     ocean = store.prompt_for_location(0.0, -30.0, "potsdam")
@@ -196,9 +195,8 @@ def test_trim_to_budget_cuts_at_boundaries():
 
 
 def test_file_opens_in_sqlite_utils_cli(store):
-    exe = REPO / ".venv" / "bin" / "sqlite-utils"
-    if not exe.exists():
-        pytest.skip("sqlite-utils CLI not installed in .venv")
+    exe = Path(sys.executable).parent / "sqlite-utils"  # a pinned requirement: installed with the venv
+    assert exe.is_file(), f"{exe} missing: pip install -r requirements.txt"
     out = subprocess.run(
         [str(exe), "tables", str(store.path), "--counts"], capture_output=True, text=True, timeout=60
     )
@@ -359,3 +357,21 @@ def test_threads_share_one_store(store):
     with ThreadPoolExecutor(max_workers=6) as pool:
         versions = sorted(pool.map(edit, range(24)))
     assert versions == list(range(2, 26))
+
+
+def test_zones_and_class_sets_have_one_home():
+    """prompts_db takes the zones from metaseg.climate and the class sets from metaseg.classes;
+    its own tables are prompt phrasing keyed by exactly those codes."""
+    from metaseg import classes, climate
+    from prompts_db import knowledge
+
+    assert knowledge.ZONE_CODES is climate.ZONE_CODES and ZONE_CODES is climate.ZONE_CODES
+    assert tuple(knowledge.ZONE_NAMES) == climate.ZONE_CODES
+    assert set(knowledge.ZONE_FACTS) <= set(climate.ZONE_CODES)
+    assert set(knowledge.GROUP_NAMES) == set(climate.GROUPS) == set(knowledge.GROUP_FACTS)
+    assert CLASS_SET_NAMES == tuple(classes.CLASS_SETS)
+    info = knowledge.zone_info("cfb")
+    assert (info.code, info.name, info.description) == ("Cfb", climate.ZONES["Cfb"].name, climate.ZONES["Cfb"].description)
+    with pytest.raises(UnknownNameError, match="not a Köppen climate zone"):
+        knowledge.zone_info("generic")
+

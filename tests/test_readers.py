@@ -250,7 +250,7 @@ def test_potsdam_split_cli(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- SynthEarth
 def test_synthearth_reads_the_openearthmap_layout_with_manifest_zones(tmp_path):
-    synth = pytest.importorskip("training.synth")
+    from training import synth
     manifest = synth.write_synthearth(tmp_path / "se", 4, size=32, seed=0, zones="Af,ET",
                                       split_fractions="1,0,0")
     ds = build_dataset("synthearth", tmp_path / "se", "train", store=FakeStore())

@@ -141,9 +141,10 @@ def test_sweep_climate_equals_evaluate_and_is_stored(capsys, synth_root, tmp_pat
     for v in ("climate", "none"):
         assert {"miou", "oa", "mf1", "per_class"} <= set(rep["variants"][v])
     assert "sweep" in err and "3/3" in err  # the progress bar (done/total)
+    # the sweep scores the store's prompts; evaluate defaults to the checkpoint's training prompts
     assert evaluate_main(["--model", "metasegnet_demo", "--dataset", "synthearth", "--root", str(synth_root),
                           "--split", "test", "--prompt-mode", "climate", "--device", "cpu", "--json",
-                          "--no-progress"]) == 0  # fmt: skip
+                          "--no-progress", "--prompt-source", "store"]) == 0  # fmt: skip
     ev = json.loads(capsys.readouterr().out)
     got = rep["variants"]["climate"]
     assert (got["miou"], got["oa"], got["mf1"], got["precision"]) == (

@@ -102,7 +102,7 @@ def test_zone_parsing_and_errors():
 
 
 def test_write_oem_layout_geotiff_and_manifest(tmp_path):
-    rasterio = pytest.importorskip("rasterio")
+    import rasterio
     from rasterio.warp import transform as warp
 
     from metaseg.climate import lookup
@@ -180,6 +180,30 @@ def test_parallel_workers_write_identical_sets(tmp_path):
             assert pa.read_bytes() == pb.read_bytes()
     for split in ("train", "val", "test"):
         assert (tmp_path / "a" / f"{split}.txt").read_text() == (tmp_path / "b" / f"{split}.txt").read_text()
+
+
+def test_workers_without_dask_generate_serially(tmp_path, monkeypatch, caplog):
+    """The GPU machine has no Dask: --workers N must still write the same set, not die in the runner."""
+    import builtins
+
+    import training.synth.generator as gen
+
+    real_import = builtins.__import__
+
+    def no_dask(name, *args, **kwargs):
+        if name.split(".")[0] in ("distributed", "dask") or name == "metaseg.runner":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    a = synth.write_synthearth(tmp_path / "a", n=4, size=32, seed=2, zones="Aw,Dfb")
+    monkeypatch.setattr(gen, "_dask_available", lambda: False)
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    with caplog.at_level("WARNING"):
+        b = synth.write_synthearth(tmp_path / "b", n=4, size=32, seed=2, zones="Aw,Dfb", workers=4)
+    assert a["tiles"] == b["tiles"] and "serially" in caplog.text
+    for t in a["tiles"]:
+        assert (tmp_path / "a" / t["region"] / "images" / t["file"]).read_bytes() == \
+            (tmp_path / "b" / t["region"] / "images" / t["file"]).read_bytes()
 
 
 # ----------------------------------------------------------------------------- splits (issue 15)

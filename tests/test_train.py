@@ -198,3 +198,63 @@ def test_time_budget_stops_the_run_and_still_saves(oem, store, tmp_path):
     rows = _rows(out)
     assert len(rows) == 1 and rows[0]["val_miou"]  # the interrupted epoch is validated and logged
     assert (out / "best.safetensors").is_file() and (out / "last_state.json").is_file()
+
+
+# --------------------------------------------------------------------------- issue 23: seeds, writes, strict resume
+def test_every_rank_draws_its_own_data_and_rank0_keeps_the_single_process_seed():
+    from training.train import data_seed, loader_seed
+
+    assert loader_seed(0, 3, 0) == 0 * 100003 + 3  # a 1-process run is unchanged
+    seeds = {loader_seed(7, e, r) for e in range(50) for r in range(8)}
+    assert len(seeds) == 400  # no two (epoch, rank) pairs share a generator seed
+    assert data_seed(5, 0) == 5 and data_seed(5, 1) != data_seed(5, 0)
+    flips = []
+    for rank in (0, 1):
+        g = torch.Generator().manual_seed(loader_seed(0, 0, rank))
+        flips.append(torch.randperm(16, generator=g).tolist())
+    assert flips[0] != flips[1]
+
+
+def test_checkpoints_are_written_when_due_not_after_every_epoch(oem, store, tmp_path, monkeypatch):
+    import metaseg.checkpoints as ck
+
+    calls: list[str] = []
+    real = ck.save_checkpoint
+    monkeypatch.setattr(ck, "save_checkpoint", lambda m, p, **kw: (calls.append(Path(p).name), real(m, p, **kw))[1])
+    out = tmp_path / "run"
+    summary = train(_cfg(oem, out, "model=baseline_demo", "epochs=3", "checkpoint_every_minutes=60"), store=store)
+    assert sorted(calls) == ["best", "last"]  # once, when the run ended (not 3 epochs x 2 files)
+    assert len(_rows(out)) == 3 and summary["checkpoint_s"] >= 0
+    assert json.loads((out / "last_state.json").read_text())["epoch"] == 2
+    best = json.loads((out / "best.json").read_text())
+    assert best["best_miou"] == pytest.approx(summary["best_miou"]) and best["units"] == "percent"
+    assert 0 <= summary["best_miou"] <= 100 and summary["units"]["miou"] == "percent"
+    assert summary["images_per_s"] and summary["images_per_s_with_loading"]
+    assert summary["images_per_s_with_loading"] <= summary["images_per_s"] * 1.0001
+    calls.clear()
+    train(_cfg(oem, tmp_path / "every", "model=baseline_demo", "epochs=2", "checkpoint_every_minutes=0"), store=store)
+    assert calls.count("last") == 2  # 0 = after every epoch
+
+
+def test_resume_refuses_weights_of_another_model(oem, store, tmp_path):
+    from metaseg.errors import CheckpointError
+
+    out = tmp_path / "run"
+    train(_cfg(oem, out, "model=baseline_demo", "epochs=1"), store=store)
+    with pytest.raises(CheckpointError, match="do not match"):  # strict: a different head width
+        train(load_config(None, [
+            "dataset=openearthmap", f"data_root={oem}", f"out_dir={out}", "image_size=32", "batch_size=2",
+            "device=cpu", "amp=false", "progress=false", "threads=1", "num_workers=0", "model=baseline_demo",
+            "epochs=2", "resume=true", f"model_overrides={json.dumps(dict(TINY, decoder_dim=24))}"]), store=store)
+
+
+def test_seeds_option_reports_mean_and_spread(oem, store, tmp_path):
+    out = tmp_path / "seeds"
+    summary = train(_cfg(oem, out, "model=baseline_demo", "epochs=1", "seeds=[0, 1]"), store=store)
+    assert summary["seeds"] == [0, 1] and [r["seed"] for r in summary["runs"]] == [0, 1]
+    b = summary["best_miou"]
+    vals = [r["best_miou"] for r in summary["runs"]]
+    assert b["n"] == 2 and b["mean"] == pytest.approx(sum(vals) / 2, abs=1e-3)
+    assert b["spread"] == pytest.approx(max(vals) - min(vals), abs=1e-3) and b["std"] is not None
+    assert (out / "seed_0" / "best.safetensors").is_file() and (out / "seed_1" / "best.safetensors").is_file()
+    assert json.loads((out / "seeds.json").read_text())["best_miou"] == b

@@ -53,6 +53,7 @@ def test_export_writes_a_hub_folder_with_a_filled_model_card(run, exported):
     assert "- openearthmap" in card and "`climate`" in card  # dataset and prompt mode
     for name in src["val"]["per_class"]:  # per-class validation metrics from the run
         assert f"| {name} |" in card
+    assert src["units"] == "percent" and f"mIoU **{src['val']['miou']:.2f}**" in card  # not x100 twice
     assert "training time" in card and f"({src['train_seconds']:.0f} s)" in card
     assert "0.25–0.5 m/px" in card  # OpenEarthMap's ground sample distance (checkpoint gsd_range_m)
     assert "## Limits" in card and "random weights (`pretrained=none`)" in card and "Short run" in card

@@ -24,7 +24,14 @@ import yaml
 
 from metaseg.errors import ConfigError
 
-DATASET_NAMES = ("openearthmap", "loveda", "potsdam", "synthearth")
+#: The dataset readers (:mod:`training.datasets`) by name → the class set each is scored with
+#: (SynthEarth may override it in its ``synthearth.json``). The one list of dataset names: the
+#: config, the readers, ``training.evaluate`` and the app's Experiments tab take it from here
+#: (this module is torch-free, the readers are not).
+DATASET_CLASS_SETS: dict[str, str] = {"openearthmap": "openearthmap", "loveda": "loveda", "potsdam": "potsdam",
+                                      "synthearth": "openearthmap"}
+DATASET_NAMES: tuple[str, ...] = tuple(DATASET_CLASS_SETS)
+#: Prompt modes of the dataset readers (:mod:`training.datasets.prompts`; ``training.evaluate --prompt-mode``).
 PROMPT_MODE_NAMES = ("climate", "generic", "store-generic", "none", "wrong")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -90,6 +97,15 @@ class TrainConfig:
         max_val_samples: validate on the first N validation tiles only (``null`` = all).
         negatives: pass other zones' prompts as ITM negatives (MetaSegNet only).
         resume: continue from ``out_dir/last.*`` if present (model, optimizer, schedule, epoch).
+        checkpoint_every_minutes: how often the run writes its checkpoints: ``last.*`` (model,
+            AdamW state, schedule, RNG) and a pending better ``best.*`` are written when an epoch
+            ends at least this many minutes after the previous write, and always when the run
+            ends (``null`` = only when it ends). Writes happen between epochs, never inside the
+            timed steps; their wall time is reported as ``checkpoint_s``. Resume continues from
+            the last write.
+        seeds: run the whole job once per seed (``[0, 1, 2]``) into ``out_dir/seed_N`` and report
+            each run's validation mIoU plus their mean ± standard deviation (``null`` = one run
+            with ``seed``); the paper's Table V gaps (~0.5 mIoU) need this spread to be read.
         log_every: log the running train loss every N steps.
         progress: show tqdm progress bars (rank 0 only).
         tensorboard: write TensorBoard events to ``out_dir/tb``.
@@ -130,6 +146,8 @@ class TrainConfig:
     max_val_samples: int | None = None
     negatives: bool = True
     resume: bool = False
+    checkpoint_every_minutes: float | None = 10.0
+    seeds: list | None = None
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = True
@@ -151,6 +169,14 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.checkpoint_every_minutes is not None and not self.checkpoint_every_minutes >= 0:
+            raise ConfigError(f"checkpoint_every_minutes must be >= 0 or null, got {self.checkpoint_every_minutes}")
+        if self.seeds is not None:
+            if not self.seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
+                raise ConfigError(f"seeds must be a non-empty list of integers (e.g. [0, 1, 2]) or null, "
+                                  f"got {self.seeds!r}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"seeds must not repeat, got {self.seeds!r}")
         if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
             raise ConfigError(f"time_budget_minutes must be > 0 or null, got {self.time_budget_minutes}")
         if not self.lr > 0:
@@ -199,6 +225,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if hint is dict or origin is dict:
         return isinstance(value, dict)
+    if hint is list or origin is list:
+        return isinstance(value, list)
     return True
 
 

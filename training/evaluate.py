@@ -42,8 +42,15 @@ What is computed:
 
 JSON keys: ``miou, oa, mf1, precision, recall, per_class`` (scored class → ``{iou, f1,
 precision, recall}``) plus ``f1_of_means, dataset, split, prompt_mode, n_images, n_pixels,
-model, checkpoint, class_set, tta, class_map, units, seconds`` and ``note`` when some classes
-are not scored.
+model, checkpoint, class_set, tta, class_map, units, seconds``, ``prompt_source`` (where the
+texts came from: ``checkpoint`` = the training prompts it recorded, ``store`` = the prompt store's
+current text, and why), ``prompt_hash`` (short SHA-256 of zone → text as scored) and
+``train_prompt_hash`` (the same over the training zones, from the checkpoint) and ``note`` when
+some classes are not scored.
+
+Prompts: ``--prompt-source checkpoint`` (default) gives each zone the text the checkpoint was
+trained with (:class:`TrainingPrompts`); zones it never saw, and checkpoints that record none,
+get the prompt store's current text. ``--prompt-source store`` always asks the store.
 """
 
 from __future__ import annotations
@@ -59,12 +66,13 @@ from typing import Any
 
 import numpy as np
 
+from metaseg.cli import run_cli
 from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from training.config import DATASET_NAMES
+from training.config import PROMPT_MODE_NAMES as PROMPT_MODES
 
 log = logging.getLogger(__name__)
 
-PROMPT_MODES = ("climate", "generic", "store-generic", "none", "wrong")
-DATASETS = ("openearthmap", "loveda", "potsdam", "synthearth")
 CLASS_MAP_DIR = Path(__file__).resolve().parent / "class_maps"
 
 
@@ -190,35 +198,82 @@ def resolve_device(name: str | None) -> Any:
     return torch.device(name)
 
 
+# ----------------------------------------------------------------------------- prompts
+
+
+class _Text:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class TrainingPrompts:
+    """What the dataset reader asks for a zone's prompt: the checkpoint's training texts first.
+
+    A checkpoint of ``training.train`` records ``train_prompts`` (zone → the text each training
+    tile carried). Stored prompts get edited after a model is trained, so scoring with the
+    store's *current* text would test the model on texts it never saw. This object answers the
+    reader's ``current(zone, class_set)`` with the recorded text, and asks the prompt store only
+    for zones (or class sets) the checkpoint did not record; :meth:`report` says which happened.
+    Recorded texts are used only when the checkpoint trained with ``prompt_mode=climate`` (each
+    zone's own prompt), the mode whose texts are per zone.
+    """
+
+    def __init__(self, recorded: dict[str, str] | None, class_set: str | None, why: str,
+                 train_hash: str | None = None) -> None:
+        self.recorded = dict(recorded or {})
+        self.class_set = class_set
+        self.why = why
+        self.train_hash = train_hash
+        self._store = None
+        self.from_checkpoint: set[str] = set()
+        self.from_store: set[str] = set()
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], source: str = "checkpoint") -> TrainingPrompts:
+        recorded = meta.get("train_prompts")
+        train_hash = meta.get("train_prompt_hash")
+        if source == "store":
+            return cls(None, None, "--prompt-source store", train_hash)
+        if not isinstance(recorded, dict) or not recorded:
+            return cls(None, None, "the checkpoint records no training prompts", train_hash)
+        if meta.get("prompt_mode", "climate") != "climate":
+            return cls(None, None, f"the checkpoint trained with prompt_mode={meta.get('prompt_mode')}, "
+                                   "not per-zone climate prompts", train_hash)
+        return cls({str(k): str(v) for k, v in recorded.items()}, meta.get("class_set"), "", train_hash)
+
+    def current(self, zone: str | None, class_set: str) -> _Text:
+        key = str(zone)
+        if key in self.recorded and class_set == self.class_set:
+            self.from_checkpoint.add(key)
+            return _Text(self.recorded[key])
+        if self._store is None:
+            from prompts_db import PromptStore
+
+            self._store = PromptStore()
+        self.from_store.add(key)
+        return _Text(str(self._store.current(zone, class_set).text))
+
+    def report(self, dataset: Any, prompt_mode: str, uses_text: bool) -> dict[str, Any]:
+        """JSON keys ``prompt_source``, ``prompt_hash`` (of zone → text as scored), ``train_prompt_hash``."""
+        from training.train import prompt_hash
+
+        used = {str(z): str(p) for z, p in zip(dataset.zones, dataset.prompts, strict=True)}
+        if not uses_text:
+            source = "none (the model reads no text)"
+        elif not (self.from_checkpoint or self.from_store):
+            source = f"fixed ({prompt_mode} mode: the same text for every tile)"
+        elif self.from_store and not self.from_checkpoint:
+            source = "store" + (f" ({self.why})" if self.why else f" (zones not recorded in the checkpoint: "
+                                                                 f"{', '.join(sorted(self.from_store))})")
+        elif self.from_store:
+            source = f"checkpoint + store for zones it did not record: {', '.join(sorted(self.from_store))}"
+        else:
+            source = "checkpoint"
+        return {"prompt_source": source, "prompt_hash": prompt_hash(used) if uses_text else None,
+                "train_prompt_hash": self.train_hash}
+
+
 # ----------------------------------------------------------------------------- evaluation loop
-
-
-def _predict(model: Any, images: Any, prompts: list[str], tta: bool) -> Any:
-    """Class indices B×H×W (torch, on the model's device) of a batch of same-size tiles."""
-    import torch
-
-    dev = images.device
-    text = list(prompts) if model.uses_text else None
-    views = [images, images.flip(-1), images.flip(-2)] if tta else [images]
-    batch = torch.cat(views, 0)
-    if text is not None:
-        text = text * len(views)
-    from metaseg.device import autocast_dtype
-
-    amp_dtype = autocast_dtype(dev)  # CUDA: bf16 where supported, else fp16; CPU: None (float32)
-    ctx = (
-        torch.autocast("cuda", dtype=amp_dtype)
-        if amp_dtype is not None
-        else torch.autocast("cpu", enabled=False)
-    )
-    with ctx:
-        out = model(batch, text=text) if text is not None else model(batch)
-    logits = getattr(out, "logits", out).float()
-    if not tta:
-        return logits.argmax(1)
-    p = torch.softmax(logits, 1).chunk(len(views), 0)
-    probs = (p[0] + p[1].flip(-1) + p[2].flip(-2)) / 3.0
-    return probs.argmax(1)
 
 
 def evaluate_dataset(
@@ -268,7 +323,8 @@ def confusion_dataset(
     flips only with ``tta``, autocast only on CUDA (CPU evaluation is float32 whatever ``amp`` says).
 
     Args:
-        model: a ``SegModel`` in eval mode (on ``device``).
+        model: a :class:`metaseg.inference.Predictor` (any backend), or a ``SegModel`` in eval
+            mode (on ``device``), run as it is (no memory-format change, no BatchNorm folding).
         dataset: items ``{"image": 3×H×W float [0,1], "label": H×W int64, "prompt": str, ...}``.
         class_set: the dataset's :class:`metaseg.classes.ClassSet`.
         lut: optional checkpoint → dataset class lookup (zero-shot); 255 = unmapped.
@@ -284,10 +340,12 @@ def confusion_dataset(
     """
     import torch
 
+    from metaseg.inference import Predictor
     from metaseg.metrics import ConfusionMatrix
 
     if device is None:
-        device = next(model.parameters()).device
+        device = model.device if isinstance(model, Predictor) else next(model.parameters()).device
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device, channels_last=False)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     cm = ConfusionMatrix(class_set.num_classes, ignore_index=class_set.ignore_index)
     lut_t = torch.as_tensor(lut.astype(np.int64), device=device) if lut is not None else None
@@ -303,7 +361,7 @@ def confusion_dataset(
             groups.setdefault(tuple(item["image"].shape), []).append(item)
         for group in groups.values():
             images = torch.stack([it["image"] for it in group]).to(device)
-            pred = _predict(model, images, [it["prompt"] or "" for it in group], tta)
+            pred = predictor.predict_batch(images, [it["prompt"] or "" for it in group], tta=tta)
             if lut_t is not None:
                 pred = lut_t[pred]
             labels = torch.stack([it["label"] for it in group]).to(device)
@@ -401,13 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         help="variant name; alone: its shipped demo weights; with --checkpoint: the expected variant",
     )
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASET_NAMES)}")
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
     p.add_argument("--prompt-mode", default="climate", choices=PROMPT_MODES,
                    help="climate (default); generic = the paper's 'It is a remote sensing image.'; "
                         "store-generic = the store's zone-free prompt; none = empty text (the paper's "
                         "'no text' row is the baseline model instead); wrong = a mismatched zone")
+    p.add_argument("--prompt-source", choices=("checkpoint", "store"), default="checkpoint",
+                   help="checkpoint (default): the zone prompts the checkpoint was trained with, the prompt "
+                        "store's current text only for zones it did not record; store: the store's current text")
     p.add_argument("--score-background", action="store_true",
                    help="OpenEarthMap only: also report the paper's 9-class mean (Background as a class)")
     p.add_argument("--tta", action="store_true", help="average horizontal/vertical flips")
@@ -446,18 +507,20 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     device = resolve_device(args.device)
-    dataset = build_dataset(args.dataset, args.root, args.split, prompt_mode=args.prompt_mode)
+    model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
+    prompts = TrainingPrompts.from_meta(meta, getattr(args, "prompt_source", "checkpoint"))
+    dataset = build_dataset(args.dataset, args.root, args.split, prompt_mode=args.prompt_mode, store=prompts)
     if len(dataset) == 0:
         raise ConfigError(f"split {args.split!r} of {args.root} has no tiles")
     if not getattr(dataset, "has_labels", True):
         raise ConfigError(f"split {args.split!r} of {args.root} has no labels to score against")
     ds_cs = dataset.class_set
-    model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
     model.to(device).eval()
     if args.backend != "torch":  # same weights through the ONNX Runtime graph (metaseg.backends)
         from metaseg.inference import Predictor
 
-        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path)).as_model()
+        model = Predictor(model, device, meta=meta, backend=args.backend, checkpoint=_local_weights(ckpt_path),
+                          channels_last=False)
     ck_name = meta.get("class_set") or model.config.class_set
     ck_cs = get_class_set(ck_name)
 
@@ -496,6 +559,7 @@ def run(args: argparse.Namespace) -> int:
         model=model.config.name, checkpoint=ckpt_path, tta=bool(args.tta), backend=getattr(model, "backend", "torch"),
         class_map=class_map["path"] if class_map else None, seconds=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
+    report.update(prompts.report(dataset, args.prompt_mode, bool(model.uses_text)))
     if with_bg is not None:
         report["with_background"] = with_bg
     if args.json:
@@ -568,14 +632,7 @@ def _score_with_background(model: Any, dataset: Any, cs: Any, args: argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (MetasegError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 2
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from metaseg.cli import run_cli
+from metaseg.errors import ConfigError, MetasegError
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,12 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
         ("L_itm", meta.get("itm_signal", "–")),
         ("weights", f"{meta.get('weights_dtype')} safetensors"),
     ]
+    teach = meta.get("teach") or {}
+    if teach:  # a training.finetune folder re-exported: keep its provenance on the card
+        rows.append(("taught", f"`python -m training.finetune` from `{teach.get('base')}` (sha256 "
+                               f"`{teach.get('base_sha256')}`) on {len(teach.get('tiles') or [])} tile(s), "
+                               f"{teach.get('labelled_pixels')} labelled px, {teach.get('steps')} steps, "
+                               f"{teach.get('seconds')} s"))
     from metaseg.checkpoints import gsd_range_m
 
     gsd = gsd_range_m(meta)
@@ -142,13 +149,14 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
     lines += ["", "## Metrics", ""]
     val = meta.get("val") or {}
     proto = meta.get("val_protocol") or {}
+    vfmt = _pct_already if meta.get("units") == "percent" else _pct  # checkpoints before issue 23: fractions
     if val:
         lines += [f"Validation split `{proto.get('split', train_cfg.get('split_val'))}` at the checkpoint's epoch "
                   f"(protocol of `training.evaluate`: native tile size, flip TTA {'on' if proto.get('tta') else 'off'}), "
                   "percent:", "",
-                  f"mIoU **{_pct(val.get('miou'))}**, OA {_pct(val.get('oa'))}, mF1 {_pct(val.get('mf1'))}", ""]
+                  f"mIoU **{vfmt(val.get('miou'))}**, OA {vfmt(val.get('oa'))}, mF1 {vfmt(val.get('mf1'))}", ""]
         if val.get("per_class"):
-            lines += _per_class_table(val["per_class"], _pct) + [""]
+            lines += _per_class_table(val["per_class"], vfmt) + [""]
     else:
         lines += ["No validation metrics were recorded for this checkpoint.", ""]
     for rep in reports or []:
@@ -277,22 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        reports = []
-        for path in args.eval_json:
-            try:
-                reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"--eval-json {path}: {exc}") from None
-        result = export_checkpoint(args.checkpoint, args.out, half=args.half, eval_reports=reports,
-                                   repo_id=args.push, verify=not args.no_verify)
-        result.update(pushed=False, repo_id=args.push, url=None)
-        if args.push:
-            result["url"] = push_folder(args.out, args.push, private=args.private)
-            result["pushed"] = True
-    except (MetasegError, CheckpointError, OSError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    reports = []
+    for path in args.eval_json:
+        try:
+            reports.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--eval-json {path}: {exc}") from None
+    result = export_checkpoint(args.checkpoint, args.out, half=args.half, eval_reports=reports,
+                               repo_id=args.push, verify=not args.no_verify)
+    result.update(pushed=False, repo_id=args.push, url=None)
+    if args.push:
+        result["url"] = push_folder(args.out, args.push, private=args.private)
+        result["pushed"] = True
     if args.json:
         print(json.dumps(result))
     else:

@@ -11,8 +11,6 @@ import json
 import logging
 import sys
 
-from metaseg.errors import MetasegError
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.potsdam_split",
@@ -30,16 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from metaseg.cli import run_cli
     from training.datasets.potsdam import split_tiles
 
-    try:
+    def command() -> int:
         manifest = split_tiles(args.src, args.out, patch=args.patch, stride=args.stride, labels=args.labels,
                                val_tiles=[t.strip() for t in args.val_tiles.split(",") if t.strip()])
-    except MetasegError as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    print(json.dumps(manifest))
-    return 0
+        print(json.dumps(manifest))
+        return 0
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaseg.errors import ConfigError, MetasegError
+from metaseg.cli import run_cli
+from metaseg.errors import ConfigError
+from training.config import DATASET_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -597,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = p.add_mutually_exclusive_group()
     b.add_argument("--baseline", help="baseline variant (alone: its shipped demo weights), run once per tile")
     b.add_argument("--baseline-checkpoint", help="baseline checkpoint")
-    p.add_argument("--dataset", required=True, help="openearthmap | loveda | potsdam | synthearth")
+    p.add_argument("--dataset", required=True, help=" | ".join(DATASET_NAMES))
     p.add_argument("--root", required=True, help="dataset root in its official layout")
     p.add_argument("--split", required=True, help="train | val | test")
     p.add_argument("--variant", action="append", default=[], required=True,
@@ -649,16 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_dask_logs()
-    try:
-        return run(args)
-    except (MetasegError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    except KeyboardInterrupt as exc:
+
+    def kept(exc: KeyboardInterrupt) -> str:
         eid = getattr(exc, "experiment_id", None)
-        where = f"; experiment {eid} stored as incomplete with the tiles finished so far" if eid else ""
-        sys.stderr.write(f"interrupted{where}\n")
-        return 130
+        return f"; experiment {eid} stored as incomplete with the tiles finished so far" if eid else ""
+
+    return run_cli(lambda: run(args), interrupted=kept)
 
 
 if __name__ == "__main__":

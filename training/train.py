@@ -7,12 +7,18 @@ stepped per optimiser step, early stopping on validation mIoU, random flips, fro
 What a run writes into ``out_dir`` (rank 0 only):
 
 * ``metrics.csv`` — one row per epoch: train loss and its parts (ce, dice, itm), lr, validation
-  mIoU / OA / mF1 (empty when not validated that epoch), seconds;
+  mIoU / OA / mF1 in **percent** (empty when not validated that epoch), seconds;
 * ``tb/`` — the same scalars for TensorBoard (plus the running loss every ``log_every`` steps);
 * ``best.safetensors`` + ``best.json`` — the best-mIoU model via ``metaseg.checkpoints``;
 * ``last.safetensors`` + ``last.json`` (model) and ``last_optim.safetensors`` +
   ``last_state.json`` (AdamW moments, schedule position, epoch, early-stopping counters, RNG
   state) — everything ``resume=true`` needs, with no pickle anywhere.
+
+Units: mIoU, OA and mF1 are percent (0–100) everywhere a run reports them (log lines,
+``metrics.csv``, TensorBoard, checkpoint metadata, the summary's ``best_miou``), the unit of
+``training.evaluate`` and of the paper. Speed is reported twice: ``step_s``/``images_per_s`` time
+one optimiser step with its batch already loaded; ``step_s_with_loading`` /
+``images_per_s_with_loading`` time step end to step end, so DataLoader waits count too.
 
 Choices worth knowing:
 
@@ -44,8 +50,21 @@ Choices worth knowing:
   resized to ``image_size``), float32 on CPU, flip TTA only with ``val_tta=true``; mIoU/OA/mF1
   over the class set's scored classes, confusion matrices summed across ranks. So ``best_miou``
   equals what ``training.evaluate`` reports for ``best.safetensors`` on the same split.
-* **Resume granularity is the epoch**: ``last.*`` is written after every epoch (and when
-  ``max_steps`` ends a run mid-epoch); a resumed run starts with the next epoch.
+* **Checkpoint writes** (``checkpoint_every_minutes``, default 10): model + AdamW state of a
+  Swin-B run are ~1 GB, so they are not written after every (short) epoch. ``last.*`` is
+  written when an epoch ends at least that long after the previous write and always when the run
+  ends (last epoch, ``max_steps``, time budget, early stopping); a better model found in between
+  is kept as a CPU copy and written as ``best.*`` together with it. Writes fall between epochs,
+  outside the timed steps; their total wall time is the summary's ``checkpoint_s``.
+* **Resume** continues from the last write, with the next epoch (rows of later epochs in
+  ``metrics.csv`` are dropped and run again). The weights must match the model exactly (every
+  tensor present, none extra, same shapes; only the frozen text encoder, rebuilt from its name, is
+  not stored): a mismatch stops with a ``CheckpointError`` instead of training a half-loaded model.
+* **Seeds**: model init uses ``seed`` on every rank (DDP also broadcasts rank 0's weights); the
+  data draws (shuffle order, random flips, worker seeds) use :func:`loader_seed` /
+  :func:`data_seed`, which differ per rank, so two ranks never draw the same flips. ``seeds=[0,1,2]``
+  repeats the whole run per seed and reports mean ± std of the validation mIoU
+  (:func:`train_seeds`).
 * **DDP**: with ``WORLD_SIZE > 1`` (``torchrun --nproc_per_node N -m training.train ...``) the
   process group is initialised (NCCL on CUDA, gloo on CPU), training uses a
   ``DistributedSampler``, validation shards tiles by rank, and only rank 0 writes files.
@@ -310,6 +329,14 @@ class NegativeBank:
         return self.gen.get_state()
 
 
+def prompt_hash(prompts: dict[str, str]) -> str:
+    """Short SHA-256 of ``zone → prompt text`` (sorted), to tell whether two runs saw the same texts."""
+    import hashlib
+
+    blob = json.dumps(sorted((str(k), str(v)) for k, v in prompts.items()), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- resume state (no pickle)
 def save_optimizer(optimizer, path: Path) -> None:
     """AdamW state → safetensors (tensors) + the param groups inside its JSON metadata."""
@@ -349,6 +376,58 @@ def _rng_to_list(t) -> list[int]:
     return [int(x) for x in t.tolist()]
 
 
+#: Offset between the data seeds of two DDP ranks (rank 0 keeps the single-process seeds).
+RANK_SEED_STRIDE = 1_000_003
+
+
+def loader_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of rank ``rank``'s DataLoader generator in ``epoch``.
+
+    The generator draws the shuffle order (single process) and the base seeds of the loader's
+    worker processes, which draw the random flips; every rank gets its own, so two ranks never
+    draw the same flips. Rank 0 gets the single-process value, so a 1-process run is unchanged.
+    """
+    return int(seed) * 100003 + int(epoch) + RANK_SEED_STRIDE * int(rank)
+
+
+def data_seed(seed: int, rank: int = 0) -> int:
+    """Seed of the global torch RNG that in-process data loading (``num_workers=0``) draws flips from."""
+    return int(seed) + RANK_SEED_STRIDE * int(rank)
+
+
+class _Snapshot:
+    """A CPU copy of a model's saved tensors and config: what ``save_checkpoint`` needs, kept for later."""
+
+    def __init__(self, model) -> None:
+        self.config = model.config
+        self._state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                       if not k.startswith("text_encoder.")}
+
+    def state_dict(self):
+        return self._state
+
+
+def load_model_weights_strict(model, weights: dict) -> None:
+    """Load resume weights, refusing any missing, unexpected or mis-shaped tensor.
+
+    Checkpoints leave out the frozen text encoder (it is rebuilt from its name), so those keys,
+    and only those, may be absent.
+    """
+    from metaseg.errors import CheckpointError
+
+    expected = {k for k in model.state_dict() if not k.startswith("text_encoder.")}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"resume weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); the run folder holds another model"
+        )
+    try:
+        model.load_state_dict(weights, strict=False)  # text_encoder.* stay as built; all else checked above
+    except RuntimeError as exc:  # size mismatches
+        raise CheckpointError(f"resume weights do not match the model: {' '.join(str(exc).split())[:300]}") from None
+
+
 # --------------------------------------------------------------------------- the run
 def resolve_device(name: str):
     import torch
@@ -370,6 +449,8 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         cfg: validated config.
         store: a ``prompts_db.PromptStore`` (default: the standard one).
     """
+    if cfg.seeds:
+        return train_seeds(cfg, store)
     import torch
     from torch.utils.data import DataLoader, Subset
     from torch.utils.data.distributed import DistributedSampler
@@ -431,7 +512,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         num_workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else 4)
         sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True) if dist.enabled else None
-        loader_gen = torch.Generator()
+        loader_gen = torch.Generator()  # re-seeded per epoch and rank (loader_seed)
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                                   drop_last=True, num_workers=num_workers, collate_fn=collate_samples,
                                   generator=loader_gen, pin_memory=device.type == "cuda",
@@ -446,6 +527,8 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             overrides["pretrained"] = "none"
         model = create_model(cfg.model, **overrides).to(device)
         model.config.pretrained = model_cfg.pretrained  # recorded as configured, even when resuming
+        if dist.rank:  # same model init on every rank (DDP broadcasts rank 0's anyway), own data draws
+            torch.manual_seed(data_seed(cfg.seed, dist.rank))
         if model.config.num_classes != class_set.num_classes:
             from metaseg.errors import ConfigError
 
@@ -505,18 +588,20 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
 
             state = json.loads(last_state.read_text())
             weights = load_file(str(out_dir / "last.safetensors"), device="cpu")
-            model.load_state_dict(weights, strict=False)
+            load_model_weights_strict(model, weights)
             load_optimizer(optimizer, out_dir / "last_optim.safetensors")
             start_epoch, global_step = int(state["epoch"]) + 1, int(state["global_step"])
             best_miou, best_epoch = float(state["best_miou"]), int(state["best_epoch"])
             bad_evals = int(state["bad_evals"])
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+            if dist.rank:  # the saved state is rank 0's: other ranks keep drawing their own flips
+                torch.manual_seed(data_seed(cfg.seed, dist.rank) + start_epoch)
             if bank is not None and state.get("bank_rng") is not None:
                 bank.gen.set_state(torch.tensor(state["bank_rng"], dtype=torch.uint8))
             if policy.scaler and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             if dist.main:
-                log.info("resumed from %s at epoch %d (step %d, best mIoU %.4f)", out_dir, start_epoch,
+                log.info("resumed from %s at epoch %d (step %d, best mIoU %.2f%%)", out_dir, start_epoch,
                          global_step, best_miou)
         elif cfg.resume and dist.main:
             log.info("resume=true but %s has no last_state.json: starting fresh", out_dir)
@@ -533,9 +618,14 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         if dist.main and not (cfg.resume and csv_path.is_file() and start_epoch > 0):
             with csv_path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(CSV_FIELDS)
+        elif dist.main:  # rows of epochs after the last checkpoint write are run again: drop them
+            _truncate_csv(csv_path, start_epoch)
         extra_base = {"dataset": cfg.dataset, "prompt_mode": cfg.prompt_mode, "model_variant": cfg.model,
                       "train_zones": [z for z in train_ds.distinct_zones()],
                       "train_prompts": {str(z): train_ds.resolver.prompt(z) for z in train_ds.distinct_zones()},
+                      "train_prompt_hash": prompt_hash({str(z): train_ds.resolver.prompt(z)
+                                                        for z in train_ds.distinct_zones()}),
+                      "units": "percent",
                       "train_config": asdict(cfg), "itm_signal": signal, "lr_rule": lr_rule,
                       "precision": policy.describe(), "encoder_start": model.config.pretrained,
                       "val_protocol": {"split": cfg.split_val, "native_size": True, "tta": cfg.val_tta,
@@ -553,6 +643,10 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
         run_t0 = time.time()
         run_steps = 0
         step_times: list[float] = []  # wall seconds per optimiser step (the loss read syncs the device)
+        cycle_times: list[float] = []  # the same plus waiting for the batch (loading, host-to-device)
+        checkpoint_s = 0.0  # wall seconds spent writing checkpoints (between epochs, outside the steps)
+        last_write = time.time()
+        pending_best: tuple[_Snapshot, dict] | None = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         probe_t0: float | None = None
@@ -564,12 +658,13 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             t0 = time.time()
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            loader_gen.manual_seed(cfg.seed * 100003 + epoch)
+            loader_gen.manual_seed(loader_seed(cfg.seed, epoch, dist.rank))
             ddp_model.train()
             sums = {"loss": 0.0, "ce": 0.0, "dice": 0.0, "itm": 0.0}
             n_batches = 0
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (dist.main and cfg.progress), dynamic_ncols=True)
+            t_cycle = time.perf_counter()
             for batch in bar:
                 if global_step >= total_steps or out_of_time:
                     break
@@ -621,7 +716,10 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                     total_steps = int(round(float(flag[1]) / dist.world))
                 for k in sums:
                     sums[k] += float(losses[k].detach())
-                step_times.append(time.perf_counter() - t_step)
+                t_end = time.perf_counter()
+                step_times.append(t_end - t_step)
+                cycle_times.append(t_end - t_cycle)
+                t_cycle = t_end
                 if dist.main:
                     bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", lr=f"{lr:.2e}")
                     if writer is not None and global_step % cfg.log_every == 0:
@@ -651,31 +749,41 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
             elif val_shard is None:
                 best_epoch, improved = epoch, True  # no validation: the latest epoch is the best
 
-            # -- write (rank 0)
+            # -- write (rank 0): a better model is kept in memory and written with last.* when due
+            stopping = final_epoch or bool(cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience)
             if dist.main:
                 extra = dict(extra_base, epoch=epoch, step=global_step, train_seconds=round(time.time() - run_t0, 1),
                              val={k: last_eval.get(k) for k in ("miou", "oa", "mf1", "per_class")}
                              if evaluated else None)
                 if improved:
-                    save_checkpoint(model, out_dir / "best", extra=dict(extra, best_miou=best_miou))
-                save_checkpoint(model, out_dir / "last", extra=extra)
-                save_optimizer(optimizer, out_dir / "last_optim.safetensors")
-                state = {"epoch": epoch, "global_step": global_step, "best_miou": best_miou,
-                         "best_epoch": best_epoch, "bad_evals": bad_evals, "total_steps": total_steps,
-                         "torch_rng": _rng_to_list(torch.get_rng_state()),
-                         "bank_rng": _rng_to_list(bank.state()) if bank is not None else None,
-                         "scaler": scaler.state_dict() if policy.scaler else None}
-                tmp = last_state.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state))
-                tmp.replace(last_state)
+                    pending_best = (_Snapshot(model), dict(extra, best_miou=best_miou))
+                every = cfg.checkpoint_every_minutes
+                due = stopping or (every is not None and time.time() - last_write >= 60.0 * every)
+                if due:
+                    t_write = time.time()
+                    if pending_best is not None:
+                        save_checkpoint(pending_best[0], out_dir / "best", extra=pending_best[1])
+                        pending_best = None
+                    save_checkpoint(model, out_dir / "last", extra=extra)
+                    save_optimizer(optimizer, out_dir / "last_optim.safetensors")
+                    state = {"epoch": epoch, "global_step": global_step, "best_miou": best_miou,
+                             "best_epoch": best_epoch, "bad_evals": bad_evals, "total_steps": total_steps,
+                             "torch_rng": _rng_to_list(torch.get_rng_state()),
+                             "bank_rng": _rng_to_list(bank.state()) if bank is not None else None,
+                             "scaler": scaler.state_dict() if policy.scaler else None, "units": "percent"}
+                    tmp = last_state.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(state))
+                    tmp.replace(last_state)
+                    last_write = time.time()
+                    checkpoint_s += last_write - t_write
                 row = {"epoch": epoch + 1, "step": global_step,
                        "lr": f"{lr_at(global_step - 1, total_steps, cfg, scale):.6g}",
                        "train_loss": f"{means['loss']:.6f}", "train_ce": f"{means['ce']:.6f}",
                        "train_dice": f"{means['dice']:.6f}", "train_itm": f"{means['itm']:.6f}",
-                       "val_miou": f"{last_eval['miou']:.6f}" if evaluated else "",
-                       "val_oa": f"{last_eval['oa']:.6f}" if evaluated else "",
-                       "val_mf1": f"{last_eval['mf1']:.6f}" if evaluated else "",
-                       "best_miou": f"{best_miou:.6f}" if best_miou >= 0 else "",
+                       "val_miou": f"{last_eval['miou']:.4f}" if evaluated else "",
+                       "val_oa": f"{last_eval['oa']:.4f}" if evaluated else "",
+                       "val_mf1": f"{last_eval['mf1']:.4f}" if evaluated else "",
+                       "best_miou": f"{best_miou:.4f}" if best_miou >= 0 else "",
                        "seconds": f"{time.time() - t0:.2f}"}
                 with csv_path.open("a", newline="") as fh:
                     csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow(row)
@@ -688,7 +796,7 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                     writer.flush()
                 log.info("epoch %d/%d step %d loss %.4f (ce %.4f dice %.4f itm %.4f)%s (%.1fs)", epoch + 1,
                          cfg.epochs, global_step, means["loss"], means["ce"], means["dice"], means["itm"],
-                         f" val mIoU {last_eval['miou']:.4f} OA {last_eval['oa']:.4f}" if evaluated else "",
+                         f" val mIoU {last_eval['miou']:.2f}% OA {last_eval['oa']:.2f}%" if evaluated else "",
                          time.time() - t0)
             dist.barrier()
             if out_of_time:
@@ -703,16 +811,96 @@ def train(cfg: TrainConfig, store=None) -> dict[str, Any]:
                 break
         if writer is not None:
             writer.close()
+        step_s = _median(step_times[2:] or step_times)
+        cycle_s = _median(cycle_times[2:] or cycle_times)
+        images = cfg.batch_size * dist.world  # images per optimiser step, all ranks
+
+        def per_s(seconds):
+            return round(images / seconds, 3) if seconds else None
+
         return {"out_dir": str(out_dir), "best_miou": best_miou if best_miou >= 0 else None,
                 "best_epoch": best_epoch + 1 if best_epoch >= 0 else None, "epochs_run": epoch + 1 - start_epoch,
                 "last_epoch": epoch + 1, "steps": global_step, "stopped_early": stopped_early,
                 "out_of_time": out_of_time, "seconds": round(time.time() - run_t0, 1),
+                "checkpoint_s": round(checkpoint_s, 2),
                 "best_checkpoint": str(out_dir / "best.safetensors"), "world_size": dist.world,
-                "step_s": _median(step_times[2:] or step_times), "precision": policy.describe(),
+                "step_s": step_s, "step_s_with_loading": cycle_s,
+                "images_per_s": per_s(step_s), "images_per_s_with_loading": per_s(cycle_s),
+                "precision": policy.describe(),
                 "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-                if device.type == "cuda" else None}
+                if device.type == "cuda" else None,
+                "units": {"miou": "percent", "step_s": "median seconds per optimiser step, forward+backward+"
+                          "update, batch already loaded (first two steps left out)",
+                          "step_s_with_loading": "median seconds from one step's end to the next's, "
+                          "waiting for the DataLoader included", "images_per_s": "batch_size x processes / step_s",
+                          "images_per_s_with_loading": "batch_size x processes / step_s_with_loading"}}
     finally:
         dist.close()
+
+
+def seed_spread(values: list[float]) -> dict[str, Any]:
+    """``{"n", "mean", "std", "min", "max", "spread"}`` of per-seed scores (std: sample, n - 1)."""
+    import statistics
+
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "spread": None}
+    return {"n": len(vals), "mean": round(statistics.fmean(vals), 4),
+            "std": round(statistics.stdev(vals), 4) if len(vals) > 1 else None,
+            "min": round(min(vals), 4), "max": round(max(vals), 4), "spread": round(max(vals) - min(vals), 4)}
+
+
+def train_seeds(cfg: TrainConfig, store=None) -> dict[str, Any]:
+    """``seeds=[...]``: the same job once per seed (``out_dir/seed_N``), then mean ± std of the scores.
+
+    Each run validates with the evaluation protocol (:func:`validate`); the summary holds every
+    run's summary under ``runs`` and, for ``best_miou`` and the final epoch's ``val_miou``, the
+    mean, sample standard deviation, min, max and spread over the seeds (percent). It is also
+    written to ``out_dir/seeds.json``.
+    """
+    from .config import replace
+
+    runs = []
+    for seed in cfg.seeds:
+        sub = replace(cfg, seed=int(seed), seeds=None, out_dir=str(Path(cfg.out_dir) / f"seed_{seed}"))
+        summary = train(sub, store)
+        summary["seed"] = int(seed)
+        summary["final_val_miou"] = _final_val_miou(Path(sub.out_dir))
+        runs.append(summary)
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.info("seed %d: best val mIoU %s%%", seed, summary["best_miou"])
+    out = {"out_dir": cfg.out_dir, "seeds": list(cfg.seeds), "units": "percent",
+           "protocol": {"dataset": cfg.dataset, "split": cfg.split_val, "tta": cfg.val_tta,
+                        "max_val_samples": cfg.max_val_samples, "prompt_mode": cfg.prompt_mode},
+           "best_miou": seed_spread([r["best_miou"] for r in runs]),
+           "final_val_miou": seed_spread([r["final_val_miou"] for r in runs]),
+           "runs": runs}
+    if int(os.environ.get("RANK", "0")) == 0:
+        b = out["best_miou"]
+        log.info("%d seeds: best val mIoU %s ± %s (min %s, max %s)", b["n"], b["mean"], b["std"], b["min"], b["max"])
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out_dir) / "seeds.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _final_val_miou(out_dir: Path) -> float | None:
+    """Validation mIoU of the last validated epoch in ``metrics.csv`` (percent), if any."""
+    try:
+        with (out_dir / "metrics.csv").open(newline="") as fh:
+            vals = [r["val_miou"] for r in csv.DictReader(fh) if r.get("val_miou")]
+    except OSError:
+        return None
+    return float(vals[-1]) if vals else None
+
+
+def _truncate_csv(path: Path, epochs: int) -> None:
+    """Keep the header and the rows of the first ``epochs`` epochs of ``metrics.csv``."""
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= epochs]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _median(values: list[float]) -> float | None:
@@ -738,8 +926,8 @@ def validate(model, dataset, class_set, device, batch_size: int, dist: Dist | No
 
     Runs :func:`training.evaluate.confusion_dataset` (native tile size, float32 on CPU, flips only
     with ``tta``), sums the confusion matrices across ranks and returns fractions
-    ``{"miou", "oa", "mf1", "per_class"}`` over the class set's scored classes (NaN mIoU when no
-    scored class occurs).
+    ``{"miou", "oa", "mf1", "per_class"}`` over the class set's scored classes in **percent**
+    (0–100, the unit of ``training.evaluate`` and the paper; NaN mIoU when no scored class occurs).
     """
     import numpy as np
     import torch
@@ -759,9 +947,11 @@ def validate(model, dataset, class_set, device, batch_size: int, dist: Dist | No
     m = cm.compute(scored=class_set.scored, class_names=class_set.names).to_dict()
 
     def num(x):
-        return float("nan") if x is None else float(x)
+        return float("nan") if x is None else 100.0 * float(x)
 
-    return {"miou": num(m["miou"]), "oa": num(m["oa"]), "mf1": num(m["mf1"]), "per_class": m["per_class"]}
+    per_class = {name: {k: (None if v is None else 100.0 * float(v)) for k, v in vals.items()}
+                 for name, vals in m["per_class"].items()}
+    return {"miou": num(m["miou"]), "oa": num(m["oa"]), "mf1": num(m["mf1"]), "per_class": per_class}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -778,17 +968,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary = train(cfg)
-    except MetasegError as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary) if args.json else
-              f"done: best val mIoU {summary['best_miou']} at epoch {summary['best_epoch']}; "
-              f"{summary['steps']} steps; checkpoints in {summary['out_dir']}")
-    return 0
+    from metaseg.cli import run_cli
+
+    def command() -> int:
+        summary = train(load_config(args.config, args.overrides))
+        if int(os.environ.get("RANK", "0")) == 0:
+            if args.json:
+                print(json.dumps(summary))
+            elif "runs" in summary:
+                b = summary["best_miou"]
+                print(f"done: {b['n']} seeds, best val mIoU {b['mean']} ± {b['std']} % (min {b['min']}, "
+                      f"max {b['max']}); runs in {summary['out_dir']}/seed_N")
+            else:
+                print(f"done: best val mIoU {summary['best_miou']} % at epoch {summary['best_epoch']}; "
+                      f"{summary['steps']} steps; checkpoints in {summary['out_dir']}")
+        return 0
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Each command lives in its own module ``metaseg/cli/<command>.py`` exposing
 ``parser.set_defaults(func=run)``) and ``run(args) -> int``. Modules keep heavy imports
 (torch, timm, transformers) inside ``run`` so ``--help`` and the torch-free commands stay fast.
 
-Errors: any :class:`metaseg.errors.MetasegError` (and ``FileNotFoundError``) raised by a
-command becomes a one-line message on stderr and exit code 2, never a traceback.
+Errors: :func:`run_cli` is the error policy of every command of the project (``metaseg``,
+``prompts_db`` and the ``training`` commands): a :class:`metaseg.errors.MetasegError` or an
+``OSError`` becomes one line on stderr and exit code 2, never a traceback; see there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from metaseg.errors import MetasegError
@@ -60,16 +63,76 @@ def fail(message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:  # file names that are not valid UTF-8 reach us as lone surrogates: print them as \udcXX escapes
-        sys.stdout.reconfigure(errors="backslashreplace")  # (inside JSON strings that is a valid escape)
+#: Exit codes of :func:`run_cli` besides the command's own: bad input, Ctrl-C, stdout closed by
+#: its reader (128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe).
+EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError may also come from a socket)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (captured in tests)
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError):  # no poll() on this platform: the usual cause is stdout
+        return True
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not report the pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured in tests)
+        pass
+
+
+def run_cli(
+    command: Callable[[], int | None],
+    *,
+    messages: Mapping[type[BaseException], Callable[[Any], str]] | None = None,
+    interrupted: Callable[[KeyboardInterrupt], str] | None = None,
+) -> int:
+    """Run one command under the project's command-line error policy; return its exit code.
+
+    * :class:`~metaseg.errors.MetasegError` or ``OSError`` (a missing or unreadable file, a full
+      disk, …) → ``error: <one line>`` on stderr, exit 2. ``messages`` maps further exception
+      types to their one-line text (e.g. the database driver's errors); they are checked first.
+    * stdout closed by its reader (``… | head``) → quiet, exit 141.
+    * ``KeyboardInterrupt`` → ``interrupted`` (+ ``interrupted(exc)``, e.g. what was kept) on
+      stderr, exit 130.
+    * Anything else is a bug: it propagates, so Python prints the traceback.
+
+    Non-UTF-8 file names reach Python as lone surrogates; stdout prints them as ``\\udcXX``
+    escapes (inside JSON strings that is a valid escape) instead of failing.
+    """
+    try:
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     except (AttributeError, ValueError):  # not a TextIOWrapper (e.g. captured in tests)
         pass
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (MetasegError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:
-        return fail("interrupted")
+        return int(command() or 0)
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"interrupted{interrupted(exc) if interrupted else ''}\n")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_is_closed():
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        for kind, text in (messages or {}).items():
+            if isinstance(exc, kind):
+                return fail(text(exc))
+        if isinstance(exc, (MetasegError, OSError)):
+            return fail(str(exc))
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: args.func(args))

@@ -12,10 +12,6 @@ from typing import Any
 
 from metaseg.errors import ConfigError
 
-#: Number of model output classes of the known class sets. Used only as a fallback when
-#: ``metaseg.classes`` is not importable; it agrees with DESIGN.md §4.
-KNOWN_NUM_CLASSES = {"openearthmap": 8, "loveda": 7, "potsdam": 6}
-
 #: Accepted values of ``MetaSegNetConfig.pretrained``.
 PRETRAINED_SOURCES = ("none", "package", "timm")
 #: File endings accepted as ``pretrained=PATH`` (a local image-encoder weights file).
@@ -152,17 +148,7 @@ def _default_source(encoder: str) -> str:
 
 
 def num_classes_of(class_set: str) -> int:
-    """Number of output classes of a class set (uses ``metaseg.classes`` when available)."""
-    try:
-        from metaseg.classes import get_class_set  # torch-free, written by another module owner
-    except ImportError:
-        get_class_set = None
-    if get_class_set is not None:
-        return int(get_class_set(class_set).num_classes)
-    if class_set not in KNOWN_NUM_CLASSES:
-        from metaseg.errors import UnknownNameError
+    """Number of output classes of a class set (:mod:`metaseg.classes`; UnknownNameError lists valid names)."""
+    from metaseg.classes import get_class_set
 
-        raise UnknownNameError(
-            f"unknown class set {class_set!r}; valid: {', '.join(sorted(KNOWN_NUM_CLASSES))}"
-        )
-    return KNOWN_NUM_CLASSES[class_set]
+    return int(get_class_set(class_set).num_classes)

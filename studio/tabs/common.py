@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,12 @@ CLASS_SET_CHOICES = ["openearthmap", "loveda", "potsdam"]
 TILE_TYPES = [".tif", ".tiff", ".png", ".jpg", ".jpeg"]
 #: keyword arguments of every UI event: only the named endpoints of ``studio.tabs.api`` are public API
 UI = {"api_visibility": "undocumented"}
+#: events that run the models on a visitor's tile (Segment, ``/segment``): at most 4 at once in
+#: Gradio's workers, in two inference lanes (``studio.services.inference_lane``: a small tile never
+#: waits behind a large one); every other event runs at most 2 at a time (``app.queue_kwargs``)
+INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
+#: experiments and their galleries (whole evaluation sets): one at a time on the server
+EXPERIMENT = {"concurrency_id": "experiment", "concurrency_limit": 1}
 
 
 @dataclass
@@ -104,27 +112,97 @@ def new_tile_gate(state: SessionState | None) -> None:
         raise gr.Error("no new tile", visible=False, print_exception=False)
 
 
+#: an absolute server path (not the path part of a URL, not ``m/px`` or ``3/4``)
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"<>|/]+/)+([^\s'\"<>|/]*)")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:,;.)]")
+
+
+def clean_message(text: Any) -> str:
+    """A message fit for a visitor's pop-up: one line, no server paths (a path keeps only its last
+    part) or addresses (an LLM or tile server URL), HTML-escaped (Gradio renders ``gr.Error`` text as
+    HTML, and one visitor's typed text may reach another's pop-up)."""
+    msg = " ".join(str(text or "").split())
+    msg = _URL.sub("(server address)", msg)
+    msg = _ABS_PATH.sub(lambda m: m.group(1) or "(server folder)", msg)
+    return html.escape(msg, quote=False)
+
+
+def user_error(message: Any) -> gr.Error:
+    """A ``gr.Error`` with a cleaned message and no traceback in the log (an expected user error)."""
+    return gr.Error(clean_message(message) or "Error", print_exception=False)
+
+
 def user_errors(fn):
-    """Turn library user errors (and other failures) into a one-line ``gr.Error``."""
+    """Turn library user errors (and other failures) into a one-line, escaped ``gr.Error``.
+
+    Expected errors (``gr.Error``, :class:`MetasegError`, missing/forbidden files) are logged as one
+    line; only unexpected ones leave a traceback, and only in the server log.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as exc:
+            log.info("%s: %s", fn.__name__, " ".join(str(exc.message).split())[:300])
+            raise gr.Error(clean_message(exc.message) or "Error", duration=exc.duration, visible=exc.visible,
+                           title=exc.title, print_exception=False) from None
         except (MetasegError, FileNotFoundError, PermissionError) as exc:
-            raise gr.Error(" ".join(str(exc).split()) or type(exc).__name__) from None
+            log.info("%s: %s: %s", fn.__name__, type(exc).__name__, " ".join(str(exc).split())[:300])
+            raise user_error(str(exc) or type(exc).__name__) from None
         except Exception as exc:  # noqa: BLE001 - never show a traceback to a user
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Something went wrong ({type(exc).__name__}); see the server log.") from None
+            raise user_error(f"Something went wrong ({type(exc).__name__}); see the server log.") from None
 
     return wrapper
 
 
 def session(state: SessionState | None) -> SessionState:
-    """The session of a handler call (a fresh one when Gradio passes ``None``)."""
-    return state if isinstance(state, SessionState) else SessionState()
+    """The session of a handler call (a fresh one when Gradio passes ``None``; a fresh session also
+    lets the janitor remove session folders nobody has used for a long time)."""
+    if isinstance(state, SessionState):
+        return state
+    from studio.session import sweep_sessions
+
+    sweep_sessions()
+    return SessionState()
+
+
+#: result pictures older than this (seconds) are removed from a session's results folder: Gradio
+#: has long copied them into its own cache by then
+RESULT_KEEP_S = 120
+
+
+def image_file(image: Any, folder: Path, stem: str = "image") -> str:
+    """Write a result picture (H×W×3 uint8) to a *new* PNG file and return its path.
+
+    Returning a file instead of an array matters under concurrency: Gradio caches an array under
+    the hash of its bytes and rewrites that file in place, so two visitors getting the same
+    picture at once could download a truncated copy; a uniquely named file is copied into the
+    cache under a temporary name and renamed, never rewritten.
+    """
+    import os
+    import time
+    import uuid
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in folder.glob("*.png"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > RESULT_KEEP_S:
+                old.unlink()
+    path = folder / f"{stem}-{uuid.uuid4().hex[:12]}.png"
+    tmp = folder / f".{path.name}.partial"
+    try:
+        Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).save(tmp, format="PNG",
+                                                                                      compress_level=3)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path)
 
 
 @contextlib.contextmanager

@@ -76,9 +76,13 @@ def _prompt_id(value: Any) -> int:
 
 # --------------------------------------------------------------------------- handlers
 def on_prompt_edit(text: str):
-    from prompts_db import count_tokens
+    from prompts_db import MAX_TEXT_CHARS, count_tokens
 
-    return views.token_html(count_tokens(text or ""))
+    text = str(text or "")
+    if len(text) > MAX_TEXT_CHARS:  # never tokenise megabytes: the models and the store refuse them anyway
+        return (f'<span class="ms-tokens ms-over">{len(text):,} characters: over the {MAX_TEXT_CHARS:,}-character '
+                "limit</span>")
+    return views.token_html(count_tokens(text))
 
 
 @user_errors
@@ -91,6 +95,7 @@ def on_class_set(class_set: str, state: SessionState | None):
 @user_errors
 def on_save_prompt(text: str, class_set: str, state: SessionState | None):
     state = session(state)
+    services.check_prompt_save(state.session_id)
     store = services.get_store()
     parent = state.prompt_id
     try:
@@ -120,7 +125,9 @@ def on_restore(prompt_id: Any, class_set: str, state: SessionState | None):
     state = session(state)
     if prompt_id in (None, ""):
         raise gr.Error("Pick a version in the history first.")
-    rec = services.get_store().restore(_prompt_id(prompt_id))
+    pid = _prompt_id(prompt_id)
+    services.check_prompt_save(state.session_id)
+    rec = services.get_store().restore(pid)
     gr.Info(f"Restored as version {rec.version}.")
     return (state, *prompt_panel(state, class_set))
 
@@ -131,6 +138,7 @@ def on_regenerate(class_set: str, state: SessionState | None):
     ok, why = services.llm_status()
     if not ok:
         raise gr.Error(why)
+    services.check_prompt_save(state.session_id)
     rec = services.get_store().generate(services.zone_code(state.location), class_set, llm=True)
     gr.Info(f"LLM prompt saved as version {rec.version}.")
     return (state, *prompt_panel(state, class_set))

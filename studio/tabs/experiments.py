@@ -16,9 +16,10 @@ import gradio as gr
 import pandas as pd
 
 from studio import experiments as svc
+from studio import policy
 from studio.session import SessionState
 from studio.tabs import locate, segment
-from studio.tabs.common import UI, Studio, session, user_errors
+from studio.tabs.common import EXPERIMENT, UI, Studio, clean_message, session, user_errors
 
 TAB_ID = "experiments"
 FOLDER = "dataset folder on the server"
@@ -29,17 +30,41 @@ def _board(data: Any) -> pd.DataFrame:
     return pd.DataFrame(svc.leaderboard(data), columns=svc.LEADERBOARD_COLS)
 
 
+# --------------------------------------------------------------------------- visibility
+def visible_ids(state: SessionState | None) -> list[int] | None:
+    """The experiments a session may see: its own, or all (``None``) when the operator shares them."""
+    return None if policy.share_experiments() else list(session(state).experiment_ids)
+
+
+def own_labels(state: SessionState | None) -> set[int] | None:
+    """The saved labels a session's experiments may use: its own, or all (``None``) when shared."""
+    return None if policy.share_labels() else set(session(state).label_ids)
+
+
+def check_visible(experiment_id: Any, state: SessionState | None) -> int:
+    """The experiment id if this session may see it (one message for "missing" and "not yours")."""
+    try:
+        eid = int(experiment_id)
+    except (TypeError, ValueError):
+        raise gr.Error("Pick an experiment first.") from None
+    ids = visible_ids(state)
+    if ids is not None and eid not in ids:
+        raise gr.Error(f"No experiment #{eid} in this session: start one, or pick one from the list.")
+    return eid
+
+
 # --------------------------------------------------------------------------- handlers
 @user_errors
 def on_scan(source: str, dataset: str, root: str, split: str, state: SessionState | None):
     """Stored prompt versions of the zones present in the chosen evaluation set."""
     if source == svc.LABELLED:
-        folder, _cs, _n = svc.labelled_set(session(state).output_path("experiments") / "labelled_set")
+        folder, _cs, _n = svc.labelled_set(session(state).output_path("experiments") / "labelled_set",
+                                           label_ids=own_labels(state))
         zones, cs = svc.zones_of("synthearth", str(folder), "test")
     else:
         if not (root or "").strip():
             raise gr.Error("Type the dataset folder on the server first.")
-        zones, cs = svc.zones_of(dataset, root.strip(), split)
+        zones, cs = svc.zones_of(dataset, str(policy.data_folder(root)), split)
     choices = svc.version_choices(zones, cs)
     present = ", ".join(z or "no zone" for z in zones)
     return gr.update(choices=choices, value=[]), f"Zones present: {present} ({cs} classes)."
@@ -58,6 +83,9 @@ def on_start(
     progress=gr.Progress(),  # noqa: B008 - Gradio injects the progress tracker through the default
 ):
     state = session(state)
+    if not policy.visitor_experiments():
+        raise gr.Error("On this server visitors may look at experiments but not start them "
+                       "(METASEG_VISITOR_EXPERIMENTS=0).")
     progress(0.0, desc="starting the runner and loading the models")
 
     def tick(done: int, total: int) -> None:
@@ -65,25 +93,28 @@ def on_start(
 
     rep = svc.start(source=source, dataset=dataset, root=root, split=split, variants=list(variants or []),
                     versions=list(versions or []), limit=int(limit) if limit else None,
-                    work_dir=state.output_path("experiments"), on_progress=tick)  # fmt: skip
+                    work_dir=state.output_path("experiments"), on_progress=tick,
+                    sources=state.model_sources, label_ids=own_labels(state))  # fmt: skip
+    state.experiment_ids.append(int(rep["experiment_id"]))
     status = f"Experiment **#{rep['experiment_id']}** {rep['status']}: {rep['tiles']}/{rep['n_tiles']} tiles in {rep['seconds']} s."
     if rep["errors"]:
-        status += f" {len(rep['errors'])} tile(s) failed, e.g. {rep['errors'][0]['tile']}: {rep['errors'][0]['reason']}"
-    return state, status, gr.update(choices=svc.experiment_choices(), value=rep["experiment_id"])
+        status += clean_message(f" {len(rep['errors'])} tile(s) failed, e.g. {rep['errors'][0]['tile']}: "
+                                f"{rep['errors'][0]['reason']}")
+    return state, status, gr.update(choices=svc.experiment_choices(visible_ids(state)), value=rep["experiment_id"])
 
 
-def on_refresh(current: Any = None):
-    choices = svc.experiment_choices()
+def on_refresh(current: Any = None, state: SessionState | None = None):
+    choices = svc.experiment_choices(visible_ids(state))
     ids = [c[1] for c in choices]
     return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
 
 
 @user_errors
-def on_show(experiment_id: Any):
+def on_show(experiment_id: Any, state: SessionState | None = None):
     if experiment_id in (None, ""):
         empty = pd.DataFrame(columns=svc.LEADERBOARD_COLS)
         return empty, None, gr.update(), gr.update(), gr.update(), ""
-    data = svc.load(experiment_id)
+    data = svc.load(check_visible(experiment_id, state))
     names = [data.class_names[i] for i in data.scored]
     variants = svc.variant_names(data)
     a = "climate" if "climate" in variants else variants[0]
@@ -94,7 +125,7 @@ def on_show(experiment_id: Any):
     h = data.header
     info = (f"**#{h['id']}** {h['status']} · {h['model']} ({h['checkpoint_hash']})"
             + (f" vs {h['baseline']} ({h['baseline_checkpoint_hash']})" if h["baseline"] else "")
-            + f" · {h['dataset']}/{h['split']} at `{h['root']}` · {len(data.tiles)}/{h['n_tiles']} tiles"
+            + f" · {h['dataset']}/{h['split']} at `{policy.shown_data_path(h['root'])}` · {len(data.tiles)}/{h['n_tiles']} tiles"
             + (f" · {h['seconds']} s" if h["seconds"] else ""))  # fmt: skip
     return (
         _board(data),
@@ -107,9 +138,11 @@ def on_show(experiment_id: Any):
 
 
 @user_errors
-def on_gallery(experiment_id: Any, class_name: str, a: str, b: str, progress=gr.Progress()):  # noqa: B008
+def on_gallery(experiment_id: Any, class_name: str, a: str, b: str, state: SessionState | None = None,
+               progress=gr.Progress()):  # noqa: B008
+    eid = check_visible(experiment_id, state)
     progress(0.0, desc="running both variants on the ranked tiles")
-    data = svc.load(experiment_id)
+    data = svc.load(eid)
     items, picks = svc.gallery(data, None if class_name in (None, "", ALL_CLASSES) else class_name, a, b)
     for p in picks:
         p["class_set"] = data.header["class_set"]
@@ -132,7 +165,8 @@ def on_export(experiment_id: Any, fmt: str, state: SessionState | None):
     if experiment_id in (None, ""):
         raise gr.Error("Pick an experiment first.")
     state = session(state)
-    return state, str(svc.export_file(experiment_id, fmt, state.output_path("exports")))
+    eid = check_visible(experiment_id, state)
+    return state, str(svc.export_file(eid, fmt, state.output_path("exports")))
 
 
 # --------------------------------------------------------------------------- layout
@@ -144,7 +178,8 @@ def build(ctx: Studio) -> None:
         )
         with gr.Accordion("Start an experiment", open=True):
             exp_source = gr.Radio(
-                [svc.LABELLED, FOLDER], value=FOLDER, label="Evaluation set", elem_id="exp-source"
+                [svc.LABELLED, FOLDER], value=FOLDER if policy.data_roots() else svc.LABELLED,
+                label="Evaluation set", elem_id="exp-source"
             )
             with gr.Row():
                 exp_dataset = gr.Dropdown(list(svc.DATASETS), value="synthearth", label="Dataset reader")
@@ -206,15 +241,15 @@ def build(ctx: Studio) -> None:
 def wire(ctx: Studio) -> None:
     show_out = [ctx.exp_board, ctx.exp_chart, ctx.exp_class, ctx.exp_a, ctx.exp_b, ctx.exp_info]
     ctx.demo.load(on_refresh, None, [ctx.exp_pick], **UI)
-    ctx.exp_refresh.click(on_refresh, [ctx.exp_pick], [ctx.exp_pick], **UI)
+    ctx.exp_refresh.click(on_refresh, [ctx.exp_pick, ctx.state], [ctx.exp_pick], **UI)
     ctx.exp_scan.click(on_scan, [ctx.exp_source, ctx.exp_dataset, ctx.exp_root, ctx.exp_split, ctx.state],
                        [ctx.exp_versions, ctx.exp_scan_info], **UI)  # fmt: skip
     ctx.exp_start.click(on_start, [ctx.exp_source, ctx.exp_dataset, ctx.exp_root, ctx.exp_split, ctx.exp_variants,
                                    ctx.exp_versions, ctx.exp_limit, ctx.state],
-                        [ctx.state, ctx.exp_status, ctx.exp_pick], **UI)  # fmt: skip
-    ctx.exp_pick.change(on_show, [ctx.exp_pick], show_out, **UI)
-    ctx.exp_rank.click(on_gallery, [ctx.exp_pick, ctx.exp_class, ctx.exp_a, ctx.exp_b],
-                       [ctx.exp_gallery, ctx.exp_picks], **UI)  # fmt: skip
+                        [ctx.state, ctx.exp_status, ctx.exp_pick], **UI, **EXPERIMENT)  # fmt: skip
+    ctx.exp_pick.change(on_show, [ctx.exp_pick, ctx.state], show_out, **UI)
+    ctx.exp_rank.click(on_gallery, [ctx.exp_pick, ctx.exp_class, ctx.exp_a, ctx.exp_b, ctx.state],
+                       [ctx.exp_gallery, ctx.exp_picks], **UI, **EXPERIMENT)  # fmt: skip
     ev = ctx.exp_gallery.select(on_pick, [ctx.exp_picks, ctx.state], segment.open_tile_outputs(ctx), **UI)
     locate.tile_event(ctx, ev)
     ctx.exp_csv.click(

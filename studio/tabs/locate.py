@@ -7,6 +7,7 @@ examples, fetched imagery and tiles opened by other tabs all go through it).
 
 from __future__ import annotations
 
+import html
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from studio.tabs.common import (
     Studio,
     as_uploaded,
     class_set_of,
+    clean_message,
+    image_file,
     path_of,
     session,
     user_errors,
@@ -66,29 +69,40 @@ def tile_outputs(ctx: Studio) -> list[Any]:
 
 def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_name: str | None = None,
               note: str | None = None, copy: bool = True):
-    """Copy ``path`` into the session (unless it is already there: ``copy=False``), read and locate
-    it; returns the :func:`tile_outputs` values.
+    """Check, read and locate ``path``, then copy it into the session (unless it is already there:
+    ``copy=False``); returns the :func:`tile_outputs` values.
 
     All or nothing: the session's tile, location and ground truth change only once the new file
     has been read; on any error they stay as they were (:func:`on_tile_failed` shows them again).
+    Nothing is copied before the file has been read successfully and found within the visitor's
+    pixel budget, so a failed load leaves no file behind (a failed *upload* is removed from
+    Gradio's upload folder too); the session keeps one copy: its current tile's.
     """
     src = str(path)
     name = Path(shown_name or src).name
     try:
         services.ensure_readable(src)
-        copy = state.import_file(src) if copy else Path(src)
-        with as_uploaded(copy, shown_name or src):
-            loc, _info = services.locate_file(copy)
-            tile = services.read_tile(copy)
+        with as_uploaded(Path(src), shown_name or src):
+            loc, _info = services.locate_file(src)
+            services.check_pixel_budget(loc.get("width"), loc.get("height"))
+            tile = services.read_tile(src)
     except Exception as exc:  # noqa: BLE001 - remembered for the failure view, then reported as usual
-        state.load_error = f"{name}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        why = html.unescape(clean_message(str(exc))) or type(exc).__name__  # no server paths
+        state.load_error = f"{name}: {why}"
+        if copy:
+            drop_upload(src)
         raise
+    previous = state.tile_path
+    copy = state.import_file(src) if copy else Path(src)
+    if previous and Path(previous) != copy and Path(previous).parent == state.workdir \
+            and Path(previous).name.startswith("tile-"):
+        Path(previous).unlink(missing_ok=True)  # the session's earlier tile: no longer used
     state.reset_tile()
     state.tile_path, state.tile, state.tile_name = str(copy), tile, name
     state.tile_hash = services.tile_hash(copy)
     state.location = loc
     note = " ".join(n for n in (note, find_ground_truth(state, tile.rgb.shape[:2])) if n) or None
-    return (*located(state, class_set, note), views.display_image(tile.rgb), gt_text(state))
+    return (*located(state, class_set, note), preview_file(state), gt_text(state))
 
 
 def find_ground_truth(state: SessionState, shape: tuple[int, int]) -> str | None:
@@ -101,7 +115,10 @@ def find_ground_truth(state: SessionState, shape: tuple[int, int]) -> str | None
         state.ground_truth_source, state.ground_truth_class_set = "SynthEarth ground truth", "openearthmap"
         state.example_label_path = label
         return "This example ships with its ground truth: segment, then see the Review tab."
-    saved = services.saved_ground_truth(state.tile_hash, shape)
+    from studio import policy
+
+    own = None if policy.share_labels() else set(getattr(state, "label_ids", None) or ())
+    saved = services.saved_ground_truth(state.tile_hash, shape, label_ids=own)  # this session's labels only
     if saved is not None:
         state.ground_truth, row = saved
         state.ground_truth_source = f"saved label #{row['id']}"
@@ -120,6 +137,13 @@ def gt_text(state: SessionState) -> str:
     return f"Ground truth loaded ({state.ground_truth_source}{cs})."
 
 
+def preview_file(state: SessionState) -> str | None:
+    """The tile's preview as a new PNG file (never an array Gradio rewrites in place), ``None`` without a tile."""
+    if state.tile is None:
+        return None
+    return image_file(views.display_image(state.tile.rgb), state.output_path("results"), "tile")
+
+
 def on_tile_failed(class_set: str, state: SessionState | None):
     """After a failed tile load: show again what the session still uses (the file box names the tile
     in use, or is emptied when there is none) and say why the file was refused. Re-rendering the
@@ -128,8 +152,7 @@ def on_tile_failed(class_set: str, state: SessionState | None):
     why, state.load_error = state.load_error, None
     kept = f"Still using {state.tile_name}." if state.tile is not None else "No tile is loaded."
     note = f"Could not open {why}. {kept}" if why else f"Nothing new was loaded. {kept}"
-    preview = views.display_image(state.tile.rgb) if state.tile is not None else None
-    return (*located(state, class_set, note), preview, gt_text(state), state.shown_tile_file())
+    return (*located(state, class_set, note), preview_file(state), gt_text(state), state.shown_tile_file())
 
 
 def tile_event(ctx: Studio, event: Any) -> Any:
@@ -137,6 +160,21 @@ def tile_event(ctx: Studio, event: Any) -> Any:
     tile the session still uses (:func:`on_tile_failed`)."""
     event.failure(on_tile_failed, [ctx.class_set, ctx.state], [*tile_outputs(ctx), ctx.tile_file], **UI)
     return ctx.emit("tile_loaded", event)
+
+
+def drop_upload(path: str | Path) -> None:
+    """Remove a file from Gradio's upload folder (a failed upload: nobody can use it); files
+    anywhere else (the examples, a dataset) are never touched."""
+    try:
+        from gradio.utils import get_upload_folder
+
+        p = Path(path).resolve()
+        if p.is_file() and p.is_relative_to(Path(get_upload_folder()).resolve()):
+            p.unlink(missing_ok=True)
+            if p.parent != Path(get_upload_folder()).resolve() and not any(p.parent.iterdir()):
+                p.parent.rmdir()
+    except OSError:
+        pass
 
 
 def with_file_fields(state: SessionState, loc: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +334,9 @@ def build(ctx: Studio) -> None:
             preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
     examples = services.example_tiles(EXAMPLES)
     if examples:
-        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8)
+        # "private": the page's example clicks only, not an API endpoint (a bad index gave an empty error)
+        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8,
+                    api_visibility="private")
     if credits:
         gr.Markdown("SynthEarth examples are procedural tiles with exact ground truth. "
                     "`iguacu_landsat8.tif`: Landsat 8 imagery courtesy of the U.S. Geological Survey "

@@ -13,12 +13,14 @@ import pandas as pd
 
 from studio import services, views
 from studio.session import SessionState
+from studio.tabs import teach
 from studio.tabs.common import (
     TILE_TYPES,
     UI,
     Studio,
     as_uploaded,
     class_set_of,
+    image_file,
     path_of,
     session,
     user_errors,
@@ -76,6 +78,8 @@ def on_review(state: SessionState | None):
     legend = views.legend_items_html(
         [(n.replace("A", "MetaSegNet").replace("B", "baseline"), c) for n, c in ONLY_ONE_RIGHT_LEGEND]
     )
+    out = state.output_path("results")  # new files: identical pictures of two visitors never share one
+    bars, only = image_file(bars, out, "iou"), image_file(only, out, "only-one-right")
     return (views.metrics_html(rev, state.ground_truth_source), iou, bars, only, legend,
             views.compare_table(services.get_store().compare_prompt_versions(state.tile_hash)))
 
@@ -111,6 +115,7 @@ def build(ctx: Studio) -> None:
                 compare_df = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLS),
                                           label="Runs on this tile (prompt versions compared)",
                                           interactive=False, elem_id="compare-table")
+        teach.build_review(ctx)
     ctx.add(label_file=label_file, review_btn=review_btn, metrics=metrics, iou_df=iou_df, bar=bar,
             only_img=only_img, only_legend=only_legend, compare_df=compare_df)
 

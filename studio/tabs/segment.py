@@ -21,7 +21,17 @@ import pandas as pd
 from studio import services, views
 from studio.session import SessionState
 from studio.tabs import locate
-from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
+from studio.tabs.common import (
+    INFERENCE,
+    UI,
+    Studio,
+    class_set_of,
+    clean_message,
+    image_file,
+    legend_html,
+    session,
+    user_errors,
+)
 
 TAB_ID = "segment"
 FRACTION_COLS = ["class", "MetaSegNet %", "baseline %"]
@@ -37,8 +47,10 @@ def overlays(state: SessionState, opacity: float):
     a, b = views.display_image(p.metasegnet), views.display_image(p.baseline)
     dis = disagreement_map(a, b, rgb)
     frac = disagreement_fraction(p.metasegnet, p.baseline)
+    out = state.output_path("results")  # new files per result: never rewritten while downloaded
     return (
-        (overlay(rgb, a, cs, alpha=opacity), overlay(rgb, b, cs, alpha=opacity)), dis,
+        (image_file(overlay(rgb, a, cs, alpha=opacity), out, "metasegnet"),
+         image_file(overlay(rgb, b, cs, alpha=opacity), out, "baseline")), image_file(dis, out, "disagreement"),
         f"The models disagree on **{100 * frac:.1f}%** of the pixels (magenta).",
     )
 
@@ -56,15 +68,17 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
         raise gr.Error("Load a tile first (upload one or pick an example).")
     progress(0.0, desc="loading models")
     tile_gsd = (state.location or {}).get("gsd_m") or getattr(getattr(state.tile, "info", None), "gsd_m", None)
-    rng = services.model_gsd_range() if tile_gsd else None
+    rng = services.model_gsd_range(sources=state.model_sources) if tile_gsd else None
     kind, target = services.gsd_check(tile_gsd, rng)
     resampled = target if resample_gsd and kind == "finer" else None
     if no_prompt:
         prompt = ""  # the `none` variant: MetaSegNet gets empty text
     result = services.run_pair_at_gsd(state.tile.rgb, state.tile.valid, prompt, tile_gsd, resampled,
-                                      progress=lambda f, d: progress(f, desc=d), allow_empty=bool(no_prompt))
+                                      progress=lambda f, d: progress(f, desc=d), allow_empty=bool(no_prompt),
+                                      sources=state.model_sources)
     if class_set and class_set != result.class_set.name:
-        gr.Warning(f"The models predict {result.class_set.name} classes; the prompt shown is for {class_set}.")
+        gr.Warning(clean_message(f"The models predict {result.class_set.name} classes; the prompt shown is for "
+                                 f"{class_set}."))
     prompt_id = services.saved_prompt_id(state.prompt_id, prompt)
     state.prediction = PairPrediction(
         metasegnet=result.metasegnet, baseline=result.baseline, class_set=result.class_set.name,
@@ -186,7 +200,7 @@ def wire(ctx: Studio) -> None:
     seg = ctx.seg_btn.click(
         on_segment, [ctx.prompt, ctx.opacity, ctx.state, ctx.class_set, ctx.resample, ctx.no_prompt],
         [ctx.state, ctx.slider, ctx.dis_img, ctx.dis_txt, ctx.frac_df, ctx.downloads, ctx.legend,
-         ctx.seg_status, ctx.gsd_note], **UI,
+         ctx.seg_status, ctx.gsd_note], **UI, **INFERENCE,
     )
     ctx.emit("segmented", seg)
     ctx.poly_btn.click(on_polygons, [ctx.state, ctx.min_area], [ctx.downloads], **UI)

@@ -12,15 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from metaseg.errors import ConfigError, UnknownNameError
+from training.config import DATASET_CLASS_SETS
+from training.config import DATASET_NAMES as DATASETS
 
 from .base import IGNORE_INDEX, Sample, SegmentationDataset, collate_samples
 from .prompts import PROMPT_MODES, PromptResolver, check_prompt_mode, wrong_zone
-
-DATASETS = ("openearthmap", "loveda", "potsdam", "synthearth")
-
-#: Class set each dataset name is scored with (SynthEarth may override via its synthearth.json).
-DATASET_CLASS_SETS = {"openearthmap": "openearthmap", "loveda": "loveda", "potsdam": "potsdam",
-                      "synthearth": "openearthmap"}
 
 
 def build_dataset(

@@ -35,10 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from metaseg.errors import ConfigError
+from training.config import PROMPT_MODE_NAMES as PROMPT_MODES
 
 log = logging.getLogger(__name__)
-
-PROMPT_MODES = ("climate", "generic", "store-generic", "none", "wrong")
 
 #: The generic prompt of the paper's Table V ablation, verbatim.
 PAPER_GENERIC_PROMPT = "It is a remote sensing image."

@@ -3,15 +3,42 @@
 The generator lives in :mod:`training.synth.generator` (training data, so it sits with
 ``training/`` and not in the ``metaseg`` library that the app and inference import);
 ``python -m training.synth`` is its command line (:mod:`training.synth.cli`).
+
+The names below are the package's public API, listed by hand (no ``import *``) so that a reader
+and the import-contract test can see what ``training.synth`` exports.
 """
 
-from training.synth.generator import *  # noqa: F401,F403
-from training.synth.generator import (  # noqa: F401  (private-looking names that callers use)
+from training.synth.generator import (
+    AGRICULTURE,
+    AMBIGUOUS_MATERIALS,
+    BARELAND,
+    BUILDING,
+    DEFAULT_ZONES,
+    DEVELOPED,
     M_BRIGHT,
+    M_CROP,
     M_DARK,
+    M_GRASS,
+    M_PAVED,
+    M_RIVER,
+    M_ROAD,
+    M_ROOF,
+    M_SOIL,
     M_STRIPED,
+    M_TREE,
+    MATERIALS,
     PIXEL_SIZE_M,
+    RANGELAND,
+    ROAD,
+    RULE_PROXY,
+    STYLES,
     SYNTH_VERSION,
+    TREE,
+    WATER,
+    Style,
+    SynthTile,
+    ZoneRule,
+    assign_splits,
     generate_tile,
     georeference,
     parse_split_fractions,
@@ -20,7 +47,17 @@ from training.synth.generator import (  # noqa: F401  (private-looking names tha
     read_manifest,
     region_name,
     sample_location,
+    split_counts,
     tile_rng,
     write_synthearth,
     zone_rule,
 )
+
+__all__ = [
+    "AGRICULTURE", "AMBIGUOUS_MATERIALS", "BARELAND", "BUILDING", "DEFAULT_ZONES", "DEVELOPED",
+    "M_BRIGHT", "M_CROP", "M_DARK", "M_GRASS", "M_PAVED", "M_RIVER", "M_ROAD", "M_ROOF", "M_SOIL",
+    "M_STRIPED", "M_TREE", "MATERIALS", "PIXEL_SIZE_M", "RANGELAND", "ROAD", "RULE_PROXY", "STYLES",
+    "SYNTH_VERSION", "TREE", "WATER", "Style", "SynthTile", "ZoneRule", "assign_splits", "generate_tile",
+    "georeference", "parse_split_fractions", "parse_zones", "partner_zone", "read_manifest", "region_name",
+    "sample_location", "split_counts", "tile_rng", "write_synthearth", "zone_rule",
+]

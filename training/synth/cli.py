@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from metaseg.errors import MetasegError
+from metaseg.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split-fractions", default=None, help="train,val,test fractions (default 0.7,0.15,0.15)")
     p.add_argument(
-        "--workers", type=int, default=1, help="parallel processes (default 1; output is identical)"
+        "--workers", type=int, default=1, help="parallel processes through Dask (default 1; output is identical; "
+        "serial when Dask distributed is not installed)"
     )
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,33 +43,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_cli(lambda: _run(args), messages={ImportError: _missing_package})
+
+
+def _missing_package(exc: ImportError) -> str:
+    # e.g. rasterio (writes the GeoTIFFs) missing on a bare machine
+    return f"SynthEarth needs the Python package {exc.name or exc}: install the project's requirements.txt"
+
+
+def _run(args: argparse.Namespace) -> int:
     from training.synth import parse_split_fractions, parse_zones, write_synthearth
 
-    try:
-        parse_zones(args.zones)
-        parse_split_fractions(args.split_fractions)
-        bar = None
-        if not args.no_progress:
-            from tqdm import tqdm
+    parse_zones(args.zones)
+    parse_split_fractions(args.split_fractions)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
 
-            bar = tqdm(total=args.n, desc="SynthEarth", unit="tile", file=sys.stderr)
-        t0 = time.perf_counter()
-        manifest = write_synthearth(
-            args.out,
-            args.n,
-            size=args.size,
-            seed=args.seed,
-            zones=args.zones,
-            split_fractions=args.split_fractions,
-            progress=bar.update if bar is not None else None,
-            workers=max(1, args.workers),
-        )
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-    except (MetasegError, OSError) as exc:
-        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
-        return 2
+        bar = tqdm(total=args.n, desc="SynthEarth", unit="tile", file=sys.stderr)
+    t0 = time.perf_counter()
+    manifest = write_synthearth(
+        args.out,
+        args.n,
+        size=args.size,
+        seed=args.seed,
+        zones=args.zones,
+        split_fractions=args.split_fractions,
+        progress=bar.update if bar is not None else None,
+        workers=max(1, args.workers),
+    )
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
     splits = {s: sum(t["split"] == s for t in manifest["tiles"]) for s in ("train", "val", "test")}
     summary = {
         "out": str(args.out),

@@ -776,6 +776,16 @@ def _report(record: dict, progress: Callable[[int], None] | None) -> dict:
     return record
 
 
+def _dask_available() -> bool:
+    """True when Dask ``distributed`` (what :class:`metaseg.runner.Runner` needs) can be imported."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("distributed") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def write_synthearth(
     out: str | Path,
     n: int,
@@ -801,7 +811,9 @@ def write_synthearth(
         zones: Köppen codes (default :data:`DEFAULT_ZONES`).
         split_fractions: (train, val, test) fractions, default 0.7/0.15/0.15.
         progress: Called with 1 after each tile (e.g. ``tqdm.update``).
-        workers: Processes generating tiles in parallel (output identical for any value).
+        workers: Processes generating tiles in parallel through the Dask runner (output identical
+            for any value); ``≤ 1``, or Dask ``distributed`` not installed (a warning says so),
+            generates them serially in this process.
 
     Returns:
         The manifest dict also written to ``out/synthearth.json``.
@@ -822,6 +834,10 @@ def write_synthearth(
     ]
     tiles = []
     lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    if int(workers) > 1 and len(jobs) > 1 and not _dask_available():
+        log.warning("workers=%d but Dask 'distributed' is not installed: generating the tiles serially "
+                    "(same output)", int(workers))
+        workers = 1
     if int(workers) > 1 and len(jobs) > 1:  # the project's Dask runner (metaseg.runner), local processes
         from metaseg.runner import Runner
 
