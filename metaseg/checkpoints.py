@@ -57,6 +57,34 @@ def gsd_range_m(meta: dict[str, Any]) -> tuple[float, float] | None:
     return None
 
 
+#: A tile this many times coarser or finer than the model's training GSD is "far outside" it.
+GSD_FAR = 2.0
+
+
+def gsd_check(tile_gsd: float | None, rng: tuple[float, float] | None) -> tuple[str, float | None]:
+    """``("ok" | "coarser" | "finer" | "unknown", target m/px)``: where a tile's GSD lies against
+    a model's training range (far = more than :data:`GSD_FAR` times outside); ``target`` is the
+    nearest GSD inside the range (what a much finer tile is resampled to). Used by the app and
+    ``metaseg predict`` alike."""
+    if not tile_gsd or not rng:
+        return "unknown", None
+    lo, hi = rng
+    if tile_gsd > hi * GSD_FAR:
+        return "coarser", hi
+    if tile_gsd < lo / GSD_FAR:
+        return "finer", lo
+    return "ok", min(max(tile_gsd, lo), hi)
+
+
+def recorded_variant(path_or_hub_id: str | Path) -> str:
+    """The variant name a checkpoint records (its ``config.name``), without loading weights or torch."""
+    _weights, meta_path = resolve_checkpoint(path_or_hub_id)
+    name = read_checkpoint_meta(meta_path)["config"].get("name")
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"checkpoint {meta_path} does not record its variant (config.name); pass --model")
+    return name
+
+
 def _stem_paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path).expanduser()
     if p.suffix in (".safetensors", ".json"):

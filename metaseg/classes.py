@@ -22,6 +22,8 @@ must not stop an evaluation.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +31,12 @@ import numpy as np
 from metaseg.errors import TileReadError, UnknownNameError
 
 IGNORE_INDEX = 255
+
+#: ``LABEL_ENCODING`` tag of files the project writes: the pixels are class indices ``0..K-1``
+#: (``IGNORE_VALUE``, 255, = no data) — predicted masks, ``metaseg map`` outputs.
+INDEX_ENCODING = "index"
+#: ``LABEL_ENCODING`` tag of labels written in the class set's official dataset encoding.
+OFFICIAL_ENCODING = "official"
 
 # How a class set stores labels on disk.
 _OFFSET1 = "offset1"  # single band, raw v in 1..K -> index v-1, raw 0 -> ignore
@@ -134,6 +142,72 @@ class ClassSet:
         out[ok] = (raw[ok] - 1).astype(np.uint8)
         return out
 
+    def decode_index(self, label: np.ndarray) -> np.ndarray:
+        """A raster of class *indices* (the project's own masks) → indices; values ``>= K`` → ignore."""
+        label = np.asarray(label)
+        if label.ndim == 3 and label.shape[2] >= 1:
+            label = label[..., 0]
+        raw = label.astype(np.int64, copy=False)
+        out = np.full(raw.shape, self.ignore_index, dtype=np.uint8)
+        ok = (raw >= 0) & (raw < self.num_classes)
+        out[ok] = raw[ok].astype(np.uint8)
+        return out
+
+    def index_encoding_hint(self, label: np.ndarray) -> str | None:
+        """Why an *untagged* single-band label looks like class indices rather than the official
+        1..K encoding (``None`` when it does not): value K never occurs, nothing lies between K and
+        255, and raw 0 ("no data" officially) covers at least 5 % of the pixels or 255 occurs."""
+        label = np.asarray(label)
+        if self.encoding != _OFFSET1 or label.ndim != 2 or not np.issubdtype(label.dtype, np.integer) or not label.size:
+            return None
+        raw = label.astype(np.int64, copy=False)
+        if raw.min() < 0 or raw.max() > 255:
+            return None
+        counts = np.bincount(raw.ravel(), minlength=256)
+        k = self.num_classes
+        zero, ignore = counts[0] / raw.size, counts[255] > 0
+        if counts[k] or counts[k + 1:255].any() or not counts[1:k].any() or not (zero >= 0.05 or ignore):
+            return None
+        return (f"its values look like class indices 0–{k - 1} ({100 * zero:.0f} % zeros"
+                + (", 255 = no data" if ignore else "") + f"), not the official {self.name} encoding 1–{k} "
+                "(0 = no data): scores against it would be wrong. Save masks from the studio or "
+                "`metaseg predict` as .tif (they carry CLASS_SET/LABEL_ENCODING tags) or add 1 to every class value")
+
+    def decode_tagged(self, label: np.ndarray, tags: Mapping[str, str] | None) -> tuple[np.ndarray, str | None]:
+        """Decode a label file's pixels using the tags the project writes into its own files.
+
+        ``CLASS_SET`` must name this set; ``LABEL_ENCODING`` (``index`` / ``official``) says how to
+        read the pixels. Files written before that tag existed are recognised by their other tags
+        (a mask's ``CLASS_NAMES`` start with class 0, a label's with "no data"). Untagged files are
+        read in the official encoding; :meth:`index_encoding_hint` explains when they look like
+        class indices instead.
+
+        Returns:
+            ``(indices, note)``: ``note`` is a one-line remark for the user (``None``: nothing to say).
+
+        Raises:
+            TileReadError: the file is tagged with another class set.
+        """
+        tags = {str(k).upper(): str(v) for k, v in (tags or {}).items()}
+        tagged_set = tags.get("CLASS_SET", "").strip().lower()
+        if tagged_set and tagged_set != self.name:
+            raise TileReadError(f"the file is a {tagged_set} label/mask (CLASS_SET tag) but {self.name} "
+                                "classes are expected")
+        encoding = tags.get("LABEL_ENCODING", "").strip().lower()
+        if not encoding and tagged_set:
+            try:
+                names = json.loads(tags.get("CLASS_NAMES", "[]"))
+            except ValueError:
+                names = []
+            encoding = OFFICIAL_ENCODING if names[:1] == ["no data"] or tags.get("IGNORE_VALUE") == "0" \
+                else INDEX_ENCODING
+        if encoding == INDEX_ENCODING:
+            return self.decode_index(label), f"read as {self.name} class indices (a mask written by this project)"
+        if encoding == OFFICIAL_ENCODING or self.encoding == _RGB:
+            return self.decode(label), None
+        hint = self.index_encoding_hint(label)
+        return self.decode(label), hint
+
     def _decode_rgb(self, rgb: np.ndarray) -> np.ndarray:
         keys = _pack_rgb(np.asarray(self.colors, dtype=np.uint8))
         order = np.argsort(keys)
@@ -172,6 +246,10 @@ class ClassSet:
         idx = index.astype(np.int64, copy=False)
         safe = np.where((idx >= 0) & (idx < self.num_classes), idx, IGNORE_INDEX)
         return self._palette[safe]
+
+    def label_tags(self, encoding: str = INDEX_ENCODING) -> dict[str, str]:
+        """Tags that identify a file this project writes (read back by :meth:`decode_tagged`)."""
+        return {"CLASS_SET": self.name, "LABEL_ENCODING": encoding}
 
     def legend(self) -> list[tuple[str, str]]:
         """``[(class name, "#RRGGBB"), ...]`` for UI legends."""

@@ -20,8 +20,12 @@ first), written atomically (temporary file in the target folder, then ``os.repla
 
 GeoTIFF details: deflate-compressed, tiled 256×256 when both sides are at least 256 px (else
 striped), ``nodata=255``, embedded colour map (255 black; GDAL stores the nodata entry with alpha 0), band description listing the classes, and tags
-``CLASS_SET`` (set name), ``CLASS_NAMES`` (JSON list in index order), ``CLASS_<i>`` (name of
-class ``i``) and ``IGNORE_VALUE``.
+``CLASS_SET`` (set name), ``LABEL_ENCODING`` (``index``: the pixels are class indices; a
+``class_set`` with ``label_encoding="official"`` marks a label saved in the dataset's encoding),
+``CLASS_NAMES`` (JSON list in index order), ``CLASS_<i>`` (name of class ``i``) and
+``IGNORE_VALUE``. PNG masks carry ``CLASS_SET``, ``LABEL_ENCODING`` and ``IGNORE_VALUE`` as text
+chunks. Every label reader (:func:`metaseg.geo.read_label`) recognises these files, so a mask the
+project wrote is never mistaken for a label in the official encoding.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ def _check_mask(index: np.ndarray) -> np.ndarray:
 
 def _ignore_index(class_set: Any) -> int:
     return int(getattr(class_set, "ignore_index", 255))
+
+
+def _label_encoding(class_set: Any) -> str:
+    """``index`` (class indices, the default) or what the class set view says (``official``)."""
+    return str(getattr(class_set, "label_encoding", "index"))
 
 
 def colormap(class_set: Any) -> dict[int, tuple[int, int, int, int]]:
@@ -170,6 +179,7 @@ def _write_mask_band(dst: Any, index: np.ndarray, class_set: Any) -> None:
     dst.write(index, 1)
     dst.update_tags(
         CLASS_SET=str(getattr(class_set, "name", "")),
+        LABEL_ENCODING=_label_encoding(class_set),
         CLASS_NAMES=json.dumps(names),
         IGNORE_VALUE=str(_ignore_index(class_set)),
         **{f"CLASS_{i}": n for i, n in enumerate(names)},
@@ -264,9 +274,15 @@ def write_mask_png(path: str | Path, index: np.ndarray, class_set: Any) -> Path:
     path = Path(path)
     img = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
     img.putpalette(palette_bytes(class_set))
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    text.add_text("CLASS_SET", str(getattr(class_set, "name", "")))
+    text.add_text("LABEL_ENCODING", _label_encoding(class_set))
+    text.add_text("IGNORE_VALUE", str(_ignore_index(class_set)))
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, format="PNG", optimize=False)
+        img.save(path, format="PNG", optimize=False, pnginfo=text)
     logger.info("wrote %dx%d mask PNG %s", index.shape[1], index.shape[0], path)
     return path
 

@@ -211,6 +211,22 @@ def window_around(lat: float, lon: float, zoom: int, size: int = DEFAULT_SIZE) -
     return Window(zoom, x0, y0, size)
 
 
+def window_centre_lat(win: Window) -> float:
+    """Latitude of the centre of a window (differs from the asked point where it was shifted)."""
+    world = TILE_SIZE * 2**win.zoom
+    y = (win.y0 + win.size / 2) / world
+    return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y))))
+
+
+def check_mercator_lat(lat: float) -> float:
+    """Refuse latitudes Web Mercator tile servers do not cover (beyond ±85.0511°)."""
+    if abs(lat) > MERCATOR_MAX_LAT:
+        raise ImageryError(
+            f"latitude {lat:.4f}° is beyond ±{MERCATOR_MAX_LAT:.4f}°, where Web Mercator imagery ends: "
+            "XYZ tile servers have no imagery there; upload a tile of that area instead")
+    return lat
+
+
 # --------------------------------------------------------------------------- rate limit
 class RateLimiter:
     """At most ``calls`` requests per ``period_s`` seconds per key (a session); thread-safe."""
@@ -326,7 +342,9 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any = None, out: str | os.PathLike =
     """Download the tiles around (lat, lon), mosaic ``size``² pixels, write a GeoTIFF (EPSG:3857).
 
     Args:
-        lat, lon: WGS84 degrees (validated; beyond ±85.05° the window is shifted inside the map).
+        lat, lon: WGS84 degrees (validated; beyond ±85.0511°, where Web Mercator ends, refused;
+            near the edge of the world image the window is shifted inside it and ``gsd_m`` is
+            that of the window's centre).
         zoom: one of :data:`ZOOMS`, or ``None`` for :func:`default_zoom` (about 0.5 m/px).
         out: the GeoTIFF to write (its folder must exist).
         size: mosaic side in pixels (256–2048, bounded by :func:`max_tiles`).
@@ -337,6 +355,7 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any = None, out: str | os.PathLike =
     from metaseg.climate import validate
 
     lat_f, lon_f = validate(lat, lon)
+    check_mercator_lat(lat_f)
     z = default_zoom(lat_f) if zoom in (None, "", "auto") else check_zoom(zoom)
     size = int(size)
     if not 256 <= size <= 2048:
@@ -385,6 +404,7 @@ def fetch_imagery(lat: Any, lon: Any, zoom: Any = None, out: str | os.PathLike =
         from metaseg.cachebound import budget_bytes, trim
 
         trim(cache, budget_bytes("METASEG_IMAGERY_CACHE_MB", 512))
-    return ImageryResult(path=out, lat=lat_f, lon=lon_f, zoom=z, gsd_m=ground_resolution_m(lat_f, z), size=size,
+    gsd = ground_resolution_m(window_centre_lat(win), z)  # what the tile's own transform says
+    return ImageryResult(path=out, lat=lat_f, lon=lon_f, zoom=z, gsd_m=gsd, size=size,
                          tiles=len(tiles), cached=cached, seconds=time.perf_counter() - t0,
                          attribution=src.attribution)

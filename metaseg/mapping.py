@@ -222,12 +222,40 @@ def _read_stac(href: str, asset_key: str | None) -> list[Source]:
     return out
 
 
+#: label files by the examples' convention (``synth_af_label.tif`` beside ``synth_af.tif``) and
+#: the studio's mask downloads (``metasegnet_mask.tif``): never imagery
+LABEL_NAME_SUFFIXES = ("_label", "_labels", "_mask")
+
+
+def is_label_file(path: str | os.PathLike) -> bool:
+    """Whether a local file is a label or class mask rather than imagery: named like one
+    (:data:`LABEL_NAME_SUFFIXES`, the studio's ``label_<class set>_…`` files) or tagged as one by
+    this project (``LABEL_ENCODING`` / ``CLASS_SET`` + ``CLASS_NAMES`` GeoTIFF tags, written by
+    ``predict``, ``map`` and the studio)."""
+    p = Path(path)
+    stem = p.stem.lower()
+    if stem.endswith(LABEL_NAME_SUFFIXES) or stem.startswith(("label_openearthmap_", "label_loveda_", "label_potsdam_")):
+        return True
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        import rasterio
+
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(p) as ds:
+            tags = ds.tags()
+    except Exception:  # noqa: BLE001 - unreadable: mapped (and reported) as a failed tile
+        return False
+    return "LABEL_ENCODING" in tags or ("CLASS_SET" in tags and "CLASS_NAMES" in tags)
+
+
 def discover(inputs: Sequence[str | os.PathLike], asset: str | None = None, *,
-             exclude: str | os.PathLike | None = None) -> list[Source]:
+             exclude: str | os.PathLike | None = None, excluded: list[str] | None = None) -> list[Source]:
     """Every tile named by ``inputs`` (files, folders, STAC documents), in input order, without duplicates.
 
     ``exclude``: a folder whose files are never inputs when a folder is scanned (the job's output
     folder, so masks of an earlier run inside an input folder are not mapped again).
+    Label and mask files (:func:`is_label_file`) are never inputs either; their paths are appended
+    to ``excluded`` when a list is given.
 
     Raises:
         MetasegError: a path that does not exist, a folder without GeoTIFFs, an unreadable STAC
@@ -262,15 +290,25 @@ def discover(inputs: Sequence[str | os.PathLike], asset: str | None = None, *,
             if exclude is not None:
                 skip = os.path.realpath(exclude) + os.sep
                 tiles = [t for t in tiles if not os.path.realpath(t).startswith(skip)]
+            labels = [t for t in tiles if is_label_file(t)]
+            if excluded is not None:
+                excluded.extend(str(t) for t in labels)
+            tiles = [t for t in tiles if t not in labels]
             if not tiles:
-                raise MetasegError(f"no GeoTIFFs (*.tif, *.tiff) in folder {text}")
+                extra = f" (only label/mask files: {len(labels)} skipped)" if labels else ""
+                raise MetasegError(f"no GeoTIFFs (*.tif, *.tiff) in folder {text}{extra}")
             for t in tiles:
                 add(Source(path=str(t), stem=t.stem))
         elif p.suffix.lower() in STAC_SUFFIXES:
             for src in _read_stac(str(p), asset):
                 add(src)
+        elif is_label_file(p):
+            if excluded is not None:
+                excluded.append(str(p))
         else:  # any other file is taken as a tile: a bad one fails as a tile, the job goes on
             add(Source(path=str(p), stem=p.stem))
+    if not sources:
+        raise MetasegError("every input is a label or mask file (e.g. *_label.tif, a predicted mask), not imagery")
     return sources
 
 
@@ -961,10 +999,14 @@ def exit_code(summary: dict[str, Any]) -> int:
 def format_text(summary: dict[str, Any]) -> str:
     """A few human-readable lines for the CLI without ``--json``."""
     c = summary["counts"]
+    n_labels = summary.get("label_files_skipped") or 0
     lines = [f"{len(summary['tiles'])} tiles: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed "
              f"in {summary['seconds']:.1f} s"
              + (f" ({summary['windows_per_s']:.2f} windows/s)" if summary.get("windows_per_s") else "")
              + (f" on {summary['device']}, backend {summary['backend']}" if summary.get("backend") else "")]
+    if n_labels:
+        lines.append(f"  {n_labels} label/mask file(s) not mapped (e.g. *_label.tif, masks written by metaseg): "
+                     "they are not imagery")
     for t in summary["tiles"]:
         if t["status"] == "failed":
             lines.append(f"  failed {t['path']}: {t['reason']}")
@@ -985,6 +1027,7 @@ __all__ = [
     "assign_ids",
     "bundle_tasks",
     "discover",
+    "is_label_file",
     "exit_code",
     "fingerprint",
     "format_text",

@@ -39,7 +39,7 @@ from prompts_db.knowledge import (
     normalize_class_set,
     normalize_zone,
 )
-from prompts_db.migrations import upgrade
+from prompts_db.migrations import SCHEMA_VERSION, upgrade
 from prompts_db.models import Label, Prompt, Run, utc_now
 from prompts_db.tokens import TOKEN_BUDGET, count_tokens
 
@@ -209,7 +209,7 @@ class PromptStore:
             if isinstance(exc, OperationalError):  # locked, unreadable folder, ...: callers report these
                 raise
             raise MetasegError(f"{self.path.name} is not a usable prompt database: {exc.orig}") from None
-        if before:
+        if 0 < before < SCHEMA_VERSION:  # a file of the current version was not upgraded
             log.info("prompt database %s upgraded from schema v%d", self.path, before)
         if seed:
             self.seed()

@@ -323,6 +323,7 @@ def gallery(
         caption = f"{r['tile']} ({r['zone'] or '-'}): {what} {a} {r['iou_a']:.1f} → {b} {r['iou_b']:.1f} (Δ {r['delta']:+.1f})"
         items.append((thumb, caption))
         prompt_variant = b if b != "baseline" else a
+        # "" is a prompt too: the `none` variant's empty text (opened as "no prompt", not the zone's)
         picks.append({"image": r["image"], "tile": r["tile"], "variant": prompt_variant,
                       "prompt": ex.prompt_text(store, data, prompt_variant, r["index"]) or ""})  # fmt: skip
     return items, picks

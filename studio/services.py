@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from metaseg.checkpoints import GSD_FAR, gsd_check  # noqa: F401 - one GSD rule for the app and the CLI
 from metaseg.errors import CheckpointError, MetasegError, TileReadError
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,46 @@ def locate_point(lat: Any, lon: Any, source: str = "typed") -> dict[str, Any]:
     }
 
 
+def point_in_footprint(lat: float, lon: float, footprint: Any) -> bool:
+    """Whether (lat, lon) lies inside a tile's footprint (its corners as ``(lat, lon)``, ray casting)."""
+    pts = [(float(p[0]), float(p[1])) for p in footprint or []]
+    if len(pts) < 3:
+        return False
+    inside = False
+    for (la1, lo1), (la2, lo2) in zip(pts, pts[1:] + pts[:1], strict=True):
+        if (la1 > lat) != (la2 > lat) and lon < lo1 + (lat - la1) * (lo2 - lo1) / (la2 - la1):
+            inside = not inside
+    return inside
+
+
+#: a point this close to a tile located by EXIF GPS (no footprint) counts as "on the tile"
+EXIF_NEAR_M = 250.0
+
+
+def place_point(location: dict[str, Any] | None, lat: float, lon: float) -> str:
+    """How typed or clicked coordinates relate to the tile in use (location precedence).
+
+    ``location`` is the locate object of the session's tile (``None``: no tile loaded). Returns
+
+    - ``"free"``: no tile: the point is the new location;
+    - ``"attach"``: the tile has no location of its own (plain PNG/JPEG): the point locates it;
+    - ``"keep"``: the point lies on a georeferenced tile (inside its footprint, or near its EXIF
+      position): the tile's own location wins and stays;
+    - ``"new"``: the point is elsewhere: it starts a new location and the tile is unloaded —
+      a point off the tile is never attached to it.
+    """
+    if location is None:
+        return "free"
+    if location.get("source") not in ("geotiff", "exif") or location.get("lat") is None:
+        return "attach"
+    footprint = location.get("footprint")
+    if footprint:
+        return "keep" if point_in_footprint(lat, lon, footprint) else "new"
+    from metaseg.geo import haversine_m
+
+    return "keep" if haversine_m(lat, lon, location["lat"], location["lon"]) <= EXIF_NEAR_M else "new"
+
+
 def read_tile(path: str | os.PathLike):
     """:func:`metaseg.geo.read_tile` with the configured pixel cap."""
     from metaseg.geo import read_tile as _read
@@ -268,6 +309,10 @@ class ModelCache:
         with self._lock:
             self._sources[role] = (source or "").strip() or None
 
+    def chosen_source(self, role: str) -> str | None:
+        """The operator-wide source set for ``role`` (``None``: the default)."""
+        return self._sources.get(role)
+
     def source_of(self, role: str, source: str | None = None) -> str:
         """The source ``get(role, source)`` loads: ``source`` itself, else the operator default."""
         if source:
@@ -330,10 +375,8 @@ class ModelCache:
                 else:
                     predictor = Predictor.from_checkpoint(source, device=device, backend=backend)
             except CheckpointError as exc:
-                raise CheckpointError(
-                    f"{role} model: {' '.join(str(exc).split())} (in the app: load a checkpoint in the Models "
-                    f"tab or set {ENV_VARS[role]})"
-                ) from None
+                # where to fix it depends on the screen: segment_model() adds the Models-tab hint
+                raise CheckpointError(f"{role} model: {' '.join(str(exc).split())}") from None
         uses_text = bool(getattr(predictor, "uses_text", role == "metasegnet"))
         if role == "metasegnet" and not uses_text:
             raise CheckpointError(
@@ -379,11 +422,21 @@ def shown_source(source: str) -> str:
 MODELS = ModelCache()
 
 
+def segment_model(role: str, sources: dict[str, str] | None = None) -> LoadedModel:
+    """:meth:`ModelCache.get` for a segmentation (``sources``: the session's choices): a model that
+    cannot load says where to fix it."""
+    try:
+        return MODELS.get(role, (sources or {}).get(role) or None)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (load a working checkpoint in the Models tab, or set {ENV_VARS[role]} "
+                              "on the server)") from None
+
+
 def class_set_of_models(sources: dict[str, str] | None = None):
     """Class set of the (session's) MetaSegNet model (loads it); the baseline must use the same set."""
     from metaseg.classes import get_class_set
 
-    cs = MODELS.get("metasegnet", (sources or {}).get("metasegnet") or None).predictor.class_set
+    cs = segment_model("metasegnet", sources).predictor.class_set
     return cs if cs is not None else get_class_set("openearthmap")
 
 
@@ -400,14 +453,20 @@ class PairResult:
 
 
 def _run_pair(rgb: np.ndarray, valid: np.ndarray | None, prompt: str,
-              progress: Callable[[float, str], Any] | None = None,
+              progress: Callable[[float, str], Any] | None = None, allow_empty: bool = False,
               sources: dict[str, str] | None = None) -> PairResult:
     """Run both models on one tile. ``progress(fraction, text)`` reports the windows done;
-    ``sources`` are the session's model choices (role -> source; missing = operator default)."""
-    if not str(prompt or "").strip():
+    ``sources`` are the session's model choices (role -> source; missing = operator default).
+
+    An empty prompt is refused (a cleared box is a slip) unless ``allow_empty``: segmenting without a
+    prompt on purpose (the ``none`` variant of the experiments: empty text)."""
+    if allow_empty:
+        prompt = ""
+    elif not str(prompt or "").strip():
         raise MetasegError("the prompt is empty: type one in the Describe tab or pick a location first")
-    check_prompt_text(prompt)
-    models = {r: MODELS.get(r, (sources or {}).get(r) or None) for r in ROLES}
+    else:
+        check_prompt_text(prompt)
+    models = {r: segment_model(r, sources) for r in ROLES}
     cs_a = models["metasegnet"].predictor.class_set
     cs_b = models["baseline"].predictor.class_set
     if cs_a is not None and cs_b is not None and cs_a.name != cs_b.name:
@@ -552,9 +611,37 @@ def review(result_a: np.ndarray, result_b: np.ndarray, gt: np.ndarray, class_set
 
 
 def read_label(path: str | os.PathLike, class_set: Any, shape: tuple[int, int]) -> np.ndarray:
-    from metaseg.geo import read_label as _read
+    return open_label(path, class_set, shape).index
 
-    return np.asarray(_read(path, class_set, expected_shape=shape), dtype=np.uint8)
+
+def open_label(path: str | os.PathLike, class_set: Any, shape: tuple[int, int]):
+    """:func:`metaseg.geo.open_label`: the decoded label and a note for the user (or ``None``)."""
+    from metaseg.geo import open_label as _open
+
+    return _open(path, class_set, expected_shape=shape, max_pixels=max_pixels())
+
+
+def saved_ground_truth(tile_hash_: str | None, shape: tuple[int, int], label_ids: set[int] | None = None
+                       ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The newest label saved for a tile (by its hash) whose file still reads: ``(indices, label row)``;
+    only among ``label_ids`` when given (a session's own labels, unless the operator shares them).
+
+    Whatever way a tile is opened (upload, re-upload, example, a tile opened from the Experiments
+    gallery), this is how it finds the ground truth a visitor saved for it.
+    """
+    if not tile_hash_:
+        return None
+    for row in get_store().labels(tile_hash_):
+        if label_ids is not None and row.get("id") not in label_ids:
+            continue
+        path = Path(row["mask_path"])
+        if not path.is_file():
+            continue
+        try:
+            return open_label(path, row["class_set"], shape).index, row
+        except MetasegError as exc:
+            log.warning("saved label #%s of tile %s skipped: %s", row.get("id"), tile_hash_[:12], exc)
+    return None
 
 
 # --------------------------------------------------------------------------- label painting
@@ -783,6 +870,7 @@ def _raw_view(class_set: Any) -> Any:
         names=("no data", *class_set.names),
         colors=((0, 0, 0), *class_set.colors),
         ignore_index=IGNORE,
+        label_encoding="official",  # the LABEL_ENCODING tag: readers decode it as the dataset does
     )
 
 
@@ -893,15 +981,11 @@ if os.environ.get("METASEG_RANDOM_WEIGHTS") == "1":  # pragma: no cover - develo
 
 
 # --------------------------------------------------------------------------- ground sample distance
-#: A tile this many times coarser or finer than the model's training GSD is "far outside" it.
-GSD_FAR = 2.0
-
-
 def model_gsd_range(role: str = "metasegnet", sources: dict[str, str] | None = None) -> tuple[float, float] | None:
     """``(min, max)`` m/px the model was trained on (recorded in its checkpoint, else its defaults)."""
     from metaseg.checkpoints import gsd_range_m
 
-    p = MODELS.get(role, (sources or {}).get(role) or None).predictor
+    p = segment_model(role, sources).predictor
     meta = dict(getattr(p, "meta", {}) or {})
     cs = getattr(getattr(p, "class_set", None), "name", None)
     if cs and "class_set" not in meta:
@@ -909,23 +993,13 @@ def model_gsd_range(role: str = "metasegnet", sources: dict[str, str] | None = N
     return gsd_range_m(meta)
 
 
-def gsd_check(tile_gsd: float | None, rng: tuple[float, float] | None) -> tuple[str, float | None]:
-    """``("ok" | "coarser" | "finer" | "unknown", target m/px)``: where a tile's GSD lies against
-    the model's range (far = more than :data:`GSD_FAR` times outside); ``target`` is the nearest
-    GSD inside the range (what a much finer tile is resampled to)."""
-    if not tile_gsd or not rng:
-        return "unknown", None
-    lo, hi = rng
-    if tile_gsd > hi * GSD_FAR:
-        return "coarser", hi
-    if tile_gsd < lo / GSD_FAR:
-        return "finer", lo
-    return "ok", min(max(tile_gsd, lo), hi)
-
-
-def gsd_note(tile_gsd: float | None, rng: tuple[float, float] | None, resampled_to: float | None = None) -> str:
-    """One plain sentence about the tile's GSD against the model's (empty when unknown)."""
+def gsd_note(tile_gsd: float | None, rng: tuple[float, float] | None, resampled_to: float | None = None,
+             resample_asked: bool = False) -> str:
+    """One plain sentence about the tile's GSD against the model's (empty when unknown);
+    ``resample_asked``: the visitor ticked "Resample" — say so when it did nothing."""
     kind, target = gsd_check(tile_gsd, rng)
+    if resample_asked and not resampled_to:
+        return resample_skipped_note(kind, tile_gsd, rng) + (" " + gsd_note(tile_gsd, rng) if kind != "unknown" else "")
     if kind == "unknown":
         return ""
     lo, hi = rng
@@ -943,6 +1017,20 @@ def gsd_note(tile_gsd: float | None, rng: tuple[float, float] | None, resampled_
                 f"{model} the model was trained on. Tick “Resample to the model's GSD” and segment again "
                 f"to predict at {target:g} m/px.")
     return f"Ground sample distance: {tile} (the model was trained on {model})."
+
+
+def resample_skipped_note(kind: str, tile_gsd: float | None, rng: tuple[float, float] | None) -> str:
+    """Why "Resample to the model's GSD" changed nothing for this tile."""
+    if kind == "unknown":
+        return ("Resampling did nothing: " + ("the tile's ground sample distance is unknown (no georeference)."
+                                             if not tile_gsd else "the model does not record its training GSD."))
+    lo, hi = rng
+    model = f"{lo:g} m/px" if lo == hi else f"{lo:g}–{hi:g} m/px"
+    if kind == "coarser":
+        return (f"Resampling did nothing: it only shrinks tiles much finer than the model's {model}; this tile "
+                f"({tile_gsd:.3g} m/px) is coarser, and enlarging it adds no detail.")
+    return (f"Resampling did nothing: the tile ({tile_gsd:.3g} m/px) is already close to the model's {model}; "
+            "it was segmented as it is.")
 
 
 def resample(rgb: np.ndarray, valid: np.ndarray | None, factor: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -966,12 +1054,13 @@ def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def run_pair_at_gsd(rgb: np.ndarray, valid: np.ndarray | None, prompt: str, tile_gsd: float | None,
-                    target_gsd: float | None, progress=None, sources: dict[str, str] | None = None) -> PairResult:
+                    target_gsd: float | None, progress=None, allow_empty: bool = False,
+                    sources: dict[str, str] | None = None) -> PairResult:
     """:func:`run_pair` at ``target_gsd`` (tile shrunk first, masks brought back to the tile grid)."""
     if not tile_gsd or not target_gsd or target_gsd <= tile_gsd:
-        return run_pair(rgb, valid, prompt, progress=progress, sources=sources)
+        return run_pair(rgb, valid, prompt, progress=progress, allow_empty=allow_empty, sources=sources)
     small, small_valid = resample(rgb, valid, target_gsd / tile_gsd)
-    result = run_pair(small, small_valid, prompt, progress=progress, sources=sources)
+    result = run_pair(small, small_valid, prompt, progress=progress, allow_empty=allow_empty, sources=sources)
     shape = rgb.shape[:2]
     result.metasegnet = upsample_mask(result.metasegnet, shape)
     result.baseline = upsample_mask(result.baseline, shape)
@@ -982,17 +1071,40 @@ def run_pair_at_gsd(rgb: np.ndarray, valid: np.ndarray | None, prompt: str, tile
 
 
 # --------------------------------------------------------------------------- polygons
-def write_polygons(masks: dict[str, np.ndarray], class_names: list[str], tile_info: Any, outdir: Path) -> list[str]:
+#: polygons smaller than this many pixels are dropped by default (speckle, not objects)
+MIN_POLYGON_PIXELS = 16
+
+
+def default_min_area_m2(tile_gsd: float | None) -> float:
+    """The app's default smallest polygon: :data:`MIN_POLYGON_PIXELS` pixels of the tile (1 m² when
+    the GSD is unknown), like ``metaseg map --min-area`` but sized to the tile."""
+    return round(MIN_POLYGON_PIXELS * float(tile_gsd) ** 2, 2) if tile_gsd else 1.0
+
+
+def write_polygons(masks: dict[str, np.ndarray], class_names: list[str], tile_info: Any, outdir: Path,
+                   min_area_m2: float | None = None) -> list[str]:
     """Masks (role → class indices) as polygons (``model``, ``class``, ``area_m2`` per polygon) in a
-    GeoPackage and a GeoJSON (WGS84), via :mod:`metaseg.vectorize` (as ``metaseg map``)."""
+    GeoPackage and a GeoJSON (WGS84), via :mod:`metaseg.vectorize` (as ``metaseg map``).
+
+    ``min_area_m2``: polygons smaller than this are dropped (``None``: :func:`default_min_area_m2`).
+    """
     from metaseg.vectorize import mask_to_features, write_features
 
     crs, transform = getattr(tile_info, "crs", None), getattr(tile_info, "transform", None)
     if not crs or not transform:
         raise MetasegError("this tile has no georeference: polygons need a GeoTIFF tile (the PNG masks are there)")
+    if min_area_m2 is None:
+        min_area_m2 = default_min_area_m2(getattr(tile_info, "gsd_m", None))
+    try:
+        min_area_m2 = float(min_area_m2)
+    except (TypeError, ValueError):
+        raise MetasegError(f"the smallest polygon area must be a number of m², not {str(min_area_m2)[:20]!r}") from None
+    if not min_area_m2 >= 0:
+        raise MetasegError(f"the smallest polygon area must be 0 or more m², not {min_area_m2}")
     features = []
     for role, mask in masks.items():
-        features += mask_to_features(mask, transform, crs, list(class_names), ignore=IGNORE, extra={"model": role})
+        features += mask_to_features(mask, transform, crs, list(class_names), ignore=IGNORE, min_area_m2=min_area_m2,
+                                     extra={"model": role})
     paths = []
     for name in ("polygons.gpkg", "polygons.geojson"):
         out = outdir / name
@@ -1049,10 +1161,11 @@ def imagery_status() -> tuple[bool, str]:
 def fetch_imagery(lat: Any, lon: Any, zoom: Any, out: Path, session_key: str):
     """Rate-limited :func:`metaseg.imagery.fetch_imagery` into ``out`` for one session."""
     from metaseg.climate import validate
+    from metaseg.imagery import check_mercator_lat, require_source
     from metaseg.imagery import fetch_imagery as _fetch
-    from metaseg.imagery import require_source
 
     lat_f, lon_f = validate(lat, lon)
+    check_mercator_lat(lat_f)  # before the rate limiter counts a fetch that cannot happen
     src = require_source()
     imagery_limiter().check(session_key)
     try:

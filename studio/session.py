@@ -100,13 +100,20 @@ class SessionState:
     prediction: PairPrediction | None = None
     ground_truth: np.ndarray | None = None  # H×W uint8 indices
     ground_truth_source: str | None = None  # "upload" | "painted" | "example"
+    ground_truth_class_set: str | None = None  # class set of ``ground_truth``'s indices
     example_label_path: str | None = None
+    tile_name: str | None = None  # the name the visitor knows the tile by (display only, never a path)
+    #: why the last attempt to open a tile failed (the tile in use, if any, stayed); ``None`` after a success
+    load_error: str | None = None
+    #: set when a tile load replaced the session's tile; consumed by :meth:`take_new_tile`
+    new_tile: bool = False
     #: labels saved in this session, newest per tile: dicts ``id, path, tile_hash, tile, class_set,
     #: labelled_pixels`` (what "Teach both models" learns from)
     session_labels: list[dict[str, Any]] = field(default_factory=list)
     #: taught model pairs of this session: name -> {"metasegnet": folder, "baseline": folder, ...}
     taught: dict[str, dict[str, Any]] = field(default_factory=dict)
     label_start: np.ndarray | None = None  # the Label editor's starting mask (editor grid), if any
+    label_start_class_set: str | None = None  # the class set the Label editor was started in
     teach_seconds: float = 0.0  # teaching budget spent by this session (both models)
     #: the session's model choice, role -> source (empty = the operator's default); checked by
     #: :func:`studio.policy.model_choice` before it is stored, so it is always loadable
@@ -142,11 +149,43 @@ class SessionState:
         self.tile_path = None
         self.tile_hash = None
         self.tile = None
+        self.tile_name = None
         self.prediction = None
         self.ground_truth = None
         self.ground_truth_source = None
+        self.ground_truth_class_set = None
         self.example_label_path = None
+        self.load_error = None
+        self.new_tile = True
         self.label_start = None  # the editor's starting mask belonged to the old tile
+        self.label_start_class_set = None
+
+    def take_new_tile(self) -> bool:
+        """Whether a tile load replaced the tile since the last call (the results shown are stale)."""
+        new, self.new_tile = self.new_tile, False
+        return new
+
+    def shown_tile_file(self) -> str | None:
+        """A copy of the tile in use named as the visitor knows it, for the tile file box.
+
+        After a failed load the file box must name the tile the session still uses, not the file
+        that was refused. The name is reduced to safe characters and the copy lives in a fresh
+        folder of this session, so visitor text never steers a path.
+        """
+        if not self.tile_path or not Path(self.tile_path).is_file():
+            return None
+        name = Path(self.tile_name or Path(self.tile_path).name).name
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80].strip("._") or "tile"
+        suffix = Path(self.tile_path).suffix.lower()
+        folder = self.workdir / "shown"
+        shutil.rmtree(folder, ignore_errors=True)
+        dst = folder / uuid.uuid4().hex[:8] / f"{stem}{suffix}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.tile_path, dst)  # no second copy of a large tile where the disk allows
+        except OSError:
+            shutil.copyfile(self.tile_path, dst)
+        return str(dst)
 
     def cleanup(self) -> None:
         shutil.rmtree(session_root() / self.session_id, ignore_errors=True)

@@ -17,6 +17,8 @@ SOURCE_LABELS = {
 
 #: Longest side of images sent to the browser (masks are downsampled by nearest neighbour).
 DISPLAY_MAX_SIDE = 1536
+#: pictures of smaller tiles are enlarged (whole pixels, nearest) until the longest side reaches this
+DISPLAY_MIN_SIDE = 256
 
 
 def esc(value: Any) -> str:
@@ -36,7 +38,8 @@ def location_html(loc: dict[str, Any] | None, note: str | None = None) -> str:
     if not loc:
         body = (
             '<div class="ms-loc ms-empty">No location yet: upload a tile, click the map or type '
-            "coordinates. Without a location the generic prompt is used.</div>"
+            "coordinates. Without a location the generic prompt is used."
+            + (f'<div class="ms-note">{esc(note)}</div>' if note else "") + "</div>"
         )
         return body
     parts = []
@@ -129,10 +132,22 @@ def legend_items_html(entries: list[tuple[str, tuple[int, int, int]]]) -> str:
     return f'<div class="ms-legend">{items}</div>'
 
 
-def display_image(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
-    """Downsample (nearest, integer stride) an image or mask so its longest side fits ``max_side``."""
+def imagery_credit(attribution: str) -> str:
+    """The credit line under the fetch button: ``Imagery: <credit>`` unless the credit already
+    says so (the default credit of a custom server is ``Imagery: <host>``)."""
+    text = " ".join(str(attribution or "").split())
+    return text if text.lower().startswith("imagery") else f"Imagery: {text}"
+
+
+def display_image(img: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, min_side: int = DISPLAY_MIN_SIDE) -> np.ndarray:
+    """An image or mask as shown: downsampled (nearest, integer stride) so its longest side fits
+    ``max_side``, or enlarged by a whole factor (each pixel a visible block) when its longest side
+    is under ``min_side`` — a 41×41 tile is not a speck. Same shape for a tile and its masks."""
     img = np.asarray(img)
     h, w = img.shape[:2]
+    if 0 < max(h, w) < min_side:
+        k = int(np.ceil(min_side / max(h, w)))
+        return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
     step = int(np.ceil(max(h, w) / max_side)) if max(h, w) > max_side else 1
     return img[::step, ::step] if step > 1 else img
 

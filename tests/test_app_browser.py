@@ -147,7 +147,13 @@ def test_upload_click_edit_segment_then_fetch_imagery(app_url, browser, tmp_path
             rec = PromptStore().current("BWh", "openearthmap")
             assert rec.version == 2 and rec.text == text and rec.source == "user"
 
-            # 4. segment → the MetaSegNet | baseline slider, the backend, a plain GSD warning (10 m tile)
+            # 4. the click lay off the tile, so it started a new location and unloaded the tile
+            # (issue 24): load the tile again, then segment → the MetaSegNet | baseline slider, the
+            # backend, a plain GSD warning (10 m tile)
+            page.wait_for_function("document.querySelectorAll('#tile-file td.filename').length === 0")
+            assert page.locator("#preview img").count() == 0
+            page.locator("#tile-file input[type=file]").set_input_files(str(tif))
+            page.wait_for_selector("#location .ms-zone[data-zone='Cfb']")
             page.get_by_role("tab", name="Segment").click()
             page.locator("#segment-btn").click()
             page.wait_for_selector("#seg-status:has-text('Done')")

@@ -59,7 +59,7 @@ class FakePredictor:
         rgb = np.asarray(rgb)
         k = self.class_set.num_classes
         if self.uses_text:
-            if not prompt:
+            if prompt is None:  # as the real Predictor: "" is a prompt (the `none` variant)
                 raise ValueError("needs a prompt")
             index = ((rgb[..., 1].astype(np.int64) // 32) + len(prompt)) % k
         else:
@@ -132,7 +132,7 @@ def test_upload_geotiff_locates_and_copies_into_session(app_module, geotiff):
     assert "L.polygon" in page and "metaseg-map-click" in page  # footprint + click bridge
     assert "cdn.jsdelivr" not in page and "code.jquery" not in page  # offline: no CDN assets
     assert "Cfb" in info and prompt.strip()
-    assert preview.shape == (64, 64, 3) and preview.dtype == np.uint8
+    assert preview.shape == (256, 256, 3) and preview.dtype == np.uint8  # a small tile is shown enlarged
     assert "No ground truth" in gt
 
 
@@ -394,8 +394,9 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
     layer = np.zeros((256, 256, 4), np.uint8)  # the editor's stroke layer over the tile and the prediction
     layer[:20, :20] = (*cs.colors[7], 153)  # paint a building in the corner
     editor = {"background": value["background"], "layers": [layer], "composite": None}
-    state, msg, labels, path = label_tab.on_label_save(editor, state)
+    state, msg, labels, path, gt = label_tab.on_label_save(editor, state)
     assert "Saved label" in msg and Path(path).suffix == ".tif"
+    assert "Ground truth loaded (saved label #" in gt  # the Locate panel says so too
     expected = state.prediction.metasegnet.copy()
     expected[:20, :20] = 7
     assert np.array_equal(state.ground_truth, expected)
@@ -615,9 +616,14 @@ def test_open_tile_hook_fills_prompt_and_selects_segment(app_module):
         locate.build(ctx)
         with gr.Tabs() as ctx.tabs:
             describe.build(ctx)
+            segment.build(ctx)
     assert len(segment.open_tile_outputs(ctx)) == len(out)
-    kept = segment.open_tile(str(SYNTH), "", "openearthmap", None)
-    assert kept[5] == services_store_text(kept[0])
+    assert out[-2] is False  # "Segment without a prompt" stays off for a real prompt
+    kept = segment.open_tile(str(SYNTH), None, "openearthmap", None)
+    assert kept[5] == services_store_text(kept[0]) and kept[-2] is False
+    # the `none` variant's empty text: an empty box with "without a prompt" ticked, not the zone's prompt
+    none = segment.open_tile(str(SYNTH), "", "openearthmap", None)
+    assert none[5] == "" and none[-2] is True
     with pytest.raises(gr.Error, match="(?i)not found|no such|missing"):
         segment.open_tile(str(ROOT / "missing.tif"), "p", "openearthmap", None)
 

@@ -115,7 +115,7 @@ def test_editor_paints_over_the_tile_and_saves_sparse_labels_with_255():
     assert brush.color_mode == "fixed" and len(brush.colors) == 8
     assert all(isinstance(c, tuple) and c[0].startswith("#") and c[1] == pytest.approx(0.6) for c in brush.colors)
 
-    state, msg, _table, path = label_tab.on_label_save(_strokes(state), state, "openearthmap", "a prompt")
+    state, msg, _table, path, _gt = label_tab.on_label_save(_strokes(state), state, "openearthmap", "a prompt")
     assert "1,100 labelled pixels" in msg
     raw = np.asarray(Image.open(path)) if path.endswith(".png") else __import__("rasterio").open(path).read(1)
     assert set(np.unique(raw)) == {4, 6, 255}  # official codes road=4, water=6; unpainted = 255, never a class

@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     in_process = not args.scheduler and args.workers == 0
     spec = ModelSpec(name=args.model, checkpoint=args.checkpoint, device=args.device, backend=args.backend,
                      threads=None if in_process else args.threads)
-    sources = discover(args.inputs, args.asset, exclude=args.out)
+    label_files: list[str] = []
+    sources = discover(args.inputs, args.asset, exclude=args.out, excluded=label_files)
     model_fp, class_set, uses_text = _model(args, spec)
     if not uses_text and args.prompt is not None:
         sys.stderr.write(f"warning: {args.model or args.checkpoint} is a vision-only model: --prompt is ignored\n")
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
+    job.meta.update(label_files_skipped=len(label_files))
     job.meta.update(model=args.model or None, checkpoint=args.checkpoint, class_set=class_set,
                     backend=args.backend, resume=bool(args.resume),
                     prompt=args.prompt if uses_text else None)

@@ -6,8 +6,12 @@ Usage (DESIGN.md §7)::
         [--prompt TEXT | --prompt-id N] [--lat LAT --lon LON] [--tta] [--device cpu|cuda]
         [--backend torch|onnx|onnx-int8|auto] --out OUT [--json]
 
-* Weights: ``--checkpoint`` (local file/stem or hub id); without it a ``*_demo`` variant uses
-  the weights shipped in ``metaseg/weights/``; any other variant needs ``--checkpoint`` (exit 2).
+* Weights: ``--checkpoint`` (local file/stem, exported folder or hub id); without it a ``*_demo``
+  variant uses the weights shipped in ``metaseg/weights/``; any other variant needs
+  ``--checkpoint`` (exit 2). ``--model`` may be left out with ``--checkpoint``: the checkpoint
+  records its variant (a ``--model`` that is given must match it).
+* Ground sample distance: a tile far coarser or finer than the model's training GSD (more than
+  2×, as in the app) gets a warning on stderr.
 * Prompt (text models only; baselines ignore prompts and report ``prompt: null``):
   ``--prompt TEXT`` as given; ``--prompt-id N`` a stored prompt version; otherwise the current
   prompt of the tile's Köppen zone from the prompt store. The location comes from
@@ -45,7 +49,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "(.tif = GeoTIFF with the tile's CRS/transform and a colour map, .png = palette PNG).",
     )
     parser.add_argument("image", metavar="IMAGE", help="tile to segment (GeoTIFF, PNG or JPEG)")
-    parser.add_argument("--model", metavar="NAME", required=True, help="variant name (python -m metaseg info --list)")
+    parser.add_argument("--model", metavar="NAME",
+                        help="variant name (python -m metaseg info --list); default: the variant --checkpoint records")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="checkpoint (.safetensors/.json/stem or org/name); default: shipped *_demo weights")
     parser.add_argument("--prompt", metavar="TEXT", help="text prompt (default: the prompt of the tile's climate zone)")
@@ -128,6 +133,24 @@ def _resolve_prompt(
         return record.text, "zone", record.id
 
 
+def _warn_gsd(tile_gsd: float | None, predictor: Any) -> None:
+    """Warn when the tile's GSD is far outside the one the model was trained on (as the app does)."""
+    from metaseg.checkpoints import gsd_check, gsd_range_m
+
+    meta = dict(getattr(predictor, "meta", None) or {})
+    meta.setdefault("class_set", getattr(getattr(predictor, "class_set", None), "name", None))
+    rng = gsd_range_m(meta)
+    kind, _target = gsd_check(tile_gsd, rng)
+    if kind in ("coarser", "finer"):
+        lo, hi = rng
+        model = f"{lo:g} m/px" if lo == hi else f"{lo:g}-{hi:g} m/px"
+        times = tile_gsd / hi if kind == "coarser" else lo / tile_gsd
+        _warn(f"the tile is {tile_gsd:.3g} m/px, about {times:.0f}x {kind} than the {model} the model was "
+              "trained on: objects are far " + ("smaller" if kind == "coarser" else "larger")
+              + " than it expects, treat the mask with great caution"
+              + (" (resample the tile to the model's GSD first)" if kind == "finer" else ""))
+
+
 class _Progress:
     """``progress(done, total)`` callback drawing a tqdm bar on stderr for multi-window tiles."""
 
@@ -156,6 +179,12 @@ def run(args: argparse.Namespace) -> int:
     from metaseg.models.registry import variant_config
 
     latlon, prompt_id = _check_args(args)
+    if args.model is None:
+        if args.checkpoint is None:
+            raise MetasegError("give --model NAME (a shipped *_demo variant) or --checkpoint PATH")
+        from metaseg.checkpoints import recorded_variant
+
+        args.model = recorded_variant(args.checkpoint)  # torch-free: reads the checkpoint's JSON
     variant = variant_config(args.model)  # unknown name -> UnknownNameError, still torch-free
     if args.checkpoint is None and not args.model.endswith("_demo"):
         raise MetasegError(
@@ -201,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
                                  window=args.window)
     finally:
         progress.close()
+    _warn_gsd(tile.info.gsd_m, predictor)  # with the result: a failed run reports only its error
 
     from metaseg.export import write_mask
     from metaseg.visualize import class_fractions

@@ -101,6 +101,16 @@ PRETRAINED_FIX = (
 )
 
 
+def pretrained_fix(name: str, repo: str) -> str:
+    """What to do when timm weights cannot be had: the shipped package weights first where they
+    exist (the demo encoder), else a downloaded file or training from scratch."""
+    fix = PRETRAINED_FIX.format(repo=repo)
+    if name == LITE0:
+        return ("use pretrained=package (the EfficientNet-Lite0 ImageNet weights that ship with the project, "
+                "no network needed), or " + fix)
+    return fix
+
+
 def _hf_offline() -> bool:
     import os
 
@@ -187,7 +197,7 @@ def check_pretrained(name: str, pretrained: str, *, probe_timeout: float = 3.0) 
         None if _hub_reachable(probe_timeout) else "the Hugging Face hub is unreachable (offline?)")
     if why is not None:
         raise ConfigError(f"pretrained=timm needs ImageNet weights for {name} ({repo}) but they are not in the "
-                          f"local cache and {why}; " + PRETRAINED_FIX.format(repo=repo))
+                          f"local cache and {why}; " + pretrained_fix(name, repo))
 
 
 class ImageEncoder(nn.Module):
@@ -225,7 +235,7 @@ class ImageEncoder(nn.Module):
             if pretrained == "timm":
                 repo = timm_hub_repo(name) or name
                 raise CheckpointError(f"pretrained=timm: cannot fetch weights for {name!r} (offline?): "
-                                      f"{type(exc).__name__}; " + PRETRAINED_FIX.format(repo=repo)) from exc
+                                      f"{type(exc).__name__}; " + pretrained_fix(name, repo)) from exc
             if from_file:
                 raise CheckpointError(f"pretrained={pretrained}: cannot read it: {exc}") from exc
             raise

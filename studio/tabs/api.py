@@ -63,9 +63,10 @@ def api_segment(file: Any, prompt: str | None, request: gr.Request = None):
         cs = services.class_set_of_models()
         prompt = services.get_store().current(services.zone_code(loc), cs.name).text
     result = services.run_pair(tile.rgb, tile.valid, prompt)
-    rgb = views.display_image(tile.rgb)
+    rgb = views.display_image(tile.rgb, min_side=0)  # API clients get the tile's own size
     out = api_folder(request) / "results"  # a new file per answer: never rewritten while downloaded
-    ov = [image_file(overlay(rgb, views.display_image(getattr(result, r)), result.class_set, alpha=0.5), out, r)
+    ov = [image_file(overlay(rgb, views.display_image(getattr(result, r), min_side=0), result.class_set, alpha=0.5),
+                     out, r)
           for r in services.ROLES]
     return ov[0], ov[1], services.fractions_json(result)
 

@@ -60,6 +60,11 @@ class Studio:
     ``.success`` onto each emitter, so the order in which modules are wired does not matter.
     Signals: ``"tile_loaded"`` (a new tile is the session's tile: upload, example, fetched
     imagery, a tile opened by another tab) and ``"segmented"`` (both models ran).
+
+    An emitter of ``"tile_loaded"`` may succeed without replacing the tile (the file box was
+    cleared, or set back to the tile in use after a failed load): its reactions run only when
+    :meth:`SessionState.take_new_tile` says the tile changed (:func:`new_tile_gate`), so the
+    results of the tile in use are never cleared by a load that did not happen.
     """
 
     demo: gr.Blocks
@@ -81,6 +86,8 @@ class Studio:
     def finish(self) -> None:
         for signal, events in self._emitters.items():
             for event in events:
+                if signal == "tile_loaded":
+                    event = event.success(new_tile_gate, [self.state], None, show_progress="hidden", **UI)
                 for fn, inputs, outputs in self._reactions.get(signal, []):
                     event.success(fn, inputs, outputs, **UI)
 
@@ -99,6 +106,12 @@ class Studio:
 
 
 # --------------------------------------------------------------------------- plumbing
+def new_tile_gate(state: SessionState | None) -> None:
+    """Let the ``tile_loaded`` reactions run only when the tile really changed (silent stop else)."""
+    if not (isinstance(state, SessionState) and state.take_new_tile()):
+        raise gr.Error("no new tile", visible=False, print_exception=False)
+
+
 #: an absolute server path (not the path part of a URL, not ``m/px`` or ``3/4``)
 _ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"<>|/]+/)+([^\s'\"<>|/]*)")
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:,;.)]")

@@ -17,7 +17,23 @@ from studio.session import SessionState
 from studio.tabs.common import UI, Studio, session, user_errors
 
 TAB_ID = "describe"
-HISTORY_COLS = ["version", "id", "source", "tokens", "created", "text"]
+HISTORY_COLS = ["version", "id", "source", "tokens", "created", "text (from where it differs from the current)"]
+#: characters of a version shown in the history table
+SNIPPET_CHARS = 120
+
+
+def diff_snippet(text: str, current: str, width: int = SNIPPET_CHARS) -> str:
+    """A version's text as the table shows it: its start when that already differs from the
+    current version, else ``…`` and the text from a little before the first difference — so
+    versions that differ only late in the text do not look identical. The current version
+    itself (same text) shows its start."""
+    text, current = str(text or ""), str(current or "")
+    if text == current:
+        return text[:width] + ("…" if len(text) > width else "")
+    i = next((k for k, (a, b) in enumerate(zip(text, current, strict=False)) if a != b), min(len(text), len(current)))
+    start = max(0, i - 30) if i > width - 40 else 0
+    piece = text[start:start + width] or "(ends here: the current version goes on)"
+    return ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
 
 
 def zone_label(state: SessionState) -> str:
@@ -33,11 +49,21 @@ def prompt_panel(state: SessionState, class_set: str):
     hist = store.history(rec.id)
     choices = [(f"v{r.version} · {r.source} · {r.created_at[:19]} (id {r.id})", r.id) for r in hist]
     table = pd.DataFrame(
-        [[r.version, r.id, r.source, r.token_count, r.created_at[:19], r.text[:120]] for r in hist],
+        [[r.version, r.id, r.source, r.token_count, r.created_at[:19], diff_snippet(r.text, _reference(r, rec, hist))]
+         for r in hist],
         columns=HISTORY_COLS,
     )
     info = views.prompt_info_html(rec, zone_label(state))
     return rec.text, info, gr.update(choices=choices, value=rec.id), table
+
+
+def _reference(r: Any, current: Any, hist: list[Any]) -> str:
+    """What a history row is compared with: the current version; the current one itself with the
+    version before it (so it, too, shows what sets it apart)."""
+    if r.id != current.id:
+        return current.text
+    older = [h for h in hist if h.id != current.id and h.version < current.version]
+    return max(older, key=lambda h: h.version).text if older else current.text
 
 
 def _prompt_id(value: Any) -> int:
@@ -80,6 +106,18 @@ def on_save_prompt(text: str, class_set: str, state: SessionState | None):
                      parent_id=parent if parent_ok else None)
     gr.Info(f"Saved as version {rec.version}.")
     return (state, *prompt_panel(state, class_set))
+
+
+@user_errors
+def on_pick_version(prompt_id: Any, class_set: str, state: SessionState | None):
+    """A version picked in the history: its full text (read-only; Restore makes it current)."""
+    if prompt_id in (None, ""):
+        return ""
+    rec = services.get_store().get(_prompt_id(prompt_id))
+    current = services.get_store().current(services.zone_code(session(state).location), class_set)
+    head = f"v{rec.version} · {rec.source} · {rec.created_at[:19]}"
+    head += " (the current version)" if rec.id == current.id else " — Restore makes it the current version"
+    return gr.update(value=rec.text, label=head)
 
 
 @user_errors
@@ -127,11 +165,14 @@ def build(ctx: Studio) -> None:
         with gr.Row():
             history = gr.Dropdown(label="History", choices=[], elem_id="history", scale=3)
             restore_btn = gr.Button("Restore this version", elem_id="restore", scale=1)
+        version_text = gr.Textbox(label="Text of the version picked in the history", lines=4, max_lines=14,
+                                  interactive=False, elem_id="version-text")
         history_df = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLS), label="Versions", interactive=False,
                                   wrap=True, elem_id="history-table",
                                   column_widths=["80px", "60px", "120px", "70px", "170px", "auto"])
     ctx.add(prompt=prompt, prompt_info=prompt_info, history=history, history_df=history_df, tokens=tokens,
-            save_btn=save_btn, regen_btn=regen_btn, regen_hint=regen_hint, restore_btn=restore_btn)
+            save_btn=save_btn, regen_btn=regen_btn, regen_hint=regen_hint, restore_btn=restore_btn,
+            version_text=version_text)
 
 
 def panel_outputs(ctx: Studio) -> list[Any]:
@@ -144,6 +185,8 @@ def wire(ctx: Studio) -> None:
     ctx.class_set.change(on_class_set, [ctx.class_set, ctx.state], panel, **UI)
     ctx.prompt.change(on_prompt_edit, [ctx.prompt], [ctx.tokens], **UI, show_progress="hidden")
     ctx.save_btn.click(on_save_prompt, [ctx.prompt, ctx.class_set, ctx.state], panel, **UI)
+    ctx.history.change(on_pick_version, [ctx.history, ctx.class_set, ctx.state], [ctx.version_text], **UI,
+                       show_progress="hidden")
     ctx.restore_btn.click(on_restore, [ctx.history, ctx.class_set, ctx.state], panel, **UI)
     ctx.regen_btn.click(on_regenerate, [ctx.class_set, ctx.state], panel, **UI)
     ctx.demo.load(regen_button_state, None, [ctx.regen_btn, ctx.regen_hint], **UI)

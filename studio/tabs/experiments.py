@@ -18,7 +18,7 @@ import pandas as pd
 from studio import experiments as svc
 from studio import policy
 from studio.session import SessionState
-from studio.tabs import segment
+from studio.tabs import locate, segment
 from studio.tabs.common import EXPERIMENT, UI, Studio, clean_message, session, user_errors
 
 TAB_ID = "experiments"
@@ -223,8 +223,8 @@ def build(ctx: Studio) -> None:
             exp_b = gr.Dropdown([], label="Variant B (right)")
             exp_rank = gr.Button("Rank tiles", elem_id="exp-rank")
         exp_gallery = gr.Gallery(label="Tiles where B gains most over A, then where it loses most (A left, B right); "
-                                 "click one to open it in Segment with B's prompt", columns=4, height="auto",
-                                 allow_preview=False, elem_id="exp-gallery")  # fmt: skip
+                                 "click one to open it in Segment with B's prompt", columns=2, height="auto",
+                                 object_fit="contain", allow_preview=False, elem_id="exp-gallery")  # fmt: skip
         exp_picks = gr.State([])
         with gr.Row():
             exp_csv = gr.Button("Export CSV", size="sm")
@@ -251,7 +251,7 @@ def wire(ctx: Studio) -> None:
     ctx.exp_rank.click(on_gallery, [ctx.exp_pick, ctx.exp_class, ctx.exp_a, ctx.exp_b, ctx.state],
                        [ctx.exp_gallery, ctx.exp_picks], **UI, **EXPERIMENT)  # fmt: skip
     ev = ctx.exp_gallery.select(on_pick, [ctx.exp_picks, ctx.state], segment.open_tile_outputs(ctx), **UI)
-    ctx.emit("tile_loaded", ev)
+    locate.tile_event(ctx, ev)
     ctx.exp_csv.click(
         lambda e, s: on_export(e, "csv", s), [ctx.exp_pick, ctx.state], [ctx.state, ctx.exp_file], **UI
     )

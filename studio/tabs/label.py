@@ -61,7 +61,8 @@ def editor_shape(shape: tuple[int, int], max_side: int = EDITOR_MAX_SIDE) -> tup
 
 
 def _view(img: np.ndarray) -> np.ndarray:
-    return views.display_image(img, EDITOR_MAX_SIDE)
+    # the editor's grid is :func:`editor_shape`'s: tiny tiles are not enlarged here (a save maps it back)
+    return views.display_image(img, EDITOR_MAX_SIDE, min_side=0)
 
 
 def editor_value(state: SessionState, view_index: np.ndarray | None, cs_name: str, opacity: float) -> dict[str, Any]:
@@ -94,6 +95,7 @@ def on_label_start(start: str, state: SessionState | None, opacity: float = DEFA
         if state.ground_truth is None:
             raise gr.Error("This tile has no ground truth yet; start from an empty layer or a prediction.")
         mask = state.ground_truth
+        cs_name = state.ground_truth_class_set or cs_name  # the ground truth's own class set
     elif start in ("MetaSegNet prediction", "baseline prediction"):
         if p is None:
             raise gr.Error("Segment the tile first, then correct a prediction (or start from an empty layer).")
@@ -103,6 +105,7 @@ def on_label_start(start: str, state: SessionState | None, opacity: float = DEFA
     else:
         raise gr.Error(f"Unknown start {start!r}; choose one of: {', '.join(START_CHOICES)}.")
     choices = class_choices(cs_name)
+    state.label_start_class_set = cs_name
     return (gr.update(value=editor_value(state, None if mask is None else _view(mask), cs_name, opacity),
                       brush=brush(cs_name, opacity)),
             legend_html(cs_name), gr.update(choices=choices, value=choices[0][1]))
@@ -165,6 +168,8 @@ def on_label_save(editor: Any, state: SessionState | None, class_set: str | None
     if state.tile is None or not state.tile_hash:
         raise gr.Error("Load a tile first.")
     cs_name = label_class_set(state, class_set)
+    if getattr(state, "label_start_class_set", None):
+        cs_name = state.label_start_class_set  # the editor's brushes (and starting mask) are in this set
     cs = class_set_of(cs_name)
     index = painted_index(editor, state, cs_name)
     h, w = state.tile.rgb.shape[:2]
@@ -179,14 +184,17 @@ def on_label_save(editor: Any, state: SessionState | None, class_set: str | None
     row = services.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
                               services.label_dir() / state.tile_hash[:16])
     kept = experiments.keep_labelled_tile(state.tile_path, Path(row["path"]).parent)  # evaluable/teachable later
-    state.ground_truth, state.ground_truth_source = index, "painted label"
+    state.ground_truth, state.ground_truth_source = index, f"saved label #{row['id']}"
+    state.ground_truth_class_set = cs.name
     remember_label(state, row, cs.name, labelled, kept, prompt)
     if row.get("id") is not None and isinstance(getattr(state, "label_ids", None), set):
         state.label_ids.add(int(row["id"]))
     share = 100.0 * labelled / index.size
+    from studio.tabs import locate
+
     return state, (f"Saved label #{row['id']} ({cs.name} classes, {labelled:,} labelled pixels = {share:.1f}% of the "
                    "tile; the rest is unlabelled); it is now this tile's ground truth."), \
-        labels_table(state), row["path"]
+        labels_table(state), row["path"], locate.gt_text(state)
 
 
 def remember_label(state: SessionState, row: dict[str, Any], class_set: str, labelled: int,
@@ -266,7 +274,8 @@ def wire(ctx: Studio) -> None:
     ctx.brush_class.input(None, [ctx.brush_class, ctx.label_opacity], None, js=PICK_BRUSH_JS, **UI)
     ctx.label_opacity.release(None, [ctx.brush_class, ctx.label_opacity], None, js=PICK_BRUSH_JS, **UI)
     saved = ctx.save_label_btn.click(on_label_save, [ctx.editor, ctx.state, ctx.class_set, ctx.prompt],
-                                     [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out], **UI)
+                                     [ctx.state, ctx.label_status, ctx.labels_df, ctx.label_file_out,
+                                      ctx.gt_status], **UI)
     ctx.emit("label_saved", saved)
     ctx.export_btn.click(on_labels_export, [ctx.state], [ctx.labels_df, ctx.label_file_out], **UI)
     teach_ui.wire(ctx)

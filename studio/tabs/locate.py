@@ -7,6 +7,7 @@ examples, fetched imagery and tiles opened by other tabs all go through it).
 
 from __future__ import annotations
 
+import html
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from studio.tabs.common import (
     Studio,
     as_uploaded,
     class_set_of,
+    clean_message,
     image_file,
     path_of,
     session,
@@ -70,18 +72,23 @@ def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_na
     """Check, read and locate ``path``, then copy it into the session (unless it is already there:
     ``copy=False``); returns the :func:`tile_outputs` values.
 
+    All or nothing: the session's tile, location and ground truth change only once the new file
+    has been read; on any error they stay as they were (:func:`on_tile_failed` shows them again).
     Nothing is copied before the file has been read successfully and found within the visitor's
     pixel budget, so a failed load leaves no file behind (a failed *upload* is removed from
     Gradio's upload folder too); the session keeps one copy: its current tile's.
     """
     src = str(path)
+    name = Path(shown_name or src).name
     try:
         services.ensure_readable(src)
         with as_uploaded(Path(src), shown_name or src):
             loc, _info = services.locate_file(src)
             services.check_pixel_budget(loc.get("width"), loc.get("height"))
             tile = services.read_tile(src)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - remembered for the failure view, then reported as usual
+        why = html.unescape(clean_message(str(exc))) or type(exc).__name__  # no server paths
+        state.load_error = f"{name}: {why}"
         if copy:
             drop_upload(src)
         raise
@@ -91,22 +98,68 @@ def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_na
             and Path(previous).name.startswith("tile-"):
         Path(previous).unlink(missing_ok=True)  # the session's earlier tile: no longer used
     state.reset_tile()
-    state.tile_path, state.tile = str(copy), tile
+    state.tile_path, state.tile, state.tile_name = str(copy), tile, name
     state.tile_hash = services.tile_hash(copy)
     state.location = loc
+    note = " ".join(n for n in (note, find_ground_truth(state, tile.rgb.shape[:2])) if n) or None
+    return (*located(state, class_set, note), preview_file(state), gt_text(state))
+
+
+def find_ground_truth(state: SessionState, shape: tuple[int, int]) -> str | None:
+    """Attach the tile's ground truth, found by its hash: a shipped example's label, else the newest
+    label saved for it. Returns a note for the location panel (``None``: nothing found)."""
     label = services.example_labels(str(EXAMPLES)).get(state.tile_hash)
     if label:
         # SynthEarth labels use the OpenEarthMap encoding whatever the prompt dropdown says
-        state.ground_truth = services.read_label(label, class_set_of("openearthmap"), tile.rgb.shape[:2])
-        state.ground_truth_source = "SynthEarth ground truth"
+        state.ground_truth = services.read_label(label, class_set_of("openearthmap"), shape)
+        state.ground_truth_source, state.ground_truth_class_set = "SynthEarth ground truth", "openearthmap"
         state.example_label_path = label
-        note = "This example ships with its ground truth: segment, then see the Review tab."
-    gt = (
-        f"Ground truth loaded ({state.ground_truth_source})." if state.ground_truth is not None
-        else "No ground truth yet: upload a label or paint one in the Label tab."
-    )
-    preview = image_file(views.display_image(tile.rgb), state.output_path("results"), "tile")  # a new file
-    return (*located(state, class_set, note), preview, gt)
+        return "This example ships with its ground truth: segment, then see the Review tab."
+    from studio import policy
+
+    own = None if policy.share_labels() else set(getattr(state, "label_ids", None) or ())
+    saved = services.saved_ground_truth(state.tile_hash, shape, label_ids=own)  # this session's labels only
+    if saved is not None:
+        state.ground_truth, row = saved
+        state.ground_truth_source = f"saved label #{row['id']}"
+        state.ground_truth_class_set = row["class_set"]
+        return f"Found the label saved for this tile (#{row['id']}, {row['class_set']}): segment, then see Review."
+    return None
+
+
+def gt_text(state: SessionState) -> str:
+    """The ground-truth status line under the Locate panel."""
+    if state.tile is None:
+        return "No tile loaded."
+    if state.ground_truth is None:
+        return "No ground truth yet: upload a label or paint one in the Label tab."
+    cs = f", {state.ground_truth_class_set}" if state.ground_truth_class_set else ""
+    return f"Ground truth loaded ({state.ground_truth_source}{cs})."
+
+
+def preview_file(state: SessionState) -> str | None:
+    """The tile's preview as a new PNG file (never an array Gradio rewrites in place), ``None`` without a tile."""
+    if state.tile is None:
+        return None
+    return image_file(views.display_image(state.tile.rgb), state.output_path("results"), "tile")
+
+
+def on_tile_failed(class_set: str, state: SessionState | None):
+    """After a failed tile load: show again what the session still uses (the file box names the tile
+    in use, or is emptied when there is none) and say why the file was refused. Re-rendering the
+    outputs also takes the error badges off them."""
+    state = session(state)
+    why, state.load_error = state.load_error, None
+    kept = f"Still using {state.tile_name}." if state.tile is not None else "No tile is loaded."
+    note = f"Could not open {why}. {kept}" if why else f"Nothing new was loaded. {kept}"
+    return (*located(state, class_set, note), preview_file(state), gt_text(state), state.shown_tile_file())
+
+
+def tile_event(ctx: Studio, event: Any) -> Any:
+    """Declare an event that opens a tile: raises ``tile_loaded`` and, when it fails, shows the
+    tile the session still uses (:func:`on_tile_failed`)."""
+    event.failure(on_tile_failed, [ctx.class_set, ctx.state], [*tile_outputs(ctx), ctx.tile_file], **UI)
+    return ctx.emit("tile_loaded", event)
 
 
 def drop_upload(path: str | Path) -> None:
@@ -141,26 +194,61 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
     src = path_of(file)
     if src is None:  # cleared (by the user, or after fetching imagery): the session's tile stays
         return (gr.skip(),) * 11
+    if state.tile is not None and services.tile_hash(src) == state.tile_hash:
+        # the file box was set back to the tile in use (after a failed load), or the same file was
+        # picked again: nothing changes, the results shown stay valid
+        return (gr.skip(),) * 11
     return load_tile(src, class_set, state)
 
 
 @user_errors
 def on_coords(lat: Any, lon: Any, class_set: str, state: SessionState | None):
+    """Typed coordinates (outputs: :func:`place_outputs`)."""
     state = session(state)
     if lat is None or lon is None:
         raise gr.Error("Type both latitude and longitude (decimal degrees).")
-    state.location = with_file_fields(state, services.locate_point(lat, lon, "typed"))
-    return located(state, class_set)
+    return place(state, class_set, services.locate_point(lat, lon, "typed"), with_map=True)
 
 
 @user_errors
 def on_map_click(value: Any, class_set: str, state: SessionState | None):
+    """A map click (outputs: :func:`place_outputs`); the map stays as it is in the browser unless
+    the click changes what the map must show (tile unloaded, or the tile's location kept)."""
     state = session(state)
     point = mapview.parse_click(value)
     if point is None:
-        return located(state, class_set)
-    state.location = with_file_fields(state, services.locate_point(*point, "map"))
-    return located(state, class_set, with_map=False)
+        return (*located(state, class_set), gr.skip(), gr.skip(), gr.skip())
+    return place(state, class_set, services.locate_point(*point, "map"), with_map=False)
+
+
+def place(state: SessionState, class_set: str, point: dict[str, Any], with_map: bool):
+    """Apply the location precedence of :func:`services.place_point` to typed/clicked coordinates."""
+    action = services.place_point(state.location if state.tile is not None else None, point["lat"], point["lon"])
+    name = state.tile_name or "the tile"
+    preview = tile_box = gt = gr.skip()
+    note = None
+    if action == "keep":
+        how = views.SOURCE_LABELS.get(str(state.location.get("source")), "its file")
+        note = (f"That point lies on {name}: the tile's own location ({how}) stays. To work elsewhere, "
+                "pick a point off the tile or load another tile.")
+        with_map = True  # put the marker back on the tile
+    elif action == "new":
+        state.reset_tile()  # a point off the tile starts a new location: the tile no longer applies
+        state.location = point
+        note = (f"New location: {name} lies elsewhere, so it was unloaded. Upload a tile of this place "
+                "or fetch the imagery here.")
+        preview, tile_box, gt, with_map = None, None, gt_text(state), True
+    elif action == "attach":
+        state.location = with_file_fields(state, point)
+        note = f"{name} has no location of its own: it is placed at this point."
+    else:
+        state.location = point
+    return (*located(state, class_set, note, with_map=with_map), preview, gt, tile_box)
+
+
+def place_outputs(ctx: Studio) -> list[Any]:
+    """Outputs of :func:`on_coords` / :func:`on_map_click`: :func:`tile_outputs` and the file box."""
+    return [*tile_outputs(ctx), ctx.tile_file]
 
 
 def zoom_choices() -> list[tuple[str, str]]:
@@ -177,7 +265,11 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
     if lat is None or lon is None:
         raise gr.Error("Click the map or type coordinates first, then fetch the imagery there.")
     out = state.output_path(f"imagery-{uuid.uuid4().hex[:8]}.tif")
-    res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+    try:
+        res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+    except Exception as exc:  # noqa: BLE001 - remembered for the failure view, then reported as usual
+        state.load_error = f"the imagery at {lat}, {lon}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        raise
     note = (f"Fetched {res.size}×{res.size} px around {res.lat:.5f}, {res.lon:.5f} at zoom {res.zoom} "
             f"(≈{res.gsd_m:.2g} m/px; {res.tiles} tiles, {res.cached} cached). {res.attribution}")
     outputs = load_tile(out, class_set, state, note=note, copy=False)
@@ -191,7 +283,7 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
 def imagery_controls():
     """The fetch button and its credit line, from the environment now (page load, not import)."""
     ok, text = services.imagery_status()
-    return gr.update(interactive=ok), f"Imagery: {text}" if ok else text
+    return gr.update(interactive=ok), views.imagery_credit(text) if ok else text
 
 
 def on_load(class_set: str, state: SessionState | None):
@@ -260,11 +352,14 @@ def build(ctx: Studio) -> None:
 
 def wire(ctx: Studio) -> None:
     located_out = located_outputs(ctx)
-    ctx.emit("tile_loaded",
-             ctx.tile_file.change(on_tile, [ctx.tile_file, ctx.class_set, ctx.state], tile_outputs(ctx), **UI))
-    ctx.locate_btn.click(on_coords, [ctx.lat_in, ctx.lon_in, ctx.class_set, ctx.state], located_out, **UI)
-    ctx.click_bridge.change(on_map_click, [ctx.click_bridge, ctx.class_set, ctx.state], located_out, **UI)
-    ctx.emit("tile_loaded", ctx.fetch_btn.click(
+    tile_event(ctx, ctx.tile_file.change(on_tile, [ctx.tile_file, ctx.class_set, ctx.state], tile_outputs(ctx),
+                                         **UI))
+    # a point off the loaded tile unloads it: its results are cleared like on a new tile
+    ctx.emit("tile_loaded", ctx.locate_btn.click(on_coords, [ctx.lat_in, ctx.lon_in, ctx.class_set, ctx.state],
+                                                 place_outputs(ctx), **UI))
+    ctx.emit("tile_loaded", ctx.click_bridge.change(on_map_click, [ctx.click_bridge, ctx.class_set, ctx.state],
+                                                    place_outputs(ctx), **UI))
+    tile_event(ctx, ctx.fetch_btn.click(
         on_fetch_imagery, [ctx.lat_in, ctx.lon_in, ctx.zoom, ctx.class_set, ctx.state],
         [*tile_outputs(ctx), ctx.tile_file], **UI))
     ctx.demo.load(on_load, [ctx.class_set, ctx.state], located_out, **UI)

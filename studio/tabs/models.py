@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from metaseg.errors import MetasegError
 from studio import policy, services
 from studio.session import SessionState
 from studio.tabs import teach
@@ -35,13 +36,18 @@ def offered_text() -> str:
 @user_errors
 def on_load_checkpoints(src_a: str, src_b: str, state: SessionState | None = None):
     """Load checkpoints for this session's two slots (empty = the server default); a choice is
-    checked and loaded before it is kept, so a bad one changes nothing."""
+    checked and loaded before it is kept, so a bad one changes nothing (all or nothing: both slots
+    keep what they served before)."""
     state = session(state)
     own = [state.workdir]
-    chosen = {role: policy.model_choice(role, text, own) for role, text in zip(services.ROLES, (src_a, src_b),
-                                                                               strict=True)}
-    for role in services.ROLES:  # load first: only sources that loaded are kept
-        services.MODELS.get(role, chosen[role])
+    try:
+        chosen = {role: policy.model_choice(role, text, own)
+                  for role, text in zip(services.ROLES, (src_a, src_b), strict=True)}
+        for role in services.ROLES:  # load first: only sources that loaded are kept
+            services.MODELS.get(role, chosen[role])
+    except MetasegError as exc:
+        raise gr.Error(f"{' '.join(str(exc).split())}. Check the path or hub id; the models in use did not "
+                       "change.") from None
     a = services.MODELS.get("metasegnet", chosen["metasegnet"]).predictor.class_set
     b = services.MODELS.get("baseline", chosen["baseline"]).predictor.class_set
     if a is not None and b is not None and a.name != b.name:

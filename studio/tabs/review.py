@@ -5,6 +5,7 @@ Scores every segmentation automatically when the tile has a ground truth (reacts
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -44,9 +45,14 @@ def on_label_upload(file: Any, state: SessionState | None, class_set: str | None
     path = state.import_file(src, stem="label")
     cs_name = state.prediction.class_set if state.prediction else (class_set or "openearthmap")
     with as_uploaded(path, src):
-        state.ground_truth = services.read_label(path, class_set_of(cs_name), state.tile.rgb.shape[:2])
+        got = services.open_label(path, class_set_of(cs_name), state.tile.rgb.shape[:2])
+    state.ground_truth, state.ground_truth_class_set = got.index, cs_name
     state.ground_truth_source = "uploaded label"
-    return state, f"Ground truth loaded (uploaded label, {cs_name} encoding)."
+    if got.note and "look like class indices" in got.note:  # scoring it would silently give ~0
+        gr.Warning(f"{Path(src).name}: {got.note}")
+        return state, f"⚠️ Ground truth loaded from {Path(src).name}, but {got.note}."
+    how = got.note or f"{cs_name} encoding"
+    return state, f"Ground truth loaded (uploaded label, {how})."
 
 
 @user_errors
@@ -60,6 +66,9 @@ def on_review(state: SessionState | None):
     if state.ground_truth is None:
         raise gr.Error("No ground truth: upload a label here or paint one in the Label tab.")
     cs = class_set_of(p.class_set)
+    if state.ground_truth_class_set and state.ground_truth_class_set != cs.name:
+        raise gr.Error(f"The ground truth is a {state.ground_truth_class_set} label but the models predict "
+                       f"{cs.name} classes: load {cs.name} models or a {cs.name} label.")
     rev = services.review(p.metasegnet, p.baseline, state.ground_truth, cs)
     services.log_review(state.tile_hash, rev, cs.name, p.prompt_id, p.checkpoint_ids)
     iou = views.iou_table(rev, cs.names)

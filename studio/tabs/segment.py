@@ -58,7 +58,7 @@ def overlays(state: SessionState, opacity: float):
 # --------------------------------------------------------------------------- handlers
 @user_errors
 def on_segment(prompt: str, opacity: float, state: SessionState | None, class_set: str | None = None,
-               resample_gsd: bool = False, progress=gr.Progress()):  # noqa: B008
+               resample_gsd: bool = False, no_prompt: bool = False, progress=gr.Progress()):  # noqa: B008
     """Run both models; outputs: state, (slider pair), disagreement map and text, shares table,
     downloads, legend, status line, GSD note."""
     from studio.session import PairPrediction
@@ -71,8 +71,11 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
     rng = services.model_gsd_range(sources=state.model_sources) if tile_gsd else None
     kind, target = services.gsd_check(tile_gsd, rng)
     resampled = target if resample_gsd and kind == "finer" else None
+    if no_prompt:
+        prompt = ""  # the `none` variant: MetaSegNet gets empty text
     result = services.run_pair_at_gsd(state.tile.rgb, state.tile.valid, prompt, tile_gsd, resampled,
-                                      progress=lambda f, d: progress(f, desc=d), sources=state.model_sources)
+                                      progress=lambda f, d: progress(f, desc=d), allow_empty=bool(no_prompt),
+                                      sources=state.model_sources)
     if class_set and class_set != result.class_set.name:
         gr.Warning(clean_message(f"The models predict {result.class_set.name} classes; the prompt shown is for "
                                  f"{class_set}."))
@@ -93,14 +96,17 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
     backends = sorted(set((result.backends or {}).values())) or ["torch"]
     note = "" if prompt_id is not None else (
         " The prompt was edited but not saved: save it as a version so this run can be compared by version.")
+    if no_prompt:
+        note = " MetaSegNet ran without a prompt (empty text, the experiments' `none` variant)."
     return (state, *overlays(state, opacity), table, files, legend_html(result.class_set.name),
             f"Done ({timing}; class set {result.class_set.name}; backend {', '.join(backends)}).{note}",
-            services.gsd_note(tile_gsd, rng, resampled))
+            services.gsd_note(tile_gsd, rng, resampled, resample_asked=bool(resample_gsd)))
 
 
 @user_errors
-def on_polygons(state: SessionState | None):
-    """Add both masks as polygons (GeoPackage + GeoJSON) to the downloads (on request: slow on noisy masks)."""
+def on_polygons(state: SessionState | None, min_area: Any = None):
+    """Add both masks as polygons (GeoPackage + GeoJSON) to the downloads (on request: slow on noisy
+    masks); polygons under ``min_area`` m² are dropped (empty: 16 pixels of the tile)."""
     state = session(state)
     p = state.prediction
     if p is None or state.tile is None:
@@ -110,7 +116,8 @@ def on_polygons(state: SessionState | None):
     masks = [str(f) for f in sorted(outdir.glob("*_mask.*"))]
     cs = class_set_of(p.class_set)
     polygons = services.write_polygons({"metasegnet": p.metasegnet, "baseline": p.baseline}, list(cs.names),
-                                       getattr(state.tile, "info", None), outdir)
+                                       getattr(state.tile, "info", None), outdir,
+                                       min_area_m2=None if min_area in (None, "") else min_area)
     return masks + polygons
 
 
@@ -130,21 +137,24 @@ def clear():
 # --------------------------------------------------------------------------- hook for other tabs
 def open_tile_outputs(ctx: Studio) -> list[Any]:
     """Outputs of :func:`open_tile`, in order."""
-    return [*locate.tile_outputs(ctx), ctx.tabs]
+    return [*locate.tile_outputs(ctx), ctx.no_prompt, ctx.tabs]
 
 
 @user_errors
 def open_tile(path: str | Path, prompt: str | None, class_set: str, state: SessionState | None):
     """Make ``path`` the session's tile, put ``prompt`` into the prompt box and show this tab.
 
-    ``path`` must be a server-side file the caller chose (never a visitor's string). An empty
-    ``prompt`` keeps the stored prompt of the tile's zone. The caller declares its event with
-    ``ctx.emit("tile_loaded", event)`` so the old results are cleared.
+    ``path`` must be a server-side file the caller chose (never a visitor's string). ``prompt``:
+    ``None`` keeps the stored prompt of the tile's zone; ``""`` (or blank) is the ``none`` variant —
+    the box is emptied and "Segment without a prompt" ticked, so Segment reproduces it; any other
+    text fills the box. The caller declares its event with ``locate.tile_event(ctx, event)`` so the
+    old results are cleared.
     """
     out = list(locate.load_tile(path, class_set, session(state), shown_name=Path(path).name))
-    if prompt and prompt.strip():
-        out[5] = prompt  # the prompt text box (see locate.located)
-    return (*out, gr.Tabs(selected=TAB_ID))
+    no_prompt = prompt is not None and not prompt.strip()
+    if prompt is not None:
+        out[5] = "" if no_prompt else prompt  # the prompt text box (see locate.located)
+    return (*out, no_prompt, gr.Tabs(selected=TAB_ID))
 
 
 # --------------------------------------------------------------------------- layout
@@ -153,8 +163,11 @@ def build(ctx: Studio) -> None:
         with gr.Row():
             seg_btn = gr.Button("Segment with MetaSegNet and baseline", variant="primary", elem_id="segment-btn")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Mask opacity", elem_id="opacity")
-        resample = gr.Checkbox(False, label="Resample to the model's GSD (for tiles much finer than the model's)",
-                               elem_id="resample-gsd")
+        with gr.Row():
+            resample = gr.Checkbox(False, label="Resample to the model's GSD (for tiles much finer than the model's)",
+                                   elem_id="resample-gsd")
+            no_prompt = gr.Checkbox(False, label="Segment without a prompt (empty text: the experiments' `none` "
+                                    "variant)", elem_id="no-prompt")
         seg_status = gr.Markdown("", elem_id="seg-status")
         gsd_note = gr.Markdown("", elem_id="gsd-note")
         legend = gr.HTML(legend_html("openearthmap"), elem_id="legend", js_on_load=None)
@@ -168,8 +181,12 @@ def build(ctx: Studio) -> None:
                                        interactive=False, elem_id="fractions")
                 downloads = gr.File(label="Masks (GeoTIFF when georeferenced, else PNG) and polygons",
                                     file_count="multiple", interactive=False, elem_id="downloads")
-                poly_btn = gr.Button("Add polygons (GeoPackage + GeoJSON: model, class, area per polygon)",
-                                     size="sm", elem_id="polygons-btn")
+                with gr.Row(equal_height=True):
+                    poly_btn = gr.Button("Add polygons (GeoPackage + GeoJSON: model, class, area per polygon)",
+                                         size="sm", elem_id="polygons-btn", scale=3)
+                    min_area = gr.Number(None, label="Drop polygons under (m²; empty = 16 pixels)", minimum=0,
+                                         elem_id="min-area", scale=2)
+    ctx.add(min_area=min_area, no_prompt=no_prompt)
     ctx.add(seg_btn=seg_btn, opacity=opacity, resample=resample, seg_status=seg_status, gsd_note=gsd_note,
             legend=legend, slider=slider, poly_btn=poly_btn, dis_img=dis_img, dis_txt=dis_txt, frac_df=frac_df, downloads=downloads)
 
@@ -181,10 +198,10 @@ def result_outputs(ctx: Studio) -> list[Any]:
 def wire(ctx: Studio) -> None:
     ctx.on("tile_loaded", clear, None, result_outputs(ctx))
     seg = ctx.seg_btn.click(
-        on_segment, [ctx.prompt, ctx.opacity, ctx.state, ctx.class_set, ctx.resample],
+        on_segment, [ctx.prompt, ctx.opacity, ctx.state, ctx.class_set, ctx.resample, ctx.no_prompt],
         [ctx.state, ctx.slider, ctx.dis_img, ctx.dis_txt, ctx.frac_df, ctx.downloads, ctx.legend,
          ctx.seg_status, ctx.gsd_note], **UI, **INFERENCE,
     )
     ctx.emit("segmented", seg)
-    ctx.poly_btn.click(on_polygons, [ctx.state], [ctx.downloads], **UI)
+    ctx.poly_btn.click(on_polygons, [ctx.state, ctx.min_area], [ctx.downloads], **UI)
     ctx.opacity.release(on_opacity, [ctx.opacity, ctx.state], [ctx.slider, ctx.dis_img, ctx.dis_txt], **UI)

@@ -36,8 +36,9 @@ LAYOUT_HINT = (
 )
 
 
-def list_samples(root: Path, split: str, scenes: tuple[str, ...] = SCENES) -> list[Sample]:
-    """Samples of ``split`` (both scenes by default).
+def list_samples(root: Path, split: str, scenes: tuple[str, ...] | None = None) -> list[Sample]:
+    """Samples of ``split``: of the given ``scenes``, or by default of every scene present (a root
+    with only ``Rural/`` or only ``Urban/`` is a valid subset of LoveDA).
 
     Raises:
         DatasetNotFoundError: unknown split, missing folders, or an image without its mask
@@ -49,6 +50,8 @@ def list_samples(root: Path, split: str, scenes: tuple[str, ...] = SCENES) -> li
     if not root.is_dir():
         raise DatasetNotFoundError(f"LoveDA root {root} does not exist; {LAYOUT_HINT}")
     base = root / SPLIT_DIRS[split]
+    if scenes is None:  # whichever of Urban/Rural the root holds (at least one)
+        scenes = tuple(s for s in SCENES if (base / s / "images_png").is_dir()) or SCENES
     samples: list[Sample] = []
     for scene in scenes:
         images_dir = base / scene / "images_png"
@@ -78,7 +81,7 @@ def LoveDA(  # noqa: N802 - reads like a class, is a factory
     prompt_mode: str = "climate",
     store=None,
     augment: bool = False,
-    scenes: tuple[str, ...] = SCENES,
+    scenes: tuple[str, ...] | None = None,
 ) -> SegmentationDataset:
     """LoveDA split as a :class:`~training.datasets.base.SegmentationDataset`."""
     cs = get_class_set("loveda")
