@@ -51,8 +51,8 @@ def test_two_api_sessions_keep_tiles_labels_and_experiments_apart(running_app, t
 
     # A's tile is A's: B has none.
     running_app.call(a, handle_file(str(tile)), "openearthmap", api_name="/on_tile", timeout=120)
-    running_app.call(a, "fields and a river", 0.5, "openearthmap", False, api_name="/on_segment", timeout=180)
-    msg = _refused(running_app, b, "fields", 0.5, "openearthmap", False, api_name="/on_segment")
+    running_app.call(a, "fields and a river", 0.5, "openearthmap", False, False, api_name="/on_segment", timeout=180)
+    msg = _refused(running_app, b, "fields", 0.5, "openearthmap", False, False, api_name="/on_segment")
     assert "Load a tile first" in msg, msg
     lines.append(f"A uploads and segments a tile; B's Segment (`/on_segment`) answers \"{msg[:60]}\".")
 
