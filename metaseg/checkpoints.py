@@ -18,9 +18,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +296,95 @@ def demo_checkpoint_path(name: str) -> Path:
             f"(python -m training.train ...) or pass --checkpoint PATH"
         )
     return path
+
+
+# --- checkpoint identity: the one fingerprint of a model's weights -----------------------------
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+_FOLDER_WEIGHTS = (".safetensors", ".onnx", ".data")
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed; cached per (resolved path, size, mtime) in this process,
+    so a map or a sweep that asks for the same checkpoint again does not re-read it."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    with _SHA_LOCK:
+        if key in _SHA_CACHE:
+            return _SHA_CACHE[key]
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with _SHA_LOCK:
+        _SHA_CACHE[key] = digest
+    return digest
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """Who a checkpoint is, read from its files without importing torch.
+
+    ``sha256`` is the checkpoint's one fingerprint: the sha256 of the newline-joined sha256 of each
+    file in ``files`` (weights first, then the JSON metadata), so it depends on the bytes only —
+    not on where the files lie or when they were copied. Map resumes, sweep experiments, ONNX graph
+    cache names and the app all use it (``short`` in human-facing places).
+    """
+
+    name: str | None  #: the variant the checkpoint records (or the shipped variant's name)
+    path: Path  #: the weights file, or the export folder that holds them
+    files: tuple[Path, ...]
+    sha256: str
+    class_set: str | None
+    uses_text: bool | None
+
+    @property
+    def short(self) -> str:
+        """The first 12 hex digits (experiment records, summaries, cache file names)."""
+        return self.sha256[:12]
+
+
+def _identity_files(checkpoint: str | Path) -> tuple[Path, list[Path], dict[str, Any]]:
+    """(weights path or folder, files to hash, metadata) of a checkpoint file, stem, folder or hub id."""
+    folder = Path(checkpoint).expanduser()
+    if folder.is_dir() and not (folder / EXPORT_WEIGHTS).is_file():
+        # an export folder of graphs only (ONNX backends): its weight files and its config
+        weights = sorted(f for f in folder.iterdir() if f.suffix in _FOLDER_WEIGHTS and f.is_file())
+        metas = [f for f in (folder / EXPORT_CONFIG, folder / f"{HUB_DEFAULT_STEM}.json") if f.is_file()]
+        if not weights or not metas:
+            raise CheckpointError(f"folder {folder} holds no exported checkpoint (need {EXPORT_WEIGHTS} and "
+                                  f"{EXPORT_CONFIG}, as written by python -m training.export)")
+        return folder, [*weights, metas[0]], read_checkpoint_meta(metas[0])
+    weights, meta_path = resolve_checkpoint(checkpoint)
+    return (folder if folder.is_dir() else weights), [weights, meta_path], read_checkpoint_meta(meta_path)
+
+
+def checkpoint_identity(name: str | None, checkpoint: str | Path | None) -> CheckpointIdentity:
+    """The identity of ``--checkpoint`` (a file, stem, export folder or hub id) or, without one, of the
+    shipped weights of variant ``name``.
+
+    Raises:
+        CheckpointError: missing or corrupt checkpoint; UnknownNameError: unknown variant.
+        ConfigError: both are given and the checkpoint records another variant.
+    """
+    from metaseg.errors import ConfigError
+
+    path, files, meta = _identity_files(checkpoint if checkpoint else demo_checkpoint_path(str(name)))
+    config = dict(meta.get("config") or {})
+    variant = meta.get("model_variant") or config.get("name")
+    if name and checkpoint and variant and variant != name:
+        raise ConfigError(f"checkpoint {checkpoint} is a {variant}, not a {name}")
+    joined = "\n".join(file_sha256(f) for f in files)
+    uses_text = config.get("uses_text")
+    class_set = meta.get("class_set") or config.get("class_set")
+    return CheckpointIdentity(
+        name=str(variant or name) if (variant or name) else None,
+        path=path,
+        files=tuple(files),
+        sha256=hashlib.sha256(joined.encode()).hexdigest(),
+        class_set=str(class_set) if class_set else None,
+        uses_text=bool(uses_text) if uses_text is not None else None,
+    )
