@@ -136,6 +136,26 @@ def _without_per_class(ev):
         if ev.get("per_class") else {})
 
 
+class _Fields(dict):
+    """A summary section for :meth:`str.format_map`: a key it lacks reads as ``None``."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+#: One line per measured section of the summary (what :func:`text_lines` prints for it).
+_SECTION_LINES = (
+    ("train", "train  {steps} steps, median step {step_s} s ({images_per_s} img/s), {step_s_with_loading} s with "
+              "loading ({images_per_s_with_loading} img/s), peak memory {peak_mem_mb} MiB, {precision}, val mIoU "
+              "{val_miou} %, checkpoints {checkpoint_s} s, approx. fraction of bf16 peak {approx_fraction_of_bf16_peak}"),
+    ("eval", "eval   mIoU {miou} % OA {oa} % on {n_images} tiles in {seconds} s ({tiles_per_s_with_loading} tiles/s "
+             "with loading); prompts: {prompt_source}"),
+    ("bench", "bench  {pair} {size}² batch {batch} {precision}: MetaSegNet {metasegnet_ms} ms/batch = {tiles_per_s} "
+              "FPS, baseline {baseline_ms} ms = {baseline_tiles_per_s} FPS; {achieved_tflops} TFLOP/s = {mfu} of peak; "
+              "peak memory {peak_mem_mb} MiB on {gpu_or_device}"),
+)
+
+
 def text_lines(s: dict) -> list[str]:
     lines = [f"gpu_check: {'complete' if s['complete'] else 'INCOMPLETE'}"
              f"{'' if s['final'] else ' (partial: written after a stage)'}, wall {s['wall_s']} s"]
@@ -148,22 +168,10 @@ def text_lines(s: dict) -> list[str]:
                      + (f"  rc {st['rc']}" if st.get("rc") else ""))
         for ln in st.get("log_tail", [])[-3:]:
             lines.append(f"      | {ln}")
-    if "train" in s:
-        t = s["train"]
-        lines.append(f"train  {t['steps']} steps, median step {t['step_s']} s ({t['images_per_s']} img/s), "
-                     f"{t['step_s_with_loading']} s with loading ({t['images_per_s_with_loading']} img/s), peak memory "
-                     f"{t['peak_mem_mb']} MiB, {t['precision']}, val mIoU {t['val_miou']} %, checkpoints "
-                     f"{t['checkpoint_s']} s, approx. fraction of bf16 peak {t.get('approx_fraction_of_bf16_peak')}")
-    if "eval" in s:
-        e = s["eval"]
-        lines.append(f"eval   mIoU {e['miou']} % OA {e['oa']} % on {e['n_images']} tiles in {e['seconds']} s "
-                     f"({e.get('tiles_per_s_with_loading')} tiles/s with loading); prompts: {e['prompt_source']}")
-    if "bench" in s:
-        b = s["bench"]
-        lines.append(f"bench  {b['pair']} {b['size']}² batch {b['batch']} {b['precision']}: MetaSegNet "
-                     f"{b['metasegnet_ms']} ms/batch = {b['tiles_per_s']} FPS, baseline {b['baseline_ms']} ms = "
-                     f"{b['baseline_tiles_per_s']} FPS; {b.get('achieved_tflops')} TFLOP/s = {b.get('mfu')} of peak; "
-                     f"peak memory {b['peak_mem_mb']} MiB on {b.get('gpu') or b.get('device')}")
+    for key, template in _SECTION_LINES:
+        if key in s:
+            sec = s[key]
+            lines.append(template.format_map(_Fields(sec, gpu_or_device=sec.get("gpu") or sec.get("device"))))
     return lines
 
 

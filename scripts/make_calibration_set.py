@@ -16,8 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from metaseg.backends import CALIBRATION_DIR, CALIBRATION_SEED
-from training.synth import generate_tile
-from training.synth.generator import DEFAULT_ZONES
+from training.synth import DEFAULT_ZONES, generate_tile
 
 SIZE = 256
 

@@ -39,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from metaseg.errors import ConfigError, MetasegError
+from metaseg.errors import MetasegError
+from training.finetune.limits import parse_budget
 
 log = logging.getLogger(__name__)
 
 ROLES = ("metasegnet", "baseline")
 BASE_NAMES = {"metasegnet": "metasegnet_demo", "baseline": "baseline_demo"}
 NAME_RE = re.compile(r"^[\w][\w .-]{0,39}$")
-MIN_BUDGET_S = 5.0  # training.finetune's minimum
 
 
 class TeachError(MetasegError):
@@ -316,8 +316,11 @@ class Teacher:
 
 
 def _device() -> str:
-    dev = (os.environ.get("METASEG_DEVICE") or "cpu").strip().lower()
-    return "cuda" if dev.startswith("cuda") else "cpu"
+    """Where teaching runs: where the app's inference runs (``studio.services``), i.e.
+    :func:`metaseg.device.pick_device` of ``METASEG_DEVICE`` (unset: CUDA if available, else CPU)."""
+    from metaseg.device import pick_device
+
+    return str(pick_device(os.environ.get("METASEG_DEVICE") or None))
 
 
 TEACHER = Teacher()
@@ -359,12 +362,9 @@ def start(state: Any, budget_s: Any, *, steps: int | None = None, sources: dict[
 
 
 def _budget(value: Any, c: Caps) -> float:
-    try:
-        budget = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"the teaching budget must be a number of seconds, got {value!r}") from None
-    if not np.isfinite(budget) or budget < MIN_BUDGET_S:
-        raise ConfigError(f"the teaching budget must be at least {MIN_BUDGET_S:g} s per model, got {value!r}")
+    """The per-model budget asked for: checked by :func:`training.finetune.parse_budget` (the one
+    budget check), then against this server's cap ``c.max_budget_s``."""
+    budget = parse_budget(value, what="the teaching budget", per=" per model")
     if budget > c.max_budget_s:
         raise TeachError(f"a budget of {budget:g} s per model is over this server's cap of {c.max_budget_s:g} s "
                          "(METASEG_TEACH_MAX_BUDGET_S)")

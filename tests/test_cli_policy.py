@@ -23,7 +23,7 @@ COMMANDS = {
     "training.export": "training/export.py",
     "training.potsdam_split": "training/potsdam_split.py",
     "training.synth": "training/synth/cli.py",
-    "training.finetune": "training/finetune.py",
+    "training.finetune": "training/finetune/cli.py",
 }
 
 

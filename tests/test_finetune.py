@@ -16,7 +16,7 @@ NANJING = (32.06, 118.80)  # Köppen Cfa
 def _synth_pair(folder: Path, size: int = 96, seed: int = 0, sparse: float = 0.05, nodata_value: int = 255,
                 index: int = 0) -> tuple[Path, Path, np.ndarray]:
     """A SynthEarth tile (georeferenced GeoTIFF in a Cfa location) and a sparse OpenEarthMap label."""
-    from training.synth.generator import generate_tile
+    from training.synth import generate_tile
 
     tile = generate_tile("Cfa", size=size, seed=seed, index=index)
     rng = np.random.default_rng(seed + 1)

@@ -186,7 +186,7 @@ def test_workers_without_dask_generate_serially(tmp_path, monkeypatch, caplog):
     """The GPU machine has no Dask: --workers N must still write the same set, not die in the runner."""
     import builtins
 
-    import training.synth.generator as gen
+    import training.synth.writer as gen
 
     real_import = builtins.__import__
 
@@ -210,7 +210,7 @@ def test_workers_without_dask_generate_serially(tmp_path, monkeypatch, caplog):
 @pytest.mark.parametrize("fractions", [(0.7, 0.15, 0.15), (0.8, 0.1, 0.1), (0.6, 0.2, 0.2)])
 def test_splits_are_rounded_over_the_whole_set(fractions):
     """n = 3 … 50: every split with a non-zero fraction gets tiles; counts track n × fraction."""
-    from training.synth.generator import DEFAULT_ZONES, assign_splits
+    from training.synth import DEFAULT_ZONES, assign_splits
 
     for n in range(3, 51):
         split_of = assign_splits(n, DEFAULT_ZONES, fractions, seed=0)
@@ -226,7 +226,7 @@ def test_splits_are_rounded_over_the_whole_set(fractions):
     assert assign_splits(24, DEFAULT_ZONES, (0.7, 0.15, 0.15), seed=3) == \
         assign_splits(24, DEFAULT_ZONES, (0.7, 0.15, 0.15), seed=3)
     # the reported cases: 24 used to give 16/0/8 and 40 gave 32/8/0
-    from training.synth.generator import split_counts
+    from training.synth import split_counts
 
     assert split_counts(24, (0.7, 0.15, 0.15)) == (17, 4, 3)
     assert split_counts(40, (0.7, 0.15, 0.15)) == (28, 6, 6)

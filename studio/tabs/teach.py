@@ -20,6 +20,7 @@ import pandas as pd
 from studio import services, teach
 from studio.session import SessionState
 from studio.tabs.common import UI, Studio, class_set_of, session, user_errors
+from training.finetune import MIN_BUDGET_S
 
 DEFAULT_PAIR = "server default (shipped pair)"
 BEFORE_AFTER_COLS = ["class", "MetaSegNet before %", "MetaSegNet after %", "Δ MetaSegNet",
@@ -213,7 +214,7 @@ def build(ctx: Studio) -> None:
                     "with the taught pair. The pair is yours: other visitors keep their models.")
         teach_info = gr.Markdown(labels_summary(SessionState()), elem_id="teach-info")
         with gr.Row():
-            budget = gr.Slider(teach.MIN_BUDGET_S, c.max_budget_s, value=min(60.0, c.max_budget_s), step=1,
+            budget = gr.Slider(MIN_BUDGET_S, c.max_budget_s, value=min(60.0, c.max_budget_s), step=1,
                                label="Budget per model (s)", elem_id="teach-budget", scale=2)
             teach_btn = gr.Button("Teach both models", variant="primary", elem_id="teach-btn", scale=1)
         teach_bar = gr.HTML(bar_html(None), elem_id="teach-progress", js_on_load=None)
