@@ -161,35 +161,24 @@ def llm_status() -> tuple[bool, str]:
 
 # --------------------------------------------------------------------------- locate
 def zone_dict(lat: float | None, lon: float | None) -> dict[str, Any] | None:
-    """The ``climate --json`` object for a point (``code: None, reason: "ocean"`` at sea)."""
-    if lat is None or lon is None:
-        return None
-    from metaseg.climate import lookup
+    """The ``climate --json`` object for a point (:func:`metaseg.geo.zone_object`)."""
+    from metaseg.geo import zone_object
 
-    return lookup(lat, lon).to_dict()
+    return zone_object(lat, lon)
 
 
 def locate_file(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """Metadata + zone of a tile file: ``(the locate --json object, TileInfo)``."""
-    from metaseg.geo import inspect_tile
+    """``(the locate object, TileInfo)`` of a tile file (:func:`metaseg.geo.locate_file`)."""
+    from metaseg.geo import locate_file as _locate
 
-    info = inspect_tile(path)
-    obj = dict(info.to_dict())
-    obj["zone"] = zone_dict(obj.get("lat"), obj.get("lon"))
-    return obj, info
+    return _locate(path)
 
 
 def locate_point(lat: Any, lon: Any, source: str = "typed") -> dict[str, Any]:
-    """The locate object for typed or clicked coordinates (file fields are ``None``)."""
-    from metaseg.climate import validate
+    """The locate object for typed or clicked coordinates (:func:`metaseg.geo.locate_point`)."""
+    from metaseg.geo import locate_point as _locate
 
-    lat_f, lon_f = validate(lat, lon)
-    zone = zone_dict(lat_f, lon_f)
-    return {
-        "lat": lat_f, "lon": lon_f, "source": source, "crs": None,
-        "width": None, "height": None, "bands": None, "dtype": None, "footprint": None, "gsd_m": None,
-        "zone": zone,
-    }
+    return _locate(lat, lon, source)
 
 
 def point_in_footprint(lat: float, lon: float, footprint: Any) -> bool:

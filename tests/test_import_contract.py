@@ -62,7 +62,7 @@ TORCH_FREE = (
     "metaseg",
     "metaseg.errors",
     "metaseg.climate",
-    "metaseg.geo",
+    "metaseg.geo.*",
     "metaseg.classes",
     "metaseg.cli.*",
     "prompts_db.*",

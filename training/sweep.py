@@ -204,20 +204,12 @@ def resolve_variants(
 
 
 def read_tile(image: str, label: str, class_set: str) -> tuple[Any, Any]:
-    """``(H×W×3 uint8 RGB, H×W uint8 label)`` read and decoded as the dataset readers do."""
-    import numpy as np
-
+    """``(H×W×3 uint8 RGB, H×W uint8 label)`` read exactly as the dataset readers read a sample
+    (:func:`training.datasets.base.read_pair`: nodata pixels are labelled 255 and not scored)."""
     from metaseg.classes import get_class_set
-    from metaseg.errors import TileReadError
-    from training.datasets.base import read_raster, read_rgb
+    from training.datasets.base import read_pair
 
-    rgb = read_rgb(Path(image))
-    lab = get_class_set(class_set).decode(read_raster(Path(label)))
-    if lab.shape != rgb.shape[:2]:
-        raise TileReadError(
-            f"label {label} is {lab.shape[1]}x{lab.shape[0]} but image {image} is {rgb.shape[1]}x{rgb.shape[0]}"
-        )
-    return rgb, np.ascontiguousarray(lab)
+    return read_pair(Path(image), Path(label), get_class_set(class_set))
 
 
 def sweep_tile(

@@ -31,17 +31,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def locate(path: str) -> dict[str, Any]:
-    """The ``locate --json`` object for a file (also used by the app's ``/locate`` endpoint)."""
-    from metaseg.climate import lookup
-    from metaseg.geo import inspect_tile
+    """The ``locate --json`` object for a file (built by :func:`metaseg.geo.locate_file`, as the app's is)."""
+    from metaseg.geo import locate_file
 
-    info = inspect_tile(path)
-    d = info.to_dict()
-    footprint = d.pop("footprint")
-    loc = info.location
-    d["zone"] = lookup(loc.lat, loc.lon).to_dict() if loc.known else None
-    d["footprint"] = footprint
-    return d
+    return locate_file(path)[0]
 
 
 def run(args: argparse.Namespace) -> int:

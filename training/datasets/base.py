@@ -15,9 +15,11 @@ Choices (documented here, tested in ``tests/test_readers.py``):
   identically to image and label (paper §III-A).
 * A sample without a label file (LoveDA test, OpenEarthMap test) gets an all-ignore label and the
   dataset's ``has_labels`` is ``False``.
-* Images: 8-bit files are read directly (rasterio for GeoTIFF, Pillow otherwise); other bit
-  depths go through ``metaseg.geo.read_tile`` (its stretch). Only the first three bands (RGB)
-  are used, as in the paper.
+* Images are read by :func:`metaseg.geo.read_tile`, the project's one tile reader (8-bit data as
+  they are, other bit depths stretched, bands 1-3 as RGB as in the paper), so training,
+  evaluation, sweeps, maps and the app agree on pixels and on nodata: a pixel the reader marks
+  invalid (nodata value, internal mask, alpha, NaN) gets label 255 — never learned from, never
+  scored — whatever its label file says (:func:`read_pair`).
 """
 
 from __future__ import annotations
@@ -83,17 +85,33 @@ def read_raster(path: Path) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Read the RGB bands of an image as ``(H, W, 3)`` uint8."""
-    arr = read_raster(path)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.dtype != np.uint8:
-        from metaseg import geo
+    """The ``(H, W, 3)`` uint8 RGB of an image as :func:`metaseg.geo.read_tile` reads it (nodata → 0)."""
+    from metaseg import geo
 
-        return np.ascontiguousarray(geo.read_tile(path).rgb)
-    if arr.shape[2] < 3:
-        arr = np.repeat(arr[..., :1], 3, axis=2)
-    return np.ascontiguousarray(arr[..., :3])
+    return np.ascontiguousarray(geo.read_tile(path).rgb)
+
+
+def read_pair(image: Path, label: Path | None, class_set: ClassSet) -> tuple[np.ndarray, np.ndarray]:
+    """``(H×W×3 uint8 RGB, H×W uint8 label)`` of one sample: the label decoded from the class set's
+    official encoding, all-ignore without a label file, and 255 wherever the image has nodata.
+
+    Raises:
+        TileReadError: unreadable file, or a label whose size differs from the image's.
+    """
+    from metaseg import geo
+
+    tile = geo.read_tile(image)
+    rgb = np.ascontiguousarray(tile.rgb)
+    if label is None:
+        return rgb, np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+    lab = np.array(class_set.decode(read_raster(Path(label))), dtype=np.uint8)
+    if lab.shape != rgb.shape[:2]:
+        raise TileReadError(
+            f"label {label} is {lab.shape[1]}x{lab.shape[0]} but image {image} is {rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    if tile.valid is not None:
+        lab[~tile.valid] = IGNORE_INDEX
+    return rgb, lab
 
 
 class SegmentationDataset(Dataset):
@@ -146,17 +164,7 @@ class SegmentationDataset(Dataset):
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(H, W, 3)`` uint8 RGB and ``(H, W)`` uint8 decoded label of sample ``index``."""
         sample = self.samples[index]
-        rgb = read_rgb(sample.image)
-        if sample.label is None:
-            label = np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        else:
-            label = self.class_set.decode(read_raster(sample.label))
-            if label.shape != rgb.shape[:2]:
-                raise TileReadError(
-                    f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image "
-                    f"{sample.image} is {rgb.shape[1]}x{rgb.shape[0]}"
-                )
-        return rgb, label
+        return read_pair(sample.image, sample.label, self.class_set)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rgb, label = self.load_arrays(index)

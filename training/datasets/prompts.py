@@ -179,29 +179,9 @@ class PromptResolver:
 
 
 def _tile_centre(path: str | Path) -> tuple[float, float] | None:
-    """WGS84 (lat, lon) of a tile's centre via ``metaseg.geo.inspect_tile``; ``None`` if none."""
-    try:
-        from metaseg import geo
-    except ImportError:  # geo not available: read the georeference with rasterio directly
-        return _rasterio_centre(path)
-    loc = getattr(geo.inspect_tile(path), "location", None)
-    if loc is None or loc.lat is None or loc.lon is None:
-        return None
-    return float(loc.lat), float(loc.lon)
+    """WGS84 (lat, lon) of a tile's centre from :func:`metaseg.geo.inspect_tile` (the one georeference
+    reader: any CRS, GCPs, EXIF GPS); ``None`` if the tile has no location."""
+    from metaseg import geo
 
-
-def _rasterio_centre(path: str | Path) -> tuple[float, float] | None:
-    if Path(path).suffix.lower() not in (".tif", ".tiff"):
-        return None
-    import warnings
-
-    import rasterio
-    from rasterio.warp import transform as warp_transform
-
-    with warnings.catch_warnings(), rasterio.open(path) as src:
-        warnings.simplefilter("ignore")
-        if src.crs is None:
-            return None
-        x, y = src.xy(src.height / 2, src.width / 2, offset="ul")
-        lons, lats = warp_transform(src.crs, "EPSG:4326", [x], [y])
-    return float(lats[0]), float(lons[0])
+    loc = geo.inspect_tile(path).location
+    return (float(loc.lat), float(loc.lon)) if loc.known else None
