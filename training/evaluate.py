@@ -188,14 +188,16 @@ def _local_weights(ckpt_path: str) -> Path | None:
         return None
 
 
-def resolve_device(name: str | None) -> Any:
-    import torch
+def _device(name: str | None) -> Any:
+    """:func:`metaseg.device.pick_device`, keeping this command's one-line message for missing CUDA."""
+    from metaseg.device import pick_device
 
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
+    try:
+        return pick_device(name)
+    except ConfigError as exc:
+        if str(name).startswith("cuda"):
+            raise ConfigError("--device cuda requested but CUDA is not available") from exc
+        raise
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -255,7 +257,7 @@ class TrainingPrompts:
 
     def report(self, dataset: Any, prompt_mode: str, uses_text: bool) -> dict[str, Any]:
         """JSON keys ``prompt_source``, ``prompt_hash`` (of zone → text as scored), ``train_prompt_hash``."""
-        from training.train import prompt_hash
+        from training.trainer.text import prompt_hash
 
         used = {str(z): str(p) for z, p in zip(dataset.zones, dataset.prompts, strict=True)}
         if not uses_text:
@@ -484,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def _checked_class_map(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Refuse contradictory or out-of-range flags (one line, exit 2); the loaded ``--class-map`` or None."""
     if not args.checkpoint and not args.model:
         raise ConfigError("pass --checkpoint PATH or --model NAME")
     if args.batch_size < 1:
@@ -499,14 +502,18 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--score-background applies to OpenEarthMap only (the paper's Table I convention)")
         if class_map is not None:
             raise ConfigError("--score-background cannot be combined with --class-map")
+    return class_map
 
+
+def run(args: argparse.Namespace) -> int:
+    class_map = _checked_class_map(args)
     import torch
 
     from metaseg.classes import get_class_set
     from training.datasets import build_dataset
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    device = resolve_device(args.device)
+    device = _device(args.device)
     model, meta, ckpt_path = load_model(args.checkpoint, args.model, device)
     prompts = TrainingPrompts.from_meta(meta, getattr(args, "prompt_source", "checkpoint"))
     dataset = build_dataset(args.dataset, args.root, args.split, prompt_mode=args.prompt_mode, store=prompts)

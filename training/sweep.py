@@ -43,7 +43,6 @@ baseline is given), plus ``status, n_tiles, model, baseline_model, dataset, spli
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -287,34 +286,22 @@ def sweep_tile(
 
 
 def checkpoint_info(name: str | None, checkpoint: str | None) -> dict[str, Any]:
-    """``{"name", "checkpoint", "hash", "class_set"}`` from the checkpoint's files, without loading it."""
-    from metaseg.checkpoints import demo_checkpoint_path, read_checkpoint_meta, resolve_checkpoint
+    """``{"name", "checkpoint", "hash", "class_set", "uses_text"}`` without loading the model.
 
-    path = checkpoint if checkpoint else str(demo_checkpoint_path(str(name)))
-    if Path(path).is_dir():  # an export folder (e.g. ONNX backends): hash its weight files, read its config
-        files = sorted(f for f in Path(path).iterdir() if f.suffix in (".safetensors", ".onnx", ".data"))
-        metas = [f for f in (Path(path) / "model.json", Path(path) / "config.json") if f.is_file()]
-        meta = json.loads(metas[0].read_text(encoding="utf-8")) if metas else {}
-        meta.setdefault("config", meta if "class_set" in meta else {})
-        weights = Path(path)
-    else:
-        weights, meta_path = resolve_checkpoint(path)
-        meta = read_checkpoint_meta(meta_path)
-        files = [weights]
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
-    variant = meta.get("model_variant") or meta["config"].get("name")
-    if name and checkpoint and variant and variant != name:
-        raise ConfigError(f"checkpoint {checkpoint} is a {variant}, not a {name}")
+    Built from :func:`metaseg.checkpoints.checkpoint_identity`, the one fingerprint of the project:
+    ``hash`` is its 12-hex ``short`` (weights and metadata JSON), so it matches map resumes, ONNX
+    caches and the app. A checkpoint that does not record ``uses_text`` counts as a text model.
+    """
+    from metaseg.checkpoints import checkpoint_identity
+
+    ident = checkpoint_identity(name, checkpoint)
+    path = Path(ident.path)
     return {
-        "name": str(variant or name),
-        "checkpoint": str(Path(weights).resolve()) if Path(weights).exists() else str(weights),
-        "hash": h.hexdigest()[:12],
-        "class_set": meta.get("class_set") or meta["config"].get("class_set"),
-        "uses_text": bool(meta["config"].get("uses_text", True)),
+        "name": str(ident.name),
+        "checkpoint": str(path.resolve()) if path.exists() else str(path),
+        "hash": ident.short,
+        "class_set": ident.class_set,
+        "uses_text": True if ident.uses_text is None else bool(ident.uses_text),
     }
 
 
@@ -440,8 +427,10 @@ def run_sweep(
         try:
             desc = {"scheduler": scheduler} if scheduler else {"workers": workers}
             desc["n_workers"] = runner.n_workers
-            return _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, root, split, cs,
-                            backend, desc, tta, notes, groups)  # fmt: skip
+            job = SweepJob(plan=plan, items=tuple(items), spec=spec, bspec=bspec, info=info, binfo=binfo,
+                           dataset=dataset, root=root, split=split, class_set=cs, backend=backend, runner_desc=desc,
+                           tta=tta, notes=notes, groups=groups)  # fmt: skip
+            return _execute(store, ex, runner, job)
         finally:
             if own_runner:
                 runner.close()
@@ -450,8 +439,31 @@ def run_sweep(
             store.close()
 
 
-def _execute(store, ex, runner, plan, items, spec, bspec, info, binfo, dataset, root, split, cs, backend, desc, tta,
-             notes, groups=None) -> dict[str, Any]:  # fmt: skip
+@dataclass(frozen=True)
+class SweepJob:
+    """What one sweep runs: the resolved variants, the tiles, both models and the report's labels."""
+
+    plan: Plan
+    items: tuple[dict[str, Any], ...]  #: one task per tile (position, tile id, paths, distinct texts)
+    spec: Any  #: ModelSpec of the model
+    bspec: Any  #: ModelSpec of the baseline, or None
+    info: dict[str, Any]  #: checkpoint_info of the model
+    binfo: dict[str, Any] | None  #: checkpoint_info of the baseline
+    dataset: str
+    root: str
+    split: str
+    class_set: Any
+    backend: str
+    runner_desc: dict[str, Any]  #: recorded as the experiment's ``runner``
+    tta: bool
+    notes: str | None
+    groups: str | None = None
+
+
+def _execute(store, ex, runner, job: SweepJob) -> dict[str, Any]:
+    plan, items, spec, bspec, info, binfo = job.plan, list(job.items), job.spec, job.bspec, job.info, job.binfo
+    dataset, root, split, cs, backend = job.dataset, job.root, job.split, job.class_set, job.backend
+    desc, tta, notes, groups = job.runner_desc, job.tta, job.notes, job.groups
     start = time.perf_counter()
     eid = ex.create(
         store, model_name=info["name"], checkpoint=info["checkpoint"], checkpoint_hash=info["hash"],
