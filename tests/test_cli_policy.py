@@ -19,7 +19,7 @@ COMMANDS = {
     "prompts_db": "prompts_db/cli.py",
     "training.train": "training/train.py",
     "training.evaluate": "training/evaluate.py",
-    "training.sweep": "training/sweep.py",
+    "training.sweep": "training/sweep/cli.py",
     "training.export": "training/export.py",
     "training.potsdam_split": "training/potsdam_split.py",
     "training.synth": "training/synth/cli.py",

@@ -1,0 +1,5 @@
+"""``python -m training.sweep``."""
+
+from training.sweep.cli import main
+
+raise SystemExit(main())
