@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio import services, teach
+from studio import models, pair, scoring, teach
 from studio.session import SessionState
 from studio.tabs.common import UI, Studio, class_set_of, session, user_errors
 
@@ -71,7 +71,7 @@ def on_teach(budget: float, prompt: str | None, state: SessionState | None, step
     state = session(state)
     if not state.session_labels:
         raise gr.Error("Save a label first: paint a few strokes per class on a tile and press “Save as ground truth”.")
-    cs = services.class_set_of_models(state.model_sources).name
+    cs = models.class_set_of_models(state.model_sources).name
     prompts = {lab["tile"]: lab["prompt"] for lab in state.session_labels if lab.get("prompt")}
     if prompt and prompt.strip() and state.tile_path:
         for lab in state.session_labels:
@@ -143,7 +143,7 @@ def on_pick_pair(name: str, state: SessionState | None):
     else:
         sources = teach.pair_sources(state, name)
         for role in teach.ROLES:  # load first: a pair that cannot load is not kept
-            services.MODELS.get(role, sources[role])
+            models.MODELS.get(role, sources[role])
         state.model_sources = sources
     return state, models.models_table(state), pair_text(state)
 
@@ -172,10 +172,10 @@ def on_before_after(prompt: str, state: SessionState | None):
     cs = class_set_of(rec["class_set"])
     if state.ground_truth.shape != state.tile.rgb.shape[:2]:
         raise gr.Error("The ground truth's size differs from the tile's; load its label again.")
-    before = services.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=rec["base"])
-    after = services.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=teach.pair_sources(state, name))
+    before = pair.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=rec["base"])
+    after = pair.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=teach.pair_sources(state, name))
     gt = state.ground_truth
-    s = {(r, when): services.scores(getattr(res, r), gt, cs) for when, res in (("before", before), ("after", after))
+    s = {(r, when): scoring.scores(getattr(res, r), gt, cs) for when, res in (("before", before), ("after", after))
          for r in teach.ROLES}
 
     def pct(x):
@@ -197,7 +197,7 @@ def on_before_after(prompt: str, state: SessionState | None):
         a, b = s[(r, "before")]["miou"], s[(r, "after")]["miou"]
         cells += [pct(a), pct(b), delta(a, b)]
     rows.append(["mIoU", *cells])
-    text = (f"Before = {html.escape(', '.join(services.shown_source(v) for v in rec['base'].values()))}; after = the "
+    text = (f"Before = {html.escape(', '.join(models.shown_source(v) for v in rec['base'].values()))}; after = the "
             f"taught pair **{html.escape(name)}**, on this tile's {html.escape(state.ground_truth_source or 'ground truth')} "
             "(not used for teaching).")
     return pd.DataFrame(rows, columns=BEFORE_AFTER_COLS), text
