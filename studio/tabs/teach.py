@@ -135,7 +135,7 @@ def on_keep(name: str, state: SessionState | None):
 @user_errors
 def on_pick_pair(name: str, state: SessionState | None):
     """Models tab: use one of the session's taught pairs (or the server's default pair)."""
-    from studio.tabs import models
+    from studio.tabs import models as models_tab
 
     state = session(state)
     if not name or name == DEFAULT_PAIR:
@@ -145,7 +145,7 @@ def on_pick_pair(name: str, state: SessionState | None):
         for role in teach.ROLES:  # load first: a pair that cannot load is not kept
             models.MODELS.get(role, sources[role])
         state.model_sources = sources
-    return state, models.models_table(state), pair_text(state)
+    return state, models_tab.models_table(state), pair_text(state)
 
 
 def on_models_select(state: SessionState | None):
