@@ -13,30 +13,28 @@ _imagery_limits: dict[tuple[str, int], Any] = {}
 _imagery_lock = threading.Lock()
 
 
-def imagery_limiter():
-    """The per-session rate limiter (``METASEG_IMAGERY_PER_MINUTE`` fetches a minute, default 6)."""
+def _limiter(scope: str, env: str, default: int):
+    """One shared :class:`metaseg.imagery.RateLimiter` per ``(scope, calls a minute)`` (``env``, else ``default``)."""
     from metaseg.imagery import RateLimiter
 
-    calls = env_int("METASEG_IMAGERY_PER_MINUTE", 6)
+    calls = env_int(env, default)
     with _imagery_lock:
-        lim = _imagery_limits.get(("session", calls))
+        lim = _imagery_limits.get((scope, calls))
         if lim is None:
-            lim = _imagery_limits[("session", calls)] = RateLimiter(calls, 60.0)
+            lim = _imagery_limits[(scope, calls)] = RateLimiter(calls, 60.0)
         return lim
+
+
+def imagery_limiter():
+    """The per-session rate limiter (``METASEG_IMAGERY_PER_MINUTE`` fetches a minute, default 6)."""
+    return _limiter("session", "METASEG_IMAGERY_PER_MINUTE", 6)
 
 
 def imagery_global_limiter():
     """The process-wide limiter beside the per-session one (``METASEG_IMAGERY_GLOBAL_PER_MINUTE``
     fetches a minute for all sessions together, default 20): fresh sessions or API clients cannot
     turn the server into a proxy for the tile server."""
-    from metaseg.imagery import RateLimiter
-
-    calls = env_int("METASEG_IMAGERY_GLOBAL_PER_MINUTE", 20)
-    with _imagery_lock:
-        lim = _imagery_limits.get(("process", calls))
-        if lim is None:
-            lim = _imagery_limits[("process", calls)] = RateLimiter(calls, 60.0)
-        return lim
+    return _limiter("process", "METASEG_IMAGERY_GLOBAL_PER_MINUTE", 20)
 
 
 def imagery_status() -> tuple[bool, str]:
