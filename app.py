@@ -13,7 +13,7 @@ default: the shipped demo weights), ``METASEG_MAX_UPLOAD_MB`` (200), ``METASEG_M
 ``METASEG_LABEL_DIR`` (saved labels; default ``labels/`` next to the database), ``OPENAI_API_KEY`` /
 ``OPENAI_BASE_URL`` (LLM prompt regeneration). What a public deployment lets visitors do (their
 models, server folders, caps, sharing) is set by the variables in the README's "Operators and
-visitors" table (read by ``studio.policy`` and ``studio.services``).
+visitors" table (read by ``studio.policy`` and ``studio.limits``).
 
 API (gradio_client): ``/locate`` (file, lat, lon), ``/segment`` (file, prompt),
 ``/save_prompt`` (zone, class_set, text) — see the README.
@@ -27,7 +27,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import services
+from studio import limits
 from studio.session import SessionState, session_ttl_s
 from studio.tabs import api, describe, experiments, label, locate, models, review, segment
 from studio.tabs.common import EXAMPLES, STATIC, Studio
@@ -76,14 +76,14 @@ def _drop_session(state: SessionState | None) -> None:
 def queue_kwargs() -> dict[str, Any]:
     """Queue settings: light events run 2 at a time each; inference events have their own limits
     (see ``studio.tabs.common.INFERENCE``); at most ``METASEG_QUEUE_MAX`` events wait (default 64)."""
-    return {"default_concurrency_limit": 2, "max_size": services._env_int("METASEG_QUEUE_MAX", 64)}
+    return {"default_concurrency_limit": 2, "max_size": limits.env_int("METASEG_QUEUE_MAX", 64)}
 
 
 def launch_kwargs() -> dict[str, Any]:
     return {
         "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        "max_file_size": f"{services.max_upload_mb()}mb",
+        "max_file_size": f"{limits.max_upload_mb()}mb",
         "css_paths": [CSS_PATH] if CSS_PATH.exists() else None,
         "allowed_paths": [str(EXAMPLES)],
     }

@@ -36,7 +36,7 @@ TILE_STEM = "tile"
 
 
 def _store():
-    from studio.services import get_store
+    from studio.prompt_store import get_store
 
     return get_store()
 
@@ -126,7 +126,7 @@ def version_choices(zones: list[str | None], class_set: str) -> list[tuple[str, 
 def model_args(sources: dict[str, str] | None = None) -> dict[str, Any]:
     """The models a session uses (its ``model_sources``; default: the server's), as
     :func:`training.sweep.run_sweep` arguments."""
-    from studio.services import MODELS
+    from studio.models import MODELS
 
     out: dict[str, Any] = {}
     for role, (name_key, ck_key) in {"metasegnet": ("model", "checkpoint"),

@@ -4,7 +4,7 @@
 :func:`training.finetune.finetune` on the labels the session saved, one after the other, with the
 same samples, settings, seed and budget each (the comparison stays fair). The job runs on a worker
 thread of a small process-wide :class:`concurrent.futures.ThreadPoolExecutor`: the interactive
-inference path (``services.run_pair`` and its lock) is never held by it, at most
+inference path (``studio.pair.run_pair`` and its lock) is never held by it, at most
 ``METASEG_TEACH_CONCURRENCY`` jobs train at once and at most ``METASEG_TEACH_QUEUE`` wait behind
 them; each session has at most one job.
 
@@ -334,7 +334,7 @@ def start(state: Any, budget_s: Any, *, steps: int | None = None, sources: dict[
     Raises:
         TeachError / ConfigError: bad budget, over a cap, no usable label, a job already running.
     """
-    from studio.services import MODELS
+    from studio.models import MODELS
 
     c = c or caps()
     existing = TEACHER.job(state.session_id)

@@ -263,7 +263,7 @@ def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser, tmp_pa
 
     from metaseg.geo import read_label
     from prompts_db import PromptStore
-    from studio import services
+    from studio import models
     from studio.session import session_root
 
     # this test's own session root: the default one under /tmp is shared with other processes,
@@ -279,7 +279,7 @@ def test_shipped_demo_pair_review_then_paint_a_label(app_server, browser, tmp_pa
         page.get_by_role("tab", name="Segment").click()
         page.locator("#segment-btn").click()
         page.wait_for_selector("#seg-status:has-text('Done')", timeout=240_000)
-        assert services.MODELS.loaded("metasegnet").source == "demo:metasegnet_demo"
+        assert models.MODELS.loaded("metasegnet").source == "demo:metasegnet_demo"
         assert "0.5 m/px" in page.locator("#gsd-note").inner_text()  # SynthEarth's GSD = the model's
         page.get_by_role("tab", name="Review").click()
         page.wait_for_selector("#metrics table")

@@ -227,11 +227,11 @@ def test_imagery_beyond_web_mercator_is_refused_and_gsd_agrees(app_url, browser,
 def test_experiments_gallery_uncropped_none_variant_and_describe_history(app_url, browser, tmp_path, monkeypatch):
     from metaseg.classes import get_class_set
     from prompts_db import experiments as ex
-    from studio import services
+    from studio import prompt_store
 
     cs = get_class_set("openearthmap")
     k = cs.num_classes
-    store = services.get_store()
+    store = prompt_store.get_store()
     exp_id = ex.create(store, model_name="metasegnet_demo", dataset="synthearth", split="test",
                        root=str(SYNTH), class_set=cs.name, class_names=cs.names, scored=cs.scored,
                        variants=["climate", "none"], n_tiles=2, baseline_name="baseline_demo")

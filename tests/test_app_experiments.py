@@ -84,17 +84,17 @@ def test_start_show_rank_open_and_export(synth_root, tmp_path, monkeypatch):
 def test_labelled_tiles_become_an_evaluation_set(synth_root, tmp_path):
     from metaseg.errors import ConfigError
     from studio import experiments as svc
-    from studio import services
+    from studio import labels, prompt_store
 
     with pytest.raises(ConfigError, match="no saved labels"):
         svc.labelled_set(tmp_path / "none")
     image = next((synth_root).glob("*/images/*.tif"))
     label = image.parent.parent / "labels" / image.name
-    folder = services.label_dir() / "abc"
+    folder = labels.label_dir() / "abc"
     folder.mkdir(parents=True)
     mask = folder / "label_openearthmap_x.tif"
     mask.write_bytes(label.read_bytes())
-    services.get_store().save_label("abc" * 20, "openearthmap", str(mask))
+    prompt_store.get_store().save_label("abc" * 20, "openearthmap", str(mask))
     svc.keep_labelled_tile(image, folder)
     root, cs, n = svc.labelled_set(tmp_path / "set")
     assert (cs, n) == ("openearthmap", 1)

@@ -1,7 +1,7 @@
 """App handlers called directly (no server): locate, prompts, segment, review, label, errors.
 
 Models are replaced by :class:`FakePredictor` (deterministic masks from the pixels and the prompt,
-no torch), injected through ``studio.services.MODELS.set_factory``; one slow test runs the real
+no torch), injected through ``studio.models.MODELS.set_factory``; one slow test runs the real
 randomly initialised demo pair.
 """
 
@@ -88,11 +88,11 @@ def fake_factory(role: str, source: str | None = None) -> FakePredictor:
 
 @pytest.fixture
 def fake_models():
-    from studio import services
+    from studio import models
 
-    services.MODELS.set_factory(fake_factory)
-    yield services.MODELS
-    services.MODELS.set_factory(None)
+    models.MODELS.set_factory(fake_factory)
+    yield models.MODELS
+    models.MODELS.set_factory(None)
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +203,13 @@ def test_invalid_coordinates_raise_gr_error(app_module):
 
 # --------------------------------------------------------------------------- describe
 def test_save_restore_and_llm_disabled(app_module):
-    from studio import services
+    from studio import prompt_store
 
     state = locate.on_coords(52.39, 13.06, "openearthmap", None)[0]
     first = state.prompt_id
     out = describe.on_save_prompt("Temperate test prompt: <b>red roofs</b>.", "openearthmap", state)
     state = out[0]
-    store = services.get_store()
+    store = prompt_store.get_store()
     rec = store.get(state.prompt_id)
     assert rec.version == 2 and rec.source == "user" and rec.parent_id == first
     assert rec.text == "Temperate test prompt: <b>red roofs</b>."
@@ -231,13 +231,13 @@ def test_llm_regeneration_when_configured(app_module, monkeypatch):
     with FakeOpenAIServer() as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("METASEG_LLM_MODEL", "tiny-model")
-        from studio import services
+        from studio import prompt_store
 
-        assert services.llm_status()[0]
+        assert prompt_store.llm_status()[0]
         button, hint = describe.regen_button_state()  # decided when a page loads, not at import
         assert button["interactive"] is True and "tiny-model" in hint
         out = describe.on_regenerate("openearthmap", state)
-    rec = services.get_store().get(out[0].prompt_id)
+    rec = prompt_store.get_store().get(out[0].prompt_id)
     assert rec.source == "llm:tiny-model" and rec.zone == "BWh" and rec.version == 2
     assert out[1] == rec.text and out[0] is state
 
@@ -251,7 +251,7 @@ def test_class_set_change_reloads_prompt(app_module):
 
 # --------------------------------------------------------------------------- segment / review / label
 def test_segment_review_and_runs_logged(app_module, fake_models):
-    from studio import services
+    from studio import prompt_store, scoring
 
     state = _load(app_module, SYNTH)[0]
     seen = []
@@ -259,9 +259,9 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     def progress(frac, desc=None):
         seen.append(frac)
 
-    stored = services.get_store().get(state.prompt_id).text
+    stored = prompt_store.get_store().get(state.prompt_id).text
     out = segment.on_segment(stored, 0.5, state, progress=progress)
-    state, (ov_a, ov_b), dis, dis_txt, fractions, files, legend, status, gsd = out
+    state, (ov_a, ov_b), dis, dis_txt, fractions, files, legend, status, gsd_html = out
     ov_a, ov_b, dis = _px(ov_a), _px(ov_b), _px(dis)
     assert ov_a.shape == ov_b.shape == state.tile.rgb.shape  # the two sides of the ImageSlider
     assert not np.array_equal(ov_a, ov_b)  # the fake models differ
@@ -270,7 +270,7 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     assert abs(fractions["MetaSegNet %"].sum() - 100) < 0.5
     assert [Path(f).suffix for f in files] == [".tif", ".tif"]  # georeferenced tile → GeoTIFF
     assert "backend torch" in status
-    assert "0.5 m/px" in gsd and "⚠️" not in gsd  # SynthEarth's 0.5 m tiles match the model's range
+    assert "0.5 m/px" in gsd_html and "⚠️" not in gsd_html  # SynthEarth's 0.5 m tiles match the model's range
     assert seen and max(seen) <= 1.0 and seen[-1] == pytest.approx(1.0)
     assert "bareland" in legend
 
@@ -281,13 +281,13 @@ def test_segment_review_and_runs_logged(app_module, fake_models):
     assert list(iou.columns) == ["class", "MetaSegNet IoU %", "baseline IoU %", "ΔIoU"]
     assert chart.ndim == 3 and chart.shape[2] == 3
     assert only.shape == ov_a.shape and "only MetaSegNet right" in only_legend
-    runs = services.get_store().runs(state.tile_hash)
+    runs = prompt_store.get_store().runs(state.tile_hash)
     assert {r["model_role"] for r in runs} == {"metasegnet", "baseline"}
     mseg = next(r for r in runs if r["model_role"] == "metasegnet")
     assert mseg["prompt_id"] == state.prompt_id and mseg["checkpoint_hash"] == "fake-metasegnet"
     from metaseg.classes import get_class_set
 
-    expected = services.scores(state.prediction.metasegnet, state.ground_truth, get_class_set("openearthmap"))
+    expected = scoring.scores(state.prediction.metasegnet, state.ground_truth, get_class_set("openearthmap"))
     assert mseg["miou"] == pytest.approx(expected["miou"])
     # a second prompt version on the same tile shows up in the comparison table
     state = describe.on_save_prompt("another prompt", "openearthmap", state)[0]
@@ -314,16 +314,16 @@ def test_large_tile_reports_window_progress(app_module, fake_models, tmp_path):
 
 
 def test_unsaved_prompt_edit_is_not_logged_as_a_version(app_module, fake_models):
-    from studio import services
+    from studio import prompt_store
 
     state = _load(app_module, SYNTH)[0]
-    stored = services.get_store().get(state.prompt_id).text
+    stored = prompt_store.get_store().get(state.prompt_id).text
     out = segment.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)
     assert out[0].prediction.prompt_id == state.prompt_id and "not saved" not in out[-2]
     out = segment.on_segment(stored + " Edited.", 0.5, state, progress=lambda *a, **k: None)
     assert out[0].prediction.prompt_id is None and "not saved" in out[-2]
     review_tab.on_review(out[0])
-    assert next(r for r in services.get_store().runs(state.tile_hash) if r["model_role"] == "metasegnet")[
+    assert next(r for r in prompt_store.get_store().runs(state.tile_hash) if r["model_role"] == "metasegnet")[
         "prompt_id"] is None
 
 
@@ -366,7 +366,7 @@ def test_uploaded_label_is_decoded_and_checked(app_module, fake_models, tmp_path
 
 def test_painted_colours_map_to_nearest_class():
     from metaseg.classes import get_class_set
-    from studio.services import painted_to_index
+    from studio.labels import painted_to_index
 
     cs = get_class_set("openearthmap")
     truth = np.arange(64, dtype=np.uint8).reshape(8, 8) % cs.num_classes
@@ -383,7 +383,7 @@ def test_painted_colours_map_to_nearest_class():
 def test_label_paint_save_roundtrip(app_module, fake_models):
     from metaseg.classes import get_class_set
     from metaseg.geo import inspect_tile, read_label
-    from studio import services
+    from studio import prompt_store
 
     state = _load(app_module, SYNTH)[0]
     state = segment.on_segment("p", 0.5, state, progress=lambda *a, **k: None)[0]
@@ -402,7 +402,7 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
     assert np.array_equal(state.ground_truth, expected)
     assert np.array_equal(read_label(path, cs), expected)  # official encoding on disk
     assert inspect_tile(path).crs == inspect_tile(SYNTH).crs  # georeferenced like the tile
-    assert len(services.get_store().labels(state.tile_hash)) == 1 and len(labels) == 1
+    assert len(prompt_store.get_store().labels(state.tile_hash)) == 1 and len(labels) == 1
     table, zip_path = label_tab.on_labels_export(state)
     assert Path(zip_path).suffix == ".zip" and Path(zip_path).stat().st_size > 0
     with pytest.raises(gr.Error, match="tile"):
@@ -410,20 +410,20 @@ def test_label_paint_save_roundtrip(app_module, fake_models):
 
 
 def test_checkpoint_loading_errors_are_user_errors(app_module, tmp_path):
-    from studio import services
+    from studio import models
 
     try:
         with pytest.raises(gr.Error, match="(?i)checkpoint|not found|missing|cannot"):
             models_tab.on_load_checkpoints(str(tmp_path / "missing.safetensors"), "")
     finally:
-        services.MODELS.set_source("metasegnet", None)
-        services.MODELS.set_source("baseline", None)
+        models.MODELS.set_source("metasegnet", None)
+        models.MODELS.set_source("baseline", None)
 
 
 def test_env_checkpoint_sources(monkeypatch):
-    from studio import services
+    from studio import models
 
-    cache = services.ModelCache()
+    cache = models.ModelCache()
     assert cache.source_of("metasegnet") == "demo:metasegnet_demo"
     monkeypatch.setenv("METASEG_CHECKPOINT_BASELINE", "/models/base.safetensors")
     assert cache.source_of("baseline") == "/models/base.safetensors"
@@ -489,16 +489,16 @@ def test_sessions_are_isolated(app_module, geotiff):
 
 
 def test_spaces_gpu_wrapper_is_noop_without_spaces():
-    from studio import services
+    from studio import pair
 
     if "spaces" not in sys.modules:
-        assert services.run_pair is services._run_pair
+        assert pair.run_pair is pair._run_pair
 
 
 def test_import_is_light_and_loads_no_model():
     code = (
-        "import sys, time; t=time.time(); import app; "
-        "print('torch' in sys.modules, app.services.MODELS.loaded('metasegnet') is None, "
+        "import sys, time; t=time.time(); import app; from studio.models import MODELS; "
+        "print('torch' in sys.modules, MODELS.loaded('metasegnet') is None, "
         "hasattr(app, 'demo'))"
     )
     t0 = time.time()
@@ -511,16 +511,16 @@ def test_import_is_light_and_loads_no_model():
 @pytest.mark.slow
 def test_real_random_models_segment(app_module):
     """The real Predictor pair (random image weights, real MiniLM) runs through the handlers."""
-    from studio import services
+    from studio import models
 
-    services.MODELS.set_factory(services.random_predictor)
+    models.MODELS.set_factory(models.random_predictor)
     try:
         state = _load(app_module, SYNTH)[0]
         out = segment.on_segment("A temperate prompt.", 0.5, state, progress=lambda *a, **k: None)
         assert out[1][0].shape == (256, 256, 3)
         assert out[0].prediction.metasegnet.max() < 8
     finally:
-        services.MODELS.set_factory(None)
+        models.MODELS.set_factory(None)
 
 
 def test_mercator_resampling_and_click_parsing():
@@ -555,23 +555,23 @@ def test_map_page_is_offline_and_escapes_labels():
 @pytest.mark.slow
 def test_shipped_demo_weights_through_the_app(app_module):
     """Default model source (no factory, no env): the shipped demo pair segments and reviews an example."""
-    from studio import services
+    from studio import models, prompt_store
 
     weights = ROOT / "metaseg" / "weights" / "metasegnet_demo.safetensors"
     assert weights.exists(), "the demo weights ship with the project"
-    services.MODELS.set_factory(None)
-    services.MODELS.clear()
+    models.MODELS.set_factory(None)
+    models.MODELS.clear()
     try:
         state = _load(app_module, SYNTH)[0]
-        stored = services.get_store().get(state.prompt_id).text
+        stored = prompt_store.get_store().get(state.prompt_id).text
         state = segment.on_segment(stored, 0.5, state, progress=lambda *a, **k: None)[0]
-        assert services.MODELS.loaded("metasegnet").source == "demo:metasegnet_demo"
+        assert models.MODELS.loaded("metasegnet").source == "demo:metasegnet_demo"
         html_metrics = review_tab.on_review(state)[0]
         assert "mIoU" in html_metrics
-        runs = services.get_store().runs(state.tile_hash)
+        runs = prompt_store.get_store().runs(state.tile_hash)
         assert all(r["miou"] is not None and 0 <= r["miou"] <= 1 for r in runs)
     finally:
-        services.MODELS.clear()
+        models.MODELS.clear()
 
 
 # --------------------------------------------------------------------------- layout (DESIGN.md §6.1)
@@ -629,9 +629,9 @@ def test_open_tile_hook_fills_prompt_and_selects_segment(app_module):
 
 
 def services_store_text(state):
-    from studio import services
+    from studio import prompt_store
 
-    return services.get_store().get(state.prompt_id).text
+    return prompt_store.get_store().get(state.prompt_id).text
 
 
 # --------------------------------------------------------------------------- imagery, GSD, polygons (issue 15)
@@ -703,9 +703,9 @@ def test_gsd_far_outside_the_model_and_resampling(fake_models, tmp_path):
     seen = fake_models.get("metasegnet").predictor
     assert out[0].prediction.metasegnet.shape == (128, 128)  # back on the tile's grid
     assert len(seen.calls) == 3
-    from studio import services
+    from studio import gsd
 
-    small, valid = services.resample(np.zeros((128, 128, 3), np.uint8), np.ones((128, 128), bool), 5.0)
+    small, valid = gsd.resample(np.zeros((128, 128, 3), np.uint8), np.ones((128, 128), bool), 5.0)
     assert small.shape == (26, 26, 3) and valid.shape == (26, 26)
 
 

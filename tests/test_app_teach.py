@@ -19,7 +19,10 @@ from PIL import Image
 
 from metaseg.classes import get_class_set
 from metaseg.errors import MetasegError
-from studio import services, teach
+from studio import teach
+from studio.labels import label_file_tags
+from studio.models import MODELS
+from studio.prompt_store import get_store
 from studio.session import SessionState
 from studio.tabs import label as label_tab
 from studio.tabs import locate, segment
@@ -64,11 +67,11 @@ def fake_finetune(base, samples, *, out, class_set=None, budget_s=None, steps=No
 @pytest.fixture(autouse=True)
 def models(monkeypatch, tmp_path):
     monkeypatch.setenv("METASEG_SESSION_DIR", str(tmp_path / "sessions"))
-    services.MODELS.set_factory(factory)
+    MODELS.set_factory(factory)
     teach.TEACHER.finetune = fake_finetune
     calls.clear()
     yield
-    services.MODELS.set_factory(None)
+    MODELS.set_factory(None)
     teach.TEACHER.finetune = None
     for sid in list(teach.TEACHER._jobs):
         teach.TEACHER.cancel(sid)
@@ -120,7 +123,7 @@ def test_editor_paints_over_the_tile_and_saves_sparse_labels_with_255():
     raw = np.asarray(Image.open(path)) if path.endswith(".png") else __import__("rasterio").open(path).read(1)
     assert set(np.unique(raw)) == {4, 6, 255}  # official codes road=4, water=6; unpainted = 255, never a class
     assert (raw == 255).sum() == 256 * 256 - 1100
-    tags = services.label_file_tags(path)
+    tags = label_file_tags(path)
     assert tags["CLASS_SET"] == "openearthmap" and tags["LABEL_ENCODING"] == "official"
     assert tags["UNLABELLED_VALUE"] == "255" and tags["LABELLED_PIXELS"] == "1100"
     from metaseg.geo import read_label
@@ -178,7 +181,7 @@ def test_label_errors_are_one_line_and_lose_nothing():
         label_tab.on_label_save(small, state, "openearthmap")
     with pytest.raises(gr.Error, match="Nothing to save"):
         label_tab.on_label_save({"background": None, "layers": [], "composite": None}, state, "openearthmap")
-    assert state.session_labels == [] and services.get_store().labels() == []
+    assert state.session_labels == [] and get_store().labels() == []
 
 
 # --------------------------------------------------------------------------- teach both models
@@ -368,7 +371,7 @@ def test_a_gone_session_cancels_its_job():
 def test_real_finetune_two_steps_teaches_a_loadable_pair():
     """The real ``training.finetune`` (2 steps each) on a painted label, then the taught pair
     loads through the app's model cache (real checkpoints, no fakes)."""
-    services.MODELS.set_factory(None)
+    MODELS.set_factory(None)
     teach.TEACHER.finetune = None
     state = locate.on_tile(str(SYNTH), "openearthmap", None)[0]
     state = label_tab.on_label_save(_strokes(state), state, "openearthmap", "a prompt")[0]
@@ -379,4 +382,4 @@ def test_real_finetune_two_steps_teaches_a_loadable_pair():
     assert rec["steps"] == {"metasegnet": 2, "baseline": 2}
     for role in teach.ROLES:
         assert (Path(rec[role]) / "model.safetensors").is_file()
-        assert services.MODELS.get(role, rec[role]).predictor is not None
+        assert MODELS.get(role, rec[role]).predictor is not None

@@ -299,7 +299,7 @@ def test_bench_rejects_bad_backend(capsys):
 
 
 def test_app_reads_metaseg_backend(monkeypatch):
-    from studio import services
+    from studio import models
 
     seen = {}
 
@@ -309,13 +309,13 @@ def test_app_reads_metaseg_backend(monkeypatch):
 
     monkeypatch.setattr(Predictor, "from_name", staticmethod(fake_from_name))
     monkeypatch.delenv("METASEG_BACKEND", raising=False)
-    assert services.backend_from_env() == "auto"  # default: onnx on CPU when it can be had
+    assert models.backend_from_env() == "auto"  # default: onnx on CPU when it can be had
     monkeypatch.setenv("METASEG_BACKEND", "onnx-int8")
-    cache = services.ModelCache()
+    cache = models.ModelCache()
     cache.get("baseline")
     assert seen == {"baseline_demo": "onnx-int8"}
     monkeypatch.setenv("METASEG_BACKEND", "bogus")
-    assert services.backend_from_env() == "auto"
+    assert models.backend_from_env() == "auto"
 
 
 def test_bn_folding_keeps_outputs():

@@ -20,7 +20,7 @@ from PIL import Image
 
 from metaseg.classes import get_class_set
 from metaseg.errors import ImageryError, MetasegError, TileReadError
-from studio import services, session, views
+from studio import gsd, imagery, models, placement, polygons, scoring, session, views
 from studio.tabs import describe, locate, segment
 from studio.tabs import label as label_tab
 from studio.tabs import models as models_tab
@@ -36,9 +36,9 @@ NOOP = lambda *a, **k: None  # noqa: E731 - a progress callback that ignores its
 
 @pytest.fixture
 def fake_models():
-    services.MODELS.set_factory(fake_factory)
-    yield services.MODELS
-    services.MODELS.set_factory(None)
+    models.MODELS.set_factory(fake_factory)
+    yield models.MODELS
+    models.MODELS.set_factory(None)
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_review_upload_of_a_predicted_mask_scores_it_right(tmp_path, fake_models
     mask = write_mask(tmp_path / "pred.tif", state.prediction.baseline, OEM, state.tile.info)
     state, text = review_tab.on_label_upload(str(mask), state)
     assert "class indices" in text
-    rev = services.review(state.prediction.metasegnet, state.prediction.baseline, state.ground_truth, OEM)
+    rev = scoring.review(state.prediction.metasegnet, state.prediction.baseline, state.ground_truth, OEM)
     assert rev["baseline"]["miou"] == pytest.approx(1.0)
     raw = tmp_path / "raw.png"  # such pixels without tags: a warning, never a silent 0
     pixels = state.prediction.baseline.copy()
@@ -213,12 +213,12 @@ def test_examples_folder_maps_only_imagery():
 def test_point_precedence_keep_new_attach_free():
     fp = [[41.0, -106.0], [41.0, -104.0], [39.0, -104.0], [39.0, -106.0]]
     geo = {"source": "geotiff", "lat": 40.0, "lon": -105.0, "footprint": fp}
-    assert services.place_point(geo, 40.2, -105.1) == "keep"
-    assert services.place_point(geo, 64.84, -147.72) == "new"  # Fairbanks: never attached silently
-    assert services.place_point({"source": "none", "lat": None, "lon": None}, 64.84, -147.72) == "attach"
-    assert services.place_point(None, 64.84, -147.72) == "free"
+    assert placement.place_point(geo, 40.2, -105.1) == "keep"
+    assert placement.place_point(geo, 64.84, -147.72) == "new"  # Fairbanks: never attached silently
+    assert placement.place_point({"source": "none", "lat": None, "lon": None}, 64.84, -147.72) == "attach"
+    assert placement.place_point(None, 64.84, -147.72) == "free"
     exif = {"source": "exif", "lat": 1.35, "lon": 103.82, "footprint": None}
-    assert services.place_point(exif, 1.3501, 103.8201) == "keep" and services.place_point(exif, 1.4, 103.8) == "new"
+    assert placement.place_point(exif, 1.3501, 103.8201) == "keep" and placement.place_point(exif, 1.4, 103.8) == "new"
 
 
 def test_typed_coordinates_elsewhere_unload_the_tile(colorado):
@@ -261,7 +261,7 @@ def test_imagery_beyond_web_mercator_is_refused(tmp_path, monkeypatch):
         with pytest.raises(ImageryError, match="Web Mercator"):
             fetch_imagery(lat, 10.0, 16, tmp_path / "x.tif")
     with pytest.raises(ImageryError, match="85.0511"):
-        services.fetch_imagery(89.5, 10.0, 16, tmp_path / "x.tif", "s")
+        imagery.fetch_imagery(89.5, 10.0, 16, tmp_path / "x.tif", "s")
     # at the edge of the world image the window shifts: its GSD is that of its centre, as the tile says
     win = window_around(MERCATOR_MAX_LAT - 1e-6, 0.0, 16, 1024)
     centre = window_centre_lat(win)
@@ -278,7 +278,7 @@ def test_none_variant_segments_with_empty_text(fake_models):
         segment.on_segment("", 0.5, state, progress=NOOP)  # a cleared box is still refused
     out = segment.on_segment("", 0.5, state, no_prompt=True, progress=NOOP)
     assert "without a prompt" in out[-2]
-    assert services.MODELS.get("metasegnet").predictor.calls[-1] == ""
+    assert models.MODELS.get("metasegnet").predictor.calls[-1] == ""
 
 
 # --------------------------------------------------------------------------- 8. describe history
@@ -317,12 +317,12 @@ def test_tiny_tiles_are_shown_enlarged():
 
 def test_resample_box_says_when_it_does_nothing():
     rng = (0.25, 0.5)
-    assert "did nothing" in services.gsd_note(30.0, rng, None, resample_asked=True)
-    assert "coarser" in services.gsd_note(30.0, rng, None, resample_asked=True)
-    assert "already close" in services.gsd_note(0.4, rng, None, resample_asked=True)
-    assert "unknown" in services.gsd_note(None, None, None, resample_asked=True)
-    assert "did nothing" not in services.gsd_note(0.05, rng, 0.25, resample_asked=True)  # it did resample
-    assert "did nothing" not in services.gsd_note(30.0, rng)
+    assert "did nothing" in gsd.gsd_note(30.0, rng, None, resample_asked=True)
+    assert "coarser" in gsd.gsd_note(30.0, rng, None, resample_asked=True)
+    assert "already close" in gsd.gsd_note(0.4, rng, None, resample_asked=True)
+    assert "unknown" in gsd.gsd_note(None, None, None, resample_asked=True)
+    assert "did nothing" not in gsd.gsd_note(0.05, rng, 0.25, resample_asked=True)  # it did resample
+    assert "did nothing" not in gsd.gsd_note(30.0, rng)
 
 
 def test_polygons_drop_specks_by_default(tmp_path):
@@ -333,14 +333,14 @@ def test_polygons_drop_specks_by_default(tmp_path):
     mask = np.zeros((64, 64), np.uint8)
     mask[10:30, 10:30] = 7  # a 100 m² building
     mask[50, 50] = 3  # one 0.25 m² speck
-    assert services.default_min_area_m2(0.5) == 4.0 and services.default_min_area_m2(None) == 1.0
-    services.write_polygons({"m": mask}, list(OEM.names), info, tmp_path)
+    assert polygons.default_min_area_m2(0.5) == 4.0 and polygons.default_min_area_m2(None) == 1.0
+    polygons.write_polygons({"m": mask}, list(OEM.names), info, tmp_path)
     kept = json.loads((tmp_path / "polygons.geojson").read_text())["features"]
-    services.write_polygons({"m": mask}, list(OEM.names), info, tmp_path, min_area_m2=0)
+    polygons.write_polygons({"m": mask}, list(OEM.names), info, tmp_path, min_area_m2=0)
     every = json.loads((tmp_path / "polygons.geojson").read_text())["features"]
     assert len(every) == len(kept) + 1 and {f["properties"]["class"] for f in kept} == {"bareland", "building"}
     with pytest.raises(MetasegError, match="0 or more"):
-        services.write_polygons({"m": mask}, list(OEM.names), info, tmp_path, min_area_m2=-1)
+        polygons.write_polygons({"m": mask}, list(OEM.names), info, tmp_path, min_area_m2=-1)
 
 
 def test_models_tab_error_does_not_send_the_user_to_the_models_tab(tmp_path):
@@ -348,13 +348,13 @@ def test_models_tab_error_does_not_send_the_user_to_the_models_tab(tmp_path):
     with pytest.raises(gr.Error) as err:
         models_tab.on_load_checkpoints(missing, "")
     assert "Models tab" not in err.value.message and "did not change" in err.value.message
-    assert services.MODELS.chosen_source("metasegnet") is None  # the previous (default) source is back
-    services.MODELS.set_source("metasegnet", missing)
+    assert models.MODELS.chosen_source("metasegnet") is None  # the previous (default) source is back
+    models.MODELS.set_source("metasegnet", missing)
     try:
         with pytest.raises(MetasegError, match="Models tab"):  # from Segment, the hint is where to go
-            services.segment_model("metasegnet")
+            models.segment_model("metasegnet")
     finally:
-        services.MODELS.set_source("metasegnet", None)
+        models.MODELS.set_source("metasegnet", None)
 
 
 def test_schema_upgrade_is_logged_only_when_it_happens(tmp_path, caplog):

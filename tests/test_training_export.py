@@ -93,7 +93,7 @@ def test_predict_cli_reads_the_folder_on_a_real_geotiff(exported, tmp_path, caps
 
 
 def test_app_model_cache_loads_the_folder(exported):
-    from studio.services import ModelCache
+    from studio.models import ModelCache
 
     cache = ModelCache()
     cache.set_source("metasegnet", str(exported))

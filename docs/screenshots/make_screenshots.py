@@ -105,10 +105,10 @@ def main() -> int:
     os.environ["METASEG_IMAGERY_URL"] = template
     os.environ["METASEG_IMAGERY_ATTRIBUTION"] = "Procedural SynthEarth tiles from a local XYZ server (screenshot only)"
     import app
-    from studio import services
+    from studio import models
 
     if args.random:
-        services.MODELS.set_factory(services.random_predictor)
+        models.MODELS.set_factory(models.random_predictor)
     kwargs = app.launch_kwargs()
     kwargs.update(server_port=args.port, prevent_thread_lock=True, quiet=True)
     app.demo.queue().launch(**kwargs)

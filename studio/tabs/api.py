@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import services, views
+from studio import imagery, labels, limits, models, pair, placement, prompt_store, services, views
 from studio.session import session_root, sweep_sessions
 from studio.tabs.common import INFERENCE, Studio, image_file, path_of, user_errors
 from studio.tabs.locate import drop_upload
@@ -25,7 +25,7 @@ def api_locate(file: Any, lat: float | None, lon: float | None) -> dict[str, Any
     """The ``python -m metaseg locate --json`` object of a tile, or of typed coordinates."""
     src = path_of(file)
     if src:
-        obj, _ = services.locate_file(services.ensure_readable(src))
+        obj, _ = services.locate_file(labels.ensure_readable(src))
         if obj.get("lat") is None and lat is not None and lon is not None:
             typed = services.locate_point(lat, lon, "typed")
             obj.update(lat=typed["lat"], lon=typed["lon"], source="typed", zone=typed["zone"])
@@ -50,33 +50,33 @@ def api_segment(file: Any, prompt: str | None, request: gr.Request = None):
     """Segment a tile with both models: (MetaSegNet overlay, baseline overlay, class fractions)."""
     from metaseg.visualize import overlay
 
-    services.check_prompt_text(prompt)  # before any work: the same cap as saving a version
-    src = services.ensure_readable(path_of(file))
+    prompt_store.check_prompt_text(prompt)  # before any work: the same cap as saving a version
+    src = labels.ensure_readable(path_of(file))
     try:
         loc, _ = services.locate_file(src)
-        services.check_pixel_budget(loc.get("width"), loc.get("height"))  # before any pixel is read
+        limits.check_pixel_budget(loc.get("width"), loc.get("height"))  # before any pixel is read
         tile = services.read_tile(src)
     except Exception:
         drop_upload(src)
         raise
     if not (prompt or "").strip():
-        cs = services.class_set_of_models()
-        prompt = services.get_store().current(services.zone_code(loc), cs.name).text
-    result = services.run_pair(tile.rgb, tile.valid, prompt)
+        cs = models.class_set_of_models()
+        prompt = prompt_store.get_store().current(placement.zone_code(loc), cs.name).text
+    result = pair.run_pair(tile.rgb, tile.valid, prompt)
     rgb = views.display_image(tile.rgb, min_side=0)  # API clients get the tile's own size
     out = api_folder(request) / "results"  # a new file per answer: never rewritten while downloaded
     ov = [image_file(overlay(rgb, views.display_image(getattr(result, r), min_side=0), result.class_set, alpha=0.5),
                      out, r)
-          for r in services.ROLES]
-    return ov[0], ov[1], services.fractions_json(result)
+          for r in models.ROLES]
+    return ov[0], ov[1], pair.fractions_json(result)
 
 
 @user_errors
 def api_save_prompt(zone: str | None, class_set: str, text: str, request: gr.Request = None) -> dict[str, Any]:
     """Save ``text`` as the next prompt version of (zone, class set); returns the stored record."""
-    services.check_prompt_save("api:" + str(getattr(request, "session_hash", None) or "anonymous"))
+    prompt_store.check_prompt_save("api:" + str(getattr(request, "session_hash", None) or "anonymous"))
     zone = (zone or "").strip() or None
-    rec = services.get_store().save(zone, class_set, text, source="user")
+    rec = prompt_store.get_store().save(zone, class_set, text, source="user")
     return rec.to_dict()
 
 
@@ -96,7 +96,7 @@ def api_imagery(lat: float | None, lon: float | None, zoom: float | None, reques
             if time.time() - old.stat().st_mtime > API_FILE_TTL_S:
                 old.unlink()
     out = folder / f"imagery-{uuid.uuid4().hex[:8]}.tif"
-    res = services.fetch_imagery(lat, lon, zoom, out, key)
+    res = imagery.fetch_imagery(lat, lon, zoom, out, key)
     obj, _ = services.locate_file(res.path)
     return str(res.path), obj
 

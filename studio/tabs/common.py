@@ -37,7 +37,7 @@ TILE_TYPES = [".tif", ".tiff", ".png", ".jpg", ".jpeg"]
 #: keyword arguments of every UI event: only the named endpoints of ``studio.tabs.api`` are public API
 UI = {"api_visibility": "undocumented"}
 #: events that run the models on a visitor's tile (Segment, ``/segment``): at most 4 at once in
-#: Gradio's workers, in two inference lanes (``studio.services.inference_lane``: a small tile never
+#: Gradio's workers, in two inference lanes (``studio.pair.inference_lane``: a small tile never
 #: waits behind a large one); every other event runs at most 2 at a time (``app.queue_kwargs``)
 INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
 #: experiments and their galleries (whole evaluation sets): one at a time on the server

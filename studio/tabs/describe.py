@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from metaseg.errors import MetasegError
-from studio import services, views
+from studio import placement, prompt_store, views
 from studio.session import SessionState
 from studio.tabs.common import UI, Studio, session, user_errors
 
@@ -37,14 +37,14 @@ def diff_snippet(text: str, current: str, width: int = SNIPPET_CHARS) -> str:
 
 
 def zone_label(state: SessionState) -> str:
-    code = services.zone_code(state.location)
+    code = placement.zone_code(state.location)
     return code or "generic (no climate zone)"
 
 
 def prompt_panel(state: SessionState, class_set: str):
     """(prompt text, info html, history dropdown update, history table) for the current zone."""
-    store = services.get_store()
-    rec = store.current(services.zone_code(state.location), class_set)
+    store = prompt_store.get_store()
+    rec = store.current(placement.zone_code(state.location), class_set)
     state.prompt_id = rec.id
     hist = store.history(rec.id)
     choices = [(f"v{r.version} · {r.source} · {r.created_at[:19]} (id {r.id})", r.id) for r in hist]
@@ -95,14 +95,14 @@ def on_class_set(class_set: str, state: SessionState | None):
 @user_errors
 def on_save_prompt(text: str, class_set: str, state: SessionState | None):
     state = session(state)
-    services.check_prompt_save(state.session_id)
-    store = services.get_store()
+    prompt_store.check_prompt_save(state.session_id)
+    store = prompt_store.get_store()
     parent = state.prompt_id
     try:
         parent_ok = parent is not None and store.get(parent).class_set == class_set
     except MetasegError:
         parent_ok = False
-    rec = store.save(services.zone_code(state.location), class_set, text, source="user",
+    rec = store.save(placement.zone_code(state.location), class_set, text, source="user",
                      parent_id=parent if parent_ok else None)
     gr.Info(f"Saved as version {rec.version}.")
     return (state, *prompt_panel(state, class_set))
@@ -113,8 +113,8 @@ def on_pick_version(prompt_id: Any, class_set: str, state: SessionState | None):
     """A version picked in the history: its full text (read-only; Restore makes it current)."""
     if prompt_id in (None, ""):
         return ""
-    rec = services.get_store().get(_prompt_id(prompt_id))
-    current = services.get_store().current(services.zone_code(session(state).location), class_set)
+    rec = prompt_store.get_store().get(_prompt_id(prompt_id))
+    current = prompt_store.get_store().current(placement.zone_code(session(state).location), class_set)
     head = f"v{rec.version} · {rec.source} · {rec.created_at[:19]}"
     head += " (the current version)" if rec.id == current.id else " — Restore makes it the current version"
     return gr.update(value=rec.text, label=head)
@@ -126,8 +126,8 @@ def on_restore(prompt_id: Any, class_set: str, state: SessionState | None):
     if prompt_id in (None, ""):
         raise gr.Error("Pick a version in the history first.")
     pid = _prompt_id(prompt_id)
-    services.check_prompt_save(state.session_id)
-    rec = services.get_store().restore(pid)
+    prompt_store.check_prompt_save(state.session_id)
+    rec = prompt_store.get_store().restore(pid)
     gr.Info(f"Restored as version {rec.version}.")
     return (state, *prompt_panel(state, class_set))
 
@@ -135,18 +135,18 @@ def on_restore(prompt_id: Any, class_set: str, state: SessionState | None):
 @user_errors
 def on_regenerate(class_set: str, state: SessionState | None):
     state = session(state)
-    ok, why = services.llm_status()
+    ok, why = prompt_store.llm_status()
     if not ok:
         raise gr.Error(why)
-    services.check_prompt_save(state.session_id)
-    rec = services.get_store().generate(services.zone_code(state.location), class_set, llm=True)
+    prompt_store.check_prompt_save(state.session_id)
+    rec = prompt_store.get_store().generate(placement.zone_code(state.location), class_set, llm=True)
     gr.Info(f"LLM prompt saved as version {rec.version}.")
     return (state, *prompt_panel(state, class_set))
 
 
 def regen_button_state():
     """The Regenerate button and its hint from the environment *now* (read at page load, not import)."""
-    ok, why = services.llm_status()
+    ok, why = prompt_store.llm_status()
     label = "Regenerate with LLM" if ok else "Regenerate with LLM (not configured)"
     return gr.update(value=label, interactive=ok), why
 

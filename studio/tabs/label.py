@@ -5,7 +5,7 @@ the class colours at an adjustable opacity. A user starts from an empty layer (s
 what is not painted stays *unlabelled*) or from a prediction / the current ground truth (dense
 corrections), picks the brush by class name, paints, erases, and saves. Unlabelled pixels are
 stored as 255 in the label file (never a class); the file's tags name its class set
-(:func:`studio.services.save_label`). Saved labels of the session's tiles are what
+(:func:`studio.labels.save_label`). Saved labels of the session's tiles are what
 "Teach both models" learns from (:mod:`studio.tabs.teach`, this tab's lower half).
 """
 
@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from studio import experiments, services, views
+from studio import experiments, gsd, labels, prompt_store, views
 from studio.session import SessionState
 from studio.tabs import teach as teach_ui
 from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
@@ -138,9 +138,9 @@ def brush_class_name(choice: str | None) -> str | None:
 
 def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
     """Class indices of the editor's paint layer on the editor's grid (255 = unlabelled)."""
-    layer = services.editor_layer(editor)
+    layer = labels.editor_layer(editor)
     if layer is None and isinstance(editor, dict) and editor.get("background") is None:
-        comp = services.editor_composite(editor)  # an API client's dense colour mask (no tile under it)
+        comp = labels.editor_composite(editor)  # an API client's dense colour mask (no tile under it)
         if comp is not None and np.ndim(comp) == 3:
             comp = np.asarray(comp)[..., :3].astype(np.uint8)
             layer = np.concatenate([comp, np.full(comp.shape[:2] + (1,), 255, np.uint8)], axis=2)
@@ -153,12 +153,12 @@ def painted_index(editor: Any, state: SessionState, cs_name: str) -> np.ndarray:
                        + (f" (shown at {want[1]}×{want[0]})" if want != (h, w) else "")
                        + "; load the tile into the editor again.")
     valid = getattr(state.tile, "valid", None)
-    index = services.layer_to_index(layer, class_set_of(cs_name), None if valid is None else _view(valid))
+    index = labels.layer_to_index(layer, class_set_of(cs_name), None if valid is None else _view(valid))
     start = getattr(state, "label_start", None)
     if start is not None and start.shape == index.shape:  # unpainted pixels keep the starting label
-        index = np.where(index == services.IGNORE, start, index).astype(np.uint8)
+        index = np.where(index == labels.IGNORE, start, index).astype(np.uint8)
         if valid is not None:
-            index[~np.asarray(_view(valid), dtype=bool)] = services.IGNORE
+            index[~np.asarray(_view(valid), dtype=bool)] = labels.IGNORE
     return index
 
 
@@ -174,15 +174,15 @@ def on_label_save(editor: Any, state: SessionState | None, class_set: str | None
     index = painted_index(editor, state, cs_name)
     h, w = state.tile.rgb.shape[:2]
     if index.shape != (h, w):
-        index = services.upsample_mask(index, (h, w))
+        index = gsd.upsample_mask(index, (h, w))
     valid = getattr(state.tile, "valid", None)
     if valid is not None:
-        index[~np.asarray(valid, dtype=bool)] = services.IGNORE
+        index[~np.asarray(valid, dtype=bool)] = labels.IGNORE
     labelled = int((index < cs.num_classes).sum())
     if labelled == 0:
         raise gr.Error("No labelled pixel: paint at least one stroke of a class before saving.")
-    row = services.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
-                              services.label_dir() / state.tile_hash[:16])
+    row = labels.save_label(index, cs, getattr(state.tile, "info", None), state.tile_hash,
+                              labels.label_dir() / state.tile_hash[:16])
     kept = experiments.keep_labelled_tile(state.tile_path, Path(row["path"]).parent)  # evaluable/teachable later
     state.ground_truth, state.ground_truth_source = index, f"saved label #{row['id']}"
     state.ground_truth_class_set = cs.name
@@ -217,7 +217,7 @@ def own_labels(state: SessionState) -> set[int] | None:
 
 
 def labels_table(state: SessionState) -> pd.DataFrame:
-    rows = services.get_store().labels(state.tile_hash) if state.tile_hash else []
+    rows = prompt_store.get_store().labels(state.tile_hash) if state.tile_hash else []
     ids = own_labels(state)
     return views.labels_table([r for r in rows if ids is None or r.get("id") in ids])
 
@@ -227,7 +227,7 @@ def on_labels_export(state: SessionState | None):
     state = session(state)
     if not state.tile_hash:
         raise gr.Error("Load a tile first.")
-    out = services.zip_labels(state.tile_hash, state.output_path("labels.zip"), own_labels(state))
+    out = labels.zip_labels(state.tile_hash, state.output_path("labels.zip"), own_labels(state))
     return labels_table(state), str(out)
 
 

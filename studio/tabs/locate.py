@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import mapview, services, views
+from studio import examples, imagery, labels, limits, mapview, placement, scoring, services, views
 from studio.session import SessionState
 from studio.tabs import describe
 from studio.tabs.common import (
@@ -81,10 +81,10 @@ def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_na
     src = str(path)
     name = Path(shown_name or src).name
     try:
-        services.ensure_readable(src)
+        labels.ensure_readable(src)
         with as_uploaded(Path(src), shown_name or src):
             loc, _info = services.locate_file(src)
-            services.check_pixel_budget(loc.get("width"), loc.get("height"))
+            limits.check_pixel_budget(loc.get("width"), loc.get("height"))
             tile = services.read_tile(src)
     except Exception as exc:  # noqa: BLE001 - remembered for the failure view, then reported as usual
         why = html.unescape(clean_message(str(exc))) or type(exc).__name__  # no server paths
@@ -99,7 +99,7 @@ def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_na
         Path(previous).unlink(missing_ok=True)  # the session's earlier tile: no longer used
     state.reset_tile()
     state.tile_path, state.tile, state.tile_name = str(copy), tile, name
-    state.tile_hash = services.tile_hash(copy)
+    state.tile_hash = placement.tile_hash(copy)
     state.location = loc
     note = " ".join(n for n in (note, find_ground_truth(state, tile.rgb.shape[:2])) if n) or None
     return (*located(state, class_set, note), preview_file(state), gt_text(state))
@@ -108,17 +108,17 @@ def load_tile(path: str | Path, class_set: str, state: SessionState, *, shown_na
 def find_ground_truth(state: SessionState, shape: tuple[int, int]) -> str | None:
     """Attach the tile's ground truth, found by its hash: a shipped example's label, else the newest
     label saved for it. Returns a note for the location panel (``None``: nothing found)."""
-    label = services.example_labels(str(EXAMPLES)).get(state.tile_hash)
+    label = examples.example_labels(str(EXAMPLES)).get(state.tile_hash)
     if label:
         # SynthEarth labels use the OpenEarthMap encoding whatever the prompt dropdown says
-        state.ground_truth = services.read_label(label, class_set_of("openearthmap"), shape)
+        state.ground_truth = scoring.read_label(label, class_set_of("openearthmap"), shape)
         state.ground_truth_source, state.ground_truth_class_set = "SynthEarth ground truth", "openearthmap"
         state.example_label_path = label
         return "This example ships with its ground truth: segment, then see the Review tab."
     from studio import policy
 
     own = None if policy.share_labels() else set(getattr(state, "label_ids", None) or ())
-    saved = services.saved_ground_truth(state.tile_hash, shape, label_ids=own)  # this session's labels only
+    saved = scoring.saved_ground_truth(state.tile_hash, shape, label_ids=own)  # this session's labels only
     if saved is not None:
         state.ground_truth, row = saved
         state.ground_truth_source = f"saved label #{row['id']}"
@@ -194,7 +194,7 @@ def on_tile(file: Any, class_set: str, state: SessionState | None):
     src = path_of(file)
     if src is None:  # cleared (by the user, or after fetching imagery): the session's tile stays
         return (gr.skip(),) * 11
-    if state.tile is not None and services.tile_hash(src) == state.tile_hash:
+    if state.tile is not None and placement.tile_hash(src) == state.tile_hash:
         # the file box was set back to the tile in use (after a failed load), or the same file was
         # picked again: nothing changes, the results shown stay valid
         return (gr.skip(),) * 11
@@ -222,8 +222,8 @@ def on_map_click(value: Any, class_set: str, state: SessionState | None):
 
 
 def place(state: SessionState, class_set: str, point: dict[str, Any], with_map: bool):
-    """Apply the location precedence of :func:`services.place_point` to typed/clicked coordinates."""
-    action = services.place_point(state.location if state.tile is not None else None, point["lat"], point["lon"])
+    """Apply the location precedence of :func:`placement.place_point` to typed/clicked coordinates."""
+    action = placement.place_point(state.location if state.tile is not None else None, point["lat"], point["lon"])
     name = state.tile_name or "the tile"
     preview = tile_box = gt = gr.skip()
     note = None
@@ -266,7 +266,7 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
         raise gr.Error("Click the map or type coordinates first, then fetch the imagery there.")
     out = state.output_path(f"imagery-{uuid.uuid4().hex[:8]}.tif")
     try:
-        res = services.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
+        res = imagery.fetch_imagery(lat, lon, None if zoom in (None, "", "auto") else zoom, out, state.session_id)
     except Exception as exc:  # noqa: BLE001 - remembered for the failure view, then reported as usual
         state.load_error = f"the imagery at {lat}, {lon}: {' '.join(str(exc).split()) or type(exc).__name__}"
         raise
@@ -282,7 +282,7 @@ def on_fetch_imagery(lat: Any, lon: Any, zoom: Any, class_set: str, state: Sessi
 
 def imagery_controls():
     """The fetch button and its credit line, from the environment now (page load, not import)."""
-    ok, text = services.imagery_status()
+    ok, text = imagery.imagery_status()
     return gr.update(interactive=ok), views.imagery_credit(text) if ok else text
 
 
@@ -332,10 +332,10 @@ def build(ctx: Studio) -> None:
             with gr.Accordion("Köppen-Geiger legend (hover for names)", open=False):
                 gr.HTML(views.koppen_legend_html(), js_on_load=None)
             preview = gr.Image(label="Tile", interactive=False, height=260, elem_id="preview")
-    examples = services.example_tiles(EXAMPLES)
-    if examples:
+    example_rows = examples.example_tiles(EXAMPLES)
+    if example_rows:
         # "private": the page's example clicks only, not an API endpoint (a bad index gave an empty error)
-        gr.Examples(examples=examples, inputs=[tile_file], label="Examples (one click)", examples_per_page=8,
+        gr.Examples(examples=example_rows, inputs=[tile_file], label="Examples (one click)", examples_per_page=8,
                     api_visibility="private")
     if credits:
         gr.Markdown("SynthEarth examples are procedural tiles with exact ground truth. "

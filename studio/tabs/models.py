@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from metaseg.errors import MetasegError
-from studio import policy, services
+from studio import models, policy
 from studio.session import SessionState
 from studio.tabs import teach
 from studio.tabs.common import UI, Studio, session, user_errors
@@ -21,7 +21,7 @@ TAB_ID = "models"
 
 def models_table(state: SessionState | None = None) -> pd.DataFrame:
     sources = state.model_sources if isinstance(state, SessionState) else None
-    return pd.DataFrame(services.MODELS.describe(sources, shown=services.shown_source),
+    return pd.DataFrame(models.MODELS.describe(sources, shown=models.shown_source),
                         columns=["model", "source", "status"])
 
 
@@ -42,14 +42,14 @@ def on_load_checkpoints(src_a: str, src_b: str, state: SessionState | None = Non
     own = [state.workdir]
     try:
         chosen = {role: policy.model_choice(role, text, own)
-                  for role, text in zip(services.ROLES, (src_a, src_b), strict=True)}
-        for role in services.ROLES:  # load first: only sources that loaded are kept
-            services.MODELS.get(role, chosen[role])
+                  for role, text in zip(models.ROLES, (src_a, src_b), strict=True)}
+        for role in models.ROLES:  # load first: only sources that loaded are kept
+            models.MODELS.get(role, chosen[role])
     except MetasegError as exc:
         raise gr.Error(f"{' '.join(str(exc).split())}. Check the path or hub id; the models in use did not "
                        "change.") from None
-    a = services.MODELS.get("metasegnet", chosen["metasegnet"]).predictor.class_set
-    b = services.MODELS.get("baseline", chosen["baseline"]).predictor.class_set
+    a = models.MODELS.get("metasegnet", chosen["metasegnet"]).predictor.class_set
+    b = models.MODELS.get("baseline", chosen["baseline"]).predictor.class_set
     if a is not None and b is not None and a.name != b.name:
         raise gr.Error(f"MetaSegNet predicts {a.name} classes but the baseline predicts {b.name}; "
                        "pick a matching pair")

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio import services, views
+from studio import labels, prompt_store, scoring, views
 from studio.session import SessionState
 from studio.tabs import teach
 from studio.tabs.common import (
@@ -41,11 +41,11 @@ def on_label_upload(file: Any, state: SessionState | None, class_set: str | None
         return state, gr.skip()
     if state.tile is None:
         raise gr.Error("Load the tile before its label.")
-    services.ensure_readable(src)
+    labels.ensure_readable(src)
     path = state.import_file(src, stem="label")
     cs_name = state.prediction.class_set if state.prediction else (class_set or "openearthmap")
     with as_uploaded(path, src):
-        got = services.open_label(path, class_set_of(cs_name), state.tile.rgb.shape[:2])
+        got = scoring.open_label(path, class_set_of(cs_name), state.tile.rgb.shape[:2])
     state.ground_truth, state.ground_truth_class_set = got.index, cs_name
     state.ground_truth_source = "uploaded label"
     if got.note and "look like class indices" in got.note:  # scoring it would silently give ~0
@@ -69,8 +69,8 @@ def on_review(state: SessionState | None):
     if state.ground_truth_class_set and state.ground_truth_class_set != cs.name:
         raise gr.Error(f"The ground truth is a {state.ground_truth_class_set} label but the models predict "
                        f"{cs.name} classes: load {cs.name} models or a {cs.name} label.")
-    rev = services.review(p.metasegnet, p.baseline, state.ground_truth, cs)
-    services.log_review(state.tile_hash, rev, cs.name, p.prompt_id, p.checkpoint_ids)
+    rev = scoring.review(p.metasegnet, p.baseline, state.ground_truth, cs)
+    scoring.log_review(state.tile_hash, rev, cs.name, p.prompt_id, p.checkpoint_ids)
     iou = views.iou_table(rev, cs.names)
     bars = views.iou_chart(rev, cs.names)
     only = only_one_right_map(views.display_image(p.metasegnet), views.display_image(p.baseline),
@@ -81,7 +81,7 @@ def on_review(state: SessionState | None):
     out = state.output_path("results")  # new files: identical pictures of two visitors never share one
     bars, only = image_file(bars, out, "iou"), image_file(only, out, "only-one-right")
     return (views.metrics_html(rev, state.ground_truth_source), iou, bars, only, legend,
-            views.compare_table(services.get_store().compare_prompt_versions(state.tile_hash)))
+            views.compare_table(prompt_store.get_store().compare_prompt_versions(state.tile_hash)))
 
 
 def auto_review(state: SessionState | None):

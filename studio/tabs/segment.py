@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio import services, views
+from studio import gsd, pair, polygons, scoring, views
 from studio.session import SessionState
 from studio.tabs import locate
 from studio.tabs.common import (
@@ -68,18 +68,18 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
         raise gr.Error("Load a tile first (upload one or pick an example).")
     progress(0.0, desc="loading models")
     tile_gsd = (state.location or {}).get("gsd_m") or getattr(getattr(state.tile, "info", None), "gsd_m", None)
-    rng = services.model_gsd_range(sources=state.model_sources) if tile_gsd else None
-    kind, target = services.gsd_check(tile_gsd, rng)
+    rng = gsd.model_gsd_range(sources=state.model_sources) if tile_gsd else None
+    kind, target = gsd.gsd_check(tile_gsd, rng)
     resampled = target if resample_gsd and kind == "finer" else None
     if no_prompt:
         prompt = ""  # the `none` variant: MetaSegNet gets empty text
-    result = services.run_pair_at_gsd(state.tile.rgb, state.tile.valid, prompt, tile_gsd, resampled,
+    result = gsd.run_pair_at_gsd(state.tile.rgb, state.tile.valid, prompt, tile_gsd, resampled,
                                       progress=lambda f, d: progress(f, desc=d), allow_empty=bool(no_prompt),
                                       sources=state.model_sources)
     if class_set and class_set != result.class_set.name:
         gr.Warning(clean_message(f"The models predict {result.class_set.name} classes; the prompt shown is for "
                                  f"{class_set}."))
-    prompt_id = services.saved_prompt_id(state.prompt_id, prompt)
+    prompt_id = scoring.saved_prompt_id(state.prompt_id, prompt)
     state.prediction = PairPrediction(
         metasegnet=result.metasegnet, baseline=result.baseline, class_set=result.class_set.name,
         prompt_id=prompt_id, prompt_text=prompt, checkpoint_ids=result.checkpoint_ids,
@@ -90,8 +90,8 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
     outdir = state.output_path("masks")
     outdir.mkdir(exist_ok=True)
     info = getattr(state.tile, "info", None)
-    files = services.write_masks(result, info, outdir)
-    table = pd.DataFrame(services.fractions_table(result), columns=FRACTION_COLS)
+    files = pair.write_masks(result, info, outdir)
+    table = pd.DataFrame(pair.fractions_table(result), columns=FRACTION_COLS)
     timing = " · ".join(f"{r}: {s:.2f}s" for r, s in result.seconds.items())
     backends = sorted(set((result.backends or {}).values())) or ["torch"]
     note = "" if prompt_id is not None else (
@@ -100,7 +100,7 @@ def on_segment(prompt: str, opacity: float, state: SessionState | None, class_se
         note = " MetaSegNet ran without a prompt (empty text, the experiments' `none` variant)."
     return (state, *overlays(state, opacity), table, files, legend_html(result.class_set.name),
             f"Done ({timing}; class set {result.class_set.name}; backend {', '.join(backends)}).{note}",
-            services.gsd_note(tile_gsd, rng, resampled, resample_asked=bool(resample_gsd)))
+            gsd.gsd_note(tile_gsd, rng, resampled, resample_asked=bool(resample_gsd)))
 
 
 @user_errors
@@ -115,10 +115,10 @@ def on_polygons(state: SessionState | None, min_area: Any = None):
     outdir.mkdir(exist_ok=True)
     masks = [str(f) for f in sorted(outdir.glob("*_mask.*"))]
     cs = class_set_of(p.class_set)
-    polygons = services.write_polygons({"metasegnet": p.metasegnet, "baseline": p.baseline}, list(cs.names),
-                                       getattr(state.tile, "info", None), outdir,
-                                       min_area_m2=None if min_area in (None, "") else min_area)
-    return masks + polygons
+    vectors = polygons.write_polygons({"metasegnet": p.metasegnet, "baseline": p.baseline}, list(cs.names),
+                                      getattr(state.tile, "info", None), outdir,
+                                      min_area_m2=None if min_area in (None, "") else min_area)
+    return masks + vectors
 
 
 @user_errors

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio import services, teach
+from studio import models, pair, scoring, teach
 from studio.session import SessionState
 from studio.tabs.common import UI, Studio, class_set_of, session, user_errors
 from training.finetune import MIN_BUDGET_S
@@ -72,7 +72,7 @@ def on_teach(budget: float, prompt: str | None, state: SessionState | None, step
     state = session(state)
     if not state.session_labels:
         raise gr.Error("Save a label first: paint a few strokes per class on a tile and press “Save as ground truth”.")
-    cs = services.class_set_of_models(state.model_sources).name
+    cs = models.class_set_of_models(state.model_sources).name
     prompts = {lab["tile"]: lab["prompt"] for lab in state.session_labels if lab.get("prompt")}
     if prompt and prompt.strip() and state.tile_path:
         for lab in state.session_labels:
@@ -136,7 +136,7 @@ def on_keep(name: str, state: SessionState | None):
 @user_errors
 def on_pick_pair(name: str, state: SessionState | None):
     """Models tab: use one of the session's taught pairs (or the server's default pair)."""
-    from studio.tabs import models
+    from studio.tabs import models as models_tab
 
     state = session(state)
     if not name or name == DEFAULT_PAIR:
@@ -144,9 +144,9 @@ def on_pick_pair(name: str, state: SessionState | None):
     else:
         sources = teach.pair_sources(state, name)
         for role in teach.ROLES:  # load first: a pair that cannot load is not kept
-            services.MODELS.get(role, sources[role])
+            models.MODELS.get(role, sources[role])
         state.model_sources = sources
-    return state, models.models_table(state), pair_text(state)
+    return state, models_tab.models_table(state), pair_text(state)
 
 
 def on_models_select(state: SessionState | None):
@@ -173,10 +173,10 @@ def on_before_after(prompt: str, state: SessionState | None):
     cs = class_set_of(rec["class_set"])
     if state.ground_truth.shape != state.tile.rgb.shape[:2]:
         raise gr.Error("The ground truth's size differs from the tile's; load its label again.")
-    before = services.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=rec["base"])
-    after = services.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=teach.pair_sources(state, name))
+    before = pair.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=rec["base"])
+    after = pair.run_pair(state.tile.rgb, state.tile.valid, prompt, sources=teach.pair_sources(state, name))
     gt = state.ground_truth
-    s = {(r, when): services.scores(getattr(res, r), gt, cs) for when, res in (("before", before), ("after", after))
+    s = {(r, when): scoring.scores(getattr(res, r), gt, cs) for when, res in (("before", before), ("after", after))
          for r in teach.ROLES}
 
     def pct(x):
@@ -198,7 +198,7 @@ def on_before_after(prompt: str, state: SessionState | None):
         a, b = s[(r, "before")]["miou"], s[(r, "after")]["miou"]
         cells += [pct(a), pct(b), delta(a, b)]
     rows.append(["mIoU", *cells])
-    text = (f"Before = {html.escape(', '.join(services.shown_source(v) for v in rec['base'].values()))}; after = the "
+    text = (f"Before = {html.escape(', '.join(models.shown_source(v) for v in rec['base'].values()))}; after = the "
             f"taught pair **{html.escape(name)}**, on this tile's {html.escape(state.ground_truth_source or 'ground truth')} "
             "(not used for teaching).")
     return pd.DataFrame(rows, columns=BEFORE_AFTER_COLS), text

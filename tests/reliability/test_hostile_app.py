@@ -114,9 +114,9 @@ def test_hostile_texts_through_app(scope, running_app, hostile_dir, report, tmp_
         if not ok:
             bad.append(f"/segment {t.key}: {outcome}")
 
-        from studio import services
+        from studio import prompt_store
 
-        db = services.get_store().path
+        db = prompt_store.get_store().path
         before = _db_rows(db)
         outcome, ok, rec = classify_app(
             lambda t=t: call(client, "Cfb", "openearthmap", t.text, api_name="/save_prompt"), t.save_expect)
@@ -182,9 +182,9 @@ def test_lone_surrogate_reaches_server_as_json_escape(running_app, hostile_dir, 
 
     The server must answer with a clear error (or a result), write no row and stay up.
     """
-    from studio import services
+    from studio import prompt_store
 
-    db = services.get_store().path
+    db = prompt_store.get_store().path
     before = _db_rows(db)
     body = b'{"data": ["Cfb", "openearthmap", "water \\ud800 bodies"]}'
     text = _raw_call(running_app.url, "save_prompt", body)

@@ -83,10 +83,10 @@ def _round(app, tiles: list, specs: list) -> tuple[list, list, float]:
 
 
 def _expected_fractions(tile_path, prompt: str) -> dict:
-    from studio import services
+    from studio import pair, services
 
     tile = services.read_tile(tile_path)
-    return services.fractions_json(services.run_pair(tile.rgb, tile.valid, prompt))
+    return pair.fractions_json(pair.run_pair(tile.rgb, tile.valid, prompt))
 
 
 def run_load(running_app, report, tmp_path, n_clients: int, rounds: int) -> None:

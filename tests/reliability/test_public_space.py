@@ -200,7 +200,7 @@ def test_model_choice_policy(tmp_path, monkeypatch):
 def test_model_cache_is_shared_but_bounded(monkeypatch):
     """Loading is shared (one predictor per source), the LRU keeps the defaults and a few others."""
     from metaseg.errors import CheckpointError
-    from studio import services
+    from studio import models
 
     class P:
         def __init__(self, role, source):
@@ -208,7 +208,7 @@ def test_model_cache_is_shared_but_bounded(monkeypatch):
             self.class_set, self.meta = None, {}
             self.source = source
 
-    cache = services.ModelCache()
+    cache = models.ModelCache()
     cache.set_factory(P)
     monkeypatch.setenv("METASEG_MODEL_CACHE", "2")
     default = cache.get("metasegnet")
@@ -391,11 +391,11 @@ def test_cache_bound_removes_the_oldest(tmp_path):
 def test_label_files_are_unique_and_whole(tmp_path):
     """Two saves of the same tile in the same second: two rows, two files (the stamp had 1 s resolution)."""
     from metaseg.classes import get_class_set
-    from studio import services
+    from studio import labels
 
     cs = get_class_set("openearthmap")
     index = np.zeros((16, 16), np.uint8)
-    rows = [services.save_label(index, cs, None, "f" * 64, tmp_path) for _ in range(3)]
+    rows = [labels.save_label(index, cs, None, "f" * 64, tmp_path) for _ in range(3)]
     paths = {r["path"] for r in rows}
     assert len(paths) == 3 and all(__import__("pathlib").Path(p).is_file() for p in paths)
     assert not list(tmp_path.glob(".partial-*"))
@@ -424,20 +424,20 @@ def test_a_small_tile_never_waits_behind_a_large_one(monkeypatch, report):
     import time
 
     from metaseg.errors import MetasegError
-    from studio import services
+    from studio import pair
     from tests.fixtures.app_server import app_models
 
     monkeypatch.setenv("METASEG_LARGE_WAIT_S", "1")
     big, small = np.zeros((1500, 1500, 3), np.uint8), np.zeros((256, 256, 3), np.uint8)  # 2.25 M vs 0.07 M px
     with app_models(_SlowPredictor):
-        t = threading.Thread(target=services.run_pair, args=(big, None, "fields"))
+        t = threading.Thread(target=pair.run_pair, args=(big, None, "fields"))
         t0 = time.perf_counter()
         t.start()
         time.sleep(0.3)
-        services.run_pair(small, None, "fields")
+        pair.run_pair(small, None, "fields")
         small_s = time.perf_counter() - t0 - 0.3
         with pytest.raises(MetasegError, match="another large tile"):  # a second large one: busy, at once
-            services.run_pair(big, None, "fields")
+            pair.run_pair(big, None, "fields")
         t.join()
         large_s = time.perf_counter() - t0
     assert small_s < 2.0 and large_s > 10, (small_s, large_s)

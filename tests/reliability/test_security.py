@@ -45,9 +45,9 @@ _PROBE = """() => {
 def test_injected_markup_does_not_run_in_the_browser(running_app, report, tmp_path):
     """A prompt, an upload name and a GeoTIFF CRS name carrying <script>/<img onerror>/<svg onload>."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    from studio import services
+    from studio import prompt_store
 
-    services.get_store().save(None, "openearthmap", XSS_PROMPT)  # the generic prompt the page shows first
+    prompt_store.get_store().save(None, "openearthmap", XSS_PROMPT)  # the generic prompt the page shows first
     tif = write_geotiff(tmp_path / XSS_FILE_NAME, crs=XSS_CRS, size=32,
                         transform=__import__("rasterio.transform").transform.from_origin(10, 20, 1, 1))
     dialogs = []
@@ -312,9 +312,9 @@ def test_api_key_never_logged_stored_or_shown(running_app, tmp_path, monkeypatch
         root.removeHandler(handler)
         root.setLevel(old_level)
     captured = capfd.readouterr()
-    from studio import services
+    from studio import prompt_store
 
-    db = Path(services.get_store().path)
+    db = Path(prompt_store.get_store().path)
     db_bytes = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     places = {
         "log records (DEBUG and up)": log_buf.getvalue(),
@@ -394,12 +394,12 @@ def test_api_cannot_read_arbitrary_server_files(running_app, tmp_path, report):
     JSON: gradio_client would upload a local file itself) must be refused for files outside
     gradio's upload folder / allowed paths: /etc/passwd, the prompt database, a GeoTIFF elsewhere
     on the server, a ``..`` path out of the upload folder."""
-    from studio import services
+    from studio import prompt_store
     from tests.reliability.test_hostile_app import _raw_call
 
     secret_tile = write_geotiff(tmp_path / "server_side.tif", 52.39, 13.06, crs="EPSG:32633", size=16)
     rows = []
-    for label, path in (("/etc/passwd", "/etc/passwd"), ("the prompt database", str(services.get_store().path)),
+    for label, path in (("/etc/passwd", "/etc/passwd"), ("the prompt database", str(prompt_store.get_store().path)),
                         ("a GeoTIFF outside the upload folder", str(secret_tile)),
                         ("a `..` path out of the upload folder", f"{running_app.gradio_tmp}/../..{secret_tile}")):
         body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, None, None]}).encode()
