@@ -37,8 +37,6 @@ def locate_point(lat: Any, lon: Any, source: str = "typed") -> dict[str, Any]:
     return _locate(lat, lon, source)
 
 
-
-
 def read_tile(path: str | os.PathLike):
     """:func:`metaseg.geo.read_tile` with the configured pixel cap."""
     from metaseg.geo import read_tile as _read
