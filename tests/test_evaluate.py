@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import evaluate, synth
+from training import class_map, evaluate, synth
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"miou", "oa", "mf1", "precision", "recall", "per_class", "dataset", "split", "prompt_mode", "n_images",
@@ -214,7 +214,7 @@ def test_shipped_class_maps_are_valid():
     from metaseg.classes import get_class_set
 
     oem = get_class_set("openearthmap")
-    for path in sorted(evaluate.CLASS_MAP_DIR.glob("*.json")):
+    for path in sorted(class_map.CLASS_MAP_DIR.glob("*.json")):
         cm = evaluate.load_class_map(path)
         target = get_class_set(cm["target"])
         lut = evaluate.class_map_lut(cm, oem.names, target.names, "openearthmap", target.name)

@@ -68,96 +68,13 @@ import numpy as np
 
 from metaseg.cli import run_cli
 from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from training.class_map import class_map_lut, load_class_map
 from training.config import DATASET_NAMES
 from training.config import PROMPT_MODE_NAMES as PROMPT_MODES
+from training.report import build_report, format_table, pct
 
 log = logging.getLogger(__name__)
 
-CLASS_MAP_DIR = Path(__file__).resolve().parent / "class_maps"
-
-
-# ----------------------------------------------------------------------------- class maps
-
-
-def load_class_map(path: str | Path) -> dict[str, Any]:
-    """Read a class-map file (JSON or YAML).
-
-    Accepted forms: a flat ``{source class: target class | null}`` mapping, or
-    ``{"source": set, "target": set, "map": {...}}`` (``source``/``target`` optional, checked
-    when present). A bare name such as ``openearthmap_to_loveda`` refers to a shipped map.
-
-    Returns:
-        ``{"source": str | None, "target": str | None, "map": {str: str | None}, "path": str}``.
-    """
-    p = Path(path)
-    if not p.exists() and not p.suffix and (CLASS_MAP_DIR / f"{p.name}.json").is_file():
-        p = CLASS_MAP_DIR / f"{p.name}.json"
-    if not p.is_file():
-        raise ConfigError(f"class map {path} not found")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error is a user error here
-        raise ConfigError(f"class map {p} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"class map {p} must be a mapping of class names")
-    if isinstance(data.get("map"), dict):
-        mapping = data["map"]
-    else:  # flat form
-        mapping = {k: v for k, v in data.items() if k not in ("source", "target", "note")}
-    for k, v in mapping.items():
-        if not isinstance(k, str) or not (v is None or isinstance(v, str)):
-            raise ConfigError(
-                f"class map {p}: entries must be 'class name': 'class name' or null, got {k!r}: {v!r}"
-            )
-    return {
-        "source": data.get("source"),
-        "target": data.get("target"),
-        "map": dict(mapping),
-        "path": str(p),
-    }
-
-
-def class_map_lut(
-    class_map: dict[str, Any],
-    source_names: Sequence[str],
-    target_names: Sequence[str],
-    source_set: str | None = None,
-    target_set: str | None = None,
-) -> np.ndarray:
-    """Lookup table ``(256,)`` uint8: checkpoint class index → dataset class index (255 = unmapped).
-
-    Names are matched case-insensitively. Raises ``ConfigError`` for unknown names or when the
-    map's ``source``/``target`` contradict the checkpoint's / dataset's class set.
-    """
-    if class_map.get("source") and source_set and class_map["source"] != source_set:
-        raise ConfigError(
-            f"class map {class_map.get('path')} is for {class_map['source']} checkpoints, "
-            f"this checkpoint predicts {source_set}"
-        )
-    if class_map.get("target") and target_set and class_map["target"] != target_set:
-        raise ConfigError(
-            f"class map {class_map.get('path')} targets {class_map['target']}, the dataset uses {target_set}"
-        )
-    src = {n.lower(): i for i, n in enumerate(source_names)}
-    dst = {n.lower(): i for i, n in enumerate(target_names)}
-    lut = np.full(256, 255, dtype=np.uint8)
-    for s, t in class_map["map"].items():
-        if s.lower() not in src:
-            raise ConfigError(f"class map: {s!r} is not a checkpoint class; valid: {', '.join(source_names)}")
-        if t is None:
-            continue
-        if t.lower() not in dst:
-            raise ConfigError(f"class map: {t!r} is not a dataset class; valid: {', '.join(target_names)}")
-        lut[src[s.lower()]] = dst[t.lower()]
-    if not (lut != 255).any():
-        raise ConfigError(f"class map {class_map.get('path')} maps no class")
-    return lut
 
 
 # ----------------------------------------------------------------------------- model loading
@@ -382,72 +299,6 @@ def confusion_dataset(
     return cm, n
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def _pct(x: float | None) -> float | None:
-    return None if x is None else round(100.0 * x, 2)
-
-
-def build_report(metrics: Any, class_set: Any, scored: Sequence[int], **info: Any) -> dict[str, Any]:
-    """The ``--json`` object (values in percent)."""
-    raw = metrics.to_dict()
-    per_class = {name: {k: _pct(v) for k, v in vals.items()} for name, vals in raw["per_class"].items()}
-    report: dict[str, Any] = {
-        "miou": _pct(raw["miou"]),
-        "oa": _pct(raw["oa"]),
-        "mf1": _pct(raw["mf1"]),
-        "precision": _pct(raw["precision"]),
-        "recall": _pct(raw["recall"]),
-        "per_class": per_class,
-        "f1_of_means": _pct(raw["f1_of_means"]),
-        "n_pixels": raw["n_pixels"],
-        "units": "percent",
-        "class_set": class_set.name,
-        **info,
-    }
-    unscored = [class_set.names[i] for i in range(class_set.num_classes) if i not in set(scored)]
-    if unscored:
-        why = (
-            "not in the class map (zero-shot: only overlapping classes are scored)"
-            if info.get("class_map")
-            else "not scored by the dataset's protocol"
-        )
-        report["note"] = (
-            f"means and per_class exclude {', '.join(unscored)} ({why}); OA counts every labelled pixel"
-        )
-    return report
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """A per-class table in the style of the paper's Table I (rows = classes)."""
-
-    def f(v: float | None) -> str:
-        return "   -  " if v is None else f"{v:6.2f}"
-
-    width = max([len("class")] + [len(n) for n in report["per_class"]]) + 2
-    lines = [
-        f"{report['model']} on {report['dataset']}/{report['split']} ({report['n_images']} tiles, "
-        f"prompt={report['prompt_mode']}, tta={'on' if report['tta'] else 'off'}), percent",
-        f"{'class':<{width}}{'IoU':>8}{'F1':>8}{'Prec.':>8}{'Recall':>8}",
-    ]
-    for name, v in report["per_class"].items():
-        lines.append(
-            f"{name:<{width}}{f(v['iou']):>8}{f(v['f1']):>8}{f(v['precision']):>8}{f(v['recall']):>8}"
-        )
-    lines.append("-" * (width + 32))
-    lines.append(
-        f"{'mean':<{width}}{f(report['miou']):>8}{f(report['mf1']):>8}"
-        f"{f(report['precision']):>8}{f(report['recall']):>8}"
-    )
-    lines.append(
-        f"mIoU {f(report['miou']).strip()}  OA {f(report['oa']).strip()}  mF1 {f(report['mf1']).strip()}"
-    )
-    if report.get("note"):
-        lines.append(f"note: {report['note']}")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -628,8 +479,8 @@ def _score_with_background(model: Any, dataset: Any, cs: Any, args: argparse.Nam
     standard = compute_metrics(cm.matrix[:k, :k], scored=cs.scored, class_names=cs.names,
                                unassigned=cm.unassigned[:k])
     nine = cm.compute(scored=cs9.scored, class_names=cs9.names).to_dict()
-    block = {"miou": _pct(nine["miou"]), "oa": _pct(nine["oa"]), "mf1": _pct(nine["mf1"]),
-             "per_class": {name: {key: _pct(v) for key, v in vals.items()} for name, vals in nine["per_class"].items()},
+    block = {"miou": pct(nine["miou"]), "oa": pct(nine["oa"]), "mf1": pct(nine["mf1"]),
+             "per_class": {name: {key: pct(v) for key, v in vals.items()} for name, vals in nine["per_class"].items()},
              "n_classes": k + 1,
              "note": "paper Table I convention: Background is a 9th class; our models have no background output, "
                      "so its IoU is 0 where background pixels exist"}
