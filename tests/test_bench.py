@@ -1,4 +1,4 @@
-"""``python -m metaseg bench`` and :mod:`metaseg.benchmark` on tiny configurations.
+"""``python -m metaseg bench`` and :mod:`metaseg.bench` on tiny configurations.
 
 One tiny benchmark (32² inputs, 48²/64² sliding tiles, one repeat, one thread) runs through the
 CLI once per module; the tests check the JSON contract, the arithmetic between the keys and
@@ -84,7 +84,7 @@ def test_flops_split_by_component(tiny_result):
 
 def test_threads_option_does_not_leak(tiny_result):
     before = torch.get_num_threads()
-    from metaseg.benchmark import BenchOptions, run_benchmark
+    from metaseg.bench import BenchOptions, run_benchmark
 
     run_benchmark(BenchOptions(size=32, repeats=1, warmup=0, sliding_sizes=(), flops=False,
                                threads=1 if before != 1 else 2))
@@ -92,7 +92,7 @@ def test_threads_option_does_not_leak(tiny_result):
 
 
 def test_human_table(tiny_result):
-    from metaseg.benchmark import format_table
+    from metaseg.bench import format_table
 
     text = format_table(tiny_result)
     assert "ratio MetaSegNet / baseline" in text and "sliding 64² (ms)" in text

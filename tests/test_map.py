@@ -352,6 +352,48 @@ def test_resume_state_survives_interrupted_runs(tiles, tmp_path):
         assert plan("A")[1] == [True, False]
 
 
+def test_resume_with_another_model_fingerprint_says_why_in_one_line(tiles, tmp_path, caplog):
+    """A folder written with another model (or by an older metaseg, whose model fingerprint was
+    path + size + mtime based) has only stale masks: they are predicted again, and one warning
+    line says so."""
+    import logging
+
+    from metaseg.runner import ModelSpec
+
+    out = tmp_path / "o"
+    sources = discover([tiles["iguacu"], tiles["desert"]])
+
+    def plan(model_fp: str) -> tuple[MapJob, list[bool]]:
+        job = MapJob(out, ModelSpec(name="metasegnet_demo"), MapSettings(out="", class_set="openearthmap"),
+                     model_fingerprint=model_fp)
+        return job, [t.skip for t in job.plan(sources, lambda zone: ("p", None), resume=True)]
+
+    job, _ = plan("old-style-fingerprint")
+    (out / "masks").mkdir(parents=True)
+    for rec in job.records:
+        Path(rec.mask).write_bytes(b"mask")
+        rec.status, rec.fingerprint = "ok", job._fingerprints[rec.id]
+    job.write_summary(1.0)
+    with caplog.at_level(logging.WARNING, logger="metaseg.mapping"):
+        caplog.clear()
+        assert plan("old-style-fingerprint")[1] == [True, True]
+        assert not caplog.records
+        _, skips = plan("sha256-of-the-weights")
+    assert skips == [False, False]  # as before: every mask is predicted again
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "2 of 2 mask(s)" in lines[0] and "different model" in lines[0] and "older version" in lines[0]
+
+
+def test_model_info_uses_the_checkpoint_identity():
+    from metaseg.checkpoints import checkpoint_identity
+    from metaseg.mapping import model_info
+
+    identity = checkpoint_identity("metasegnet_demo", None)
+    fp, class_set, uses_text = model_info("metasegnet_demo", None)
+    assert fp == identity.sha256 and class_set == "openearthmap" and uses_text is True
+
+
 def test_stacked_batches_equal_tile_by_tile(tiles, tmp_path):
     """The GPU path (one-window tiles of a task stacked, each with its own prompt) gives the masks
     of the one-tile-at-a-time path (run here on CPU)."""

@@ -3,7 +3,7 @@
 ``bench [--device cpu|cuda] [--size N] [--batch B] [--pair demo|swin_b|swin_t] [--repeats R]
 [--sizes-sliding 2048,4096] [--json]`` builds both models of the pair with random weights and
 reports forward latency (median of R after a warm-up), the ratio, cold vs cached text
-encoding, throughput, peak memory and sliding-window times (see :mod:`metaseg.benchmark`).
+encoding, throughput, peak memory and sliding-window times (see :mod:`metaseg.bench`).
 GPU options: ``--precision``, ``--channels-last/--no-channels-last``, ``--compile``,
 ``--sdpa``, ``--peak-tflops`` (fraction of peak from the FLOP count).
 
@@ -75,8 +75,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
-    """Map parsed flags onto :class:`metaseg.benchmark.BenchOptions` (torch is not imported)."""
-    from metaseg.benchmark import DEFAULT_PROMPT, BenchOptions, parse_sizes
+    """Map parsed flags onto :class:`metaseg.bench.BenchOptions` (torch is not imported)."""
+    from metaseg.bench import DEFAULT_PROMPT, BenchOptions, parse_sizes
 
     backends: tuple[str, ...] = ()
     if getattr(args, "backend", None):
@@ -95,7 +95,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaseg.benchmark import format_table, run_benchmark
+    from metaseg.bench import format_table, run_benchmark
     from metaseg.cli import print_json
 
     options = options_from_args(args)
