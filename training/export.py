@@ -146,7 +146,28 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
                      f"{kind} for semantic segmentation of remote-sensing tiles, trained with MetaSegNet "
                      "Studio (`python -m training.train`) and exported by `python -m training.export`.", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "## Metrics", ""]
+    lines += _metrics_section(meta, train_cfg, reports)
+    prompts = meta.get("train_prompts") or {}
+    if cfg.get("uses_text") and prompts:
+        lines += ["## Prompts seen in training", ""]
+        for zone, text in prompts.items():
+            lines += [f"- **{zone}**: {text}"]
+        lines += [""]
+    lines += ["## Use", "", "```bash",
+              f"python -m metaseg predict tile.tif --model {name} --checkpoint {repo_id or 'DIR'} --out mask.tif",
+              "```", "", "```python", "from metaseg.checkpoints import load_checkpoint",
+              f"model, meta = load_checkpoint({(repo_id or 'DIR')!r})", "```", "",
+              "## Limits", ""]
+    lines += [f"- {item}" for item in limits(meta)]
+    if train_cfg:
+        lines += ["", "## Training configuration", "", "```json", json.dumps(train_cfg, indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_section(meta: dict[str, Any], train_cfg: dict[str, Any],
+                     reports: list[dict[str, Any]] | None) -> list[str]:
+    """The card's "Metrics" section: validation at the checkpoint's epoch, then each evaluate report."""
+    lines = ["", "## Metrics", ""]
     val = meta.get("val") or {}
     proto = meta.get("val_protocol") or {}
     vfmt = _pct_already if meta.get("units") == "percent" else _pct  # checkpoints before issue 23: fractions
@@ -169,21 +190,7 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None, reports: list[d
         if bg:
             lines += [f"With Background as a 9th class (paper Table I convention): mIoU {_pct_already(bg.get('miou'))}.",
                       ""]
-    prompts = meta.get("train_prompts") or {}
-    if cfg.get("uses_text") and prompts:
-        lines += ["## Prompts seen in training", ""]
-        for zone, text in prompts.items():
-            lines += [f"- **{zone}**: {text}"]
-        lines += [""]
-    lines += ["## Use", "", "```bash",
-              f"python -m metaseg predict tile.tif --model {name} --checkpoint {repo_id or 'DIR'} --out mask.tif",
-              "```", "", "```python", "from metaseg.checkpoints import load_checkpoint",
-              f"model, meta = load_checkpoint({(repo_id or 'DIR')!r})", "```", "",
-              "## Limits", ""]
-    lines += [f"- {item}" for item in limits(meta)]
-    if train_cfg:
-        lines += ["", "## Training configuration", "", "```json", json.dumps(train_cfg, indent=2), "```"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ----------------------------------------------------------------------------- export / push
