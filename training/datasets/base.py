@@ -192,6 +192,29 @@ class SegmentationDataset(Dataset):
         )
 
 
+def build_dataset(
+    samples: list[Sample],
+    class_set: ClassSet,
+    name: str,
+    split: str,
+    image_size: int | None = None,
+    prompt_mode: str = "climate",
+    store=None,
+    augment: bool = False,
+    zone_fn=None,
+) -> SegmentationDataset:
+    """The one place a reader's factory turns its samples into a :class:`SegmentationDataset`.
+
+    The resolver's default zone is the class set's; ``zone_fn`` (``None`` = the georeference
+    lookup, ``tile_zone``) says where a tile's zone comes from.
+    """
+    extra = {"zone_fn": zone_fn} if zone_fn is not None else {}
+    resolver = PromptResolver(class_set.name, prompt_mode, store=store, default_zone=class_set.default_zone,
+                              **extra)
+    return SegmentationDataset(samples, class_set, resolver, image_size=image_size, augment=augment,
+                               name=name, split=split)
+
+
 def resize_pair(image: torch.Tensor, label: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize ``image`` (3×H×W float, bilinear) and ``label`` (H×W int, nearest) to size×size."""
     import torch.nn.functional as F

@@ -24,8 +24,7 @@ from pathlib import Path
 from metaseg.classes import get_class_set
 from metaseg.errors import DatasetNotFoundError
 
-from .base import Sample, SegmentationDataset
-from .prompts import PromptResolver
+from .base import Sample, SegmentationDataset, build_dataset
 
 SPLIT_DIRS = {"train": "Train", "val": "Val", "test": "Test"}
 SCENES = ("Urban", "Rural")
@@ -84,10 +83,6 @@ def LoveDA(  # noqa: N802 - reads like a class, is a factory
     scenes: tuple[str, ...] | None = None,
 ) -> SegmentationDataset:
     """LoveDA split as a :class:`~training.datasets.base.SegmentationDataset`."""
-    cs = get_class_set("loveda")
-    # PNGs have no georeference: skip the per-file lookup, every tile gets Cfa.
-    resolver = PromptResolver(cs.name, prompt_mode, store=store, default_zone=cs.default_zone,
-                              zone_fn=lambda _path: None)
-    samples = list_samples(Path(root), split, scenes)
-    return SegmentationDataset(samples, cs, resolver, image_size=image_size, augment=augment,
-                               name="loveda", split=split)
+    # PNGs have no georeference: skip the per-file lookup, every tile gets the default zone (Cfa).
+    return build_dataset(list_samples(Path(root), split, scenes), get_class_set("loveda"), "loveda", split,
+                         image_size, prompt_mode, store, augment, zone_fn=lambda _path: None)

@@ -23,8 +23,7 @@ from pathlib import Path
 from metaseg.classes import get_class_set
 from metaseg.errors import DatasetNotFoundError
 
-from .base import Sample, SegmentationDataset
-from .prompts import PromptResolver
+from .base import Sample, SegmentationDataset, build_dataset
 
 SPLITS = ("train", "val", "test")
 
@@ -97,9 +96,6 @@ def OpenEarthMap(  # noqa: N802 - reads like a class, is a factory
 
     ``zone_fn`` replaces the georeference lookup (SynthEarth passes its manifest's zones).
     """
-    cs = get_class_set(class_set)
-    resolver = PromptResolver(cs.name, prompt_mode, store=store, default_zone=cs.default_zone,
-                              **({"zone_fn": zone_fn} if zone_fn is not None else {}))
     samples = list_samples(Path(root), split, dataset="SynthEarth" if name == "synthearth" else "OpenEarthMap")
-    return SegmentationDataset(samples, cs, resolver, image_size=image_size, augment=augment,
-                               name=name, split=split)
+    return build_dataset(samples, get_class_set(class_set), name, split, image_size, prompt_mode, store,
+                         augment, zone_fn)

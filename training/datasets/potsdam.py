@@ -51,8 +51,7 @@ import numpy as np
 from metaseg.classes import get_class_set
 from metaseg.errors import ConfigError, DatasetNotFoundError
 
-from .base import Sample, SegmentationDataset
-from .prompts import PromptResolver
+from .base import Sample, SegmentationDataset, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +261,5 @@ def Potsdam(  # noqa: N802 - reads like a class, is a factory
     augment: bool = False,
 ) -> SegmentationDataset:
     """Potsdam patches (from :func:`split_tiles`) as a :class:`~training.datasets.base.SegmentationDataset`."""
-    cs = get_class_set("potsdam")
-    resolver = PromptResolver(cs.name, prompt_mode, store=store, default_zone=cs.default_zone)
-    samples = list_samples(Path(root), split)
-    return SegmentationDataset(samples, cs, resolver, image_size=image_size, augment=augment,
-                               name="potsdam", split=split)
+    return build_dataset(list_samples(Path(root), split), get_class_set("potsdam"), "potsdam", split,
+                         image_size, prompt_mode, store, augment)
