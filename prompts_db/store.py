@@ -41,6 +41,7 @@ from prompts_db.knowledge import (
 )
 from prompts_db.migrations import SCHEMA_VERSION, upgrade
 from prompts_db.models import Label, Prompt, Run, utc_now
+from prompts_db.resolve import resolve_prompt
 from prompts_db.tokens import TOKEN_BUDGET, count_tokens
 
 log = logging.getLogger(__name__)
@@ -454,9 +455,11 @@ class PromptStore:
         )
 
     def prompt_for_location(self, lat: float, lon: float, class_set: str) -> PromptRecord:
-        """Current prompt for the Köppen zone at (lat, lon); ocean/no data → the generic prompt."""
+        """Current prompt for the Köppen zone at (lat, lon); ocean/no data → the generic prompt
+        (the policy of :func:`prompts_db.resolve.resolve_prompt`)."""
         result = lookup(lat, lon)
-        return self.current(result.zone.code if result.zone is not None else None, class_set)
+        zone = result.zone.code if result.zone is not None else None
+        return resolve_prompt(self, class_set, zone=zone, reason=result.reason).record
 
     # -- runs and labels ---------------------------------------------------------------------
     def log_run(

@@ -310,7 +310,9 @@ def _tile_prompt(tile: Any, class_set: str, store: Any) -> tuple[str | None, str
     zone = None
     if tile.info.location.known:
         zone = lookup(tile.info.location.lat, tile.info.location.lon).code
-    return zone, str(store.current(zone, class_set).text)
+    from prompts_db.resolve import resolve_prompt
+
+    return zone, str(resolve_prompt(store, class_set, zone=zone).text)
 
 
 def load_tiles(samples: Sequence[tuple[str | Path, str | Path]], class_set: Any, *, uses_text: bool,
