@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from metaseg.checkpoints import GSD_FAR, gsd_check  # noqa: F401 - one GSD rule for the app and the CLI
+from metaseg.classes import ClassSet
 from metaseg.errors import CheckpointError, MetasegError, TileReadError
 
 log = logging.getLogger(__name__)
@@ -809,9 +810,7 @@ def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: st
             write_mask_geotiff(tmp, encoded, _raw_view(class_set), tile_info.crs, tile_info.transform)
             _tag_geotiff(tmp, tags)
         else:
-            from metaseg.export import palette_bytes
-
-            _write_png(tmp, encoded, tags, palette=palette_bytes(_raw_view(class_set)))
+            _write_png(tmp, encoded, tags, palette=_raw_view(class_set).palette_bytes())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -857,19 +856,20 @@ def label_file_tags(path: str | os.PathLike) -> dict[str, str]:
         return {}
 
 
-def _raw_view(class_set: Any) -> Any:
+def _raw_view(class_set: ClassSet) -> ClassSet:
     """Names/colours indexed by the *raw* label value (offset-1 encodings: raw 0 = no data).
 
     Lets the mask writers embed a correct colour map in a label saved in the official encoding;
     255 (unlabelled) is its no-data value.
     """
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
+    return ClassSet(
         name=class_set.name,
         names=("no data", *class_set.names),
         colors=((0, 0, 0), *class_set.colors),
+        scored=tuple(i + 1 for i in class_set.scored),
         ignore_index=IGNORE,
+        default_zone=class_set.default_zone,
+        encoding=class_set.encoding,
         label_encoding="official",  # the LABEL_ENCODING tag: readers decode it as the dataset does
     )
 
