@@ -68,6 +68,12 @@ class ClassSet:
             zone (LoveDA ``Cfa``, Potsdam ``Cfb``); ``None`` for the global OpenEarthMap.
         encoding: ``"offset1"`` (single band, raw ``0`` ignored, raw ``v`` → index ``v-1``)
             or ``"rgb"`` (colour-coded).
+        label_encoding: the ``LABEL_ENCODING`` tag the mask writers embed: ``"index"`` (values are
+            these class indices) or ``"official"`` (a label saved in the dataset's own encoding,
+            e.g. the app's raw view whose index 0 is "no data").
+
+    The palette facts live here only: :attr:`palette` (256×3), :meth:`colorize`, :meth:`colormap`
+    (GeoTIFF) and :meth:`palette_bytes` (PNG) all read the same table.
     """
 
     name: str
@@ -77,6 +83,7 @@ class ClassSet:
     ignore_index: int = IGNORE_INDEX
     default_zone: str | None = None
     encoding: str = _OFFSET1
+    label_encoding: str = "index"
     _palette: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +102,14 @@ class ClassSet:
     def palette(self) -> np.ndarray:
         """(256, 3) uint8 lookup table: index → colour; unused entries (incl. 255) black."""
         return self._palette
+
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        """RGBA colour map for a GeoTIFF mask: :attr:`palette` rows with alpha 255 (256 entries)."""
+        return {i: (int(r), int(g), int(b), 255) for i, (r, g, b) in enumerate(self._palette)}
+
+    def palette_bytes(self) -> list[int]:
+        """The 256-entry RGB palette (768 ints) of a 'P' mode PNG mask: :attr:`palette` flattened."""
+        return [int(c) for c in self._palette.reshape(-1)]
 
     def index_of(self, class_name: str) -> int:
         """Index of a class by name (``UnknownNameError`` listing the valid names)."""

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from metaseg.classes import ClassSet
 from metaseg.errors import MetasegError
 
 logger = logging.getLogger(__name__)
@@ -62,24 +63,6 @@ def _check_mask(index: np.ndarray) -> np.ndarray:
             raise ValueError("mask values must fit in uint8 (0..255)")
         index = index.astype(np.uint8)
     return np.ascontiguousarray(index)
-
-
-def _ignore_index(class_set: Any) -> int:
-    return int(getattr(class_set, "ignore_index", 255))
-
-
-def _label_encoding(class_set: Any) -> str:
-    """``index`` (class indices, the default) or what the class set view says (``official``)."""
-    return str(getattr(class_set, "label_encoding", "index"))
-
-
-def colormap(class_set: Any) -> dict[int, tuple[int, int, int, int]]:
-    """RGBA colour map for a mask: class colours, ignore value black, every other entry black."""
-    cmap = {i: (0, 0, 0, 255) for i in range(256)}
-    for i, (r, g, b) in enumerate(class_set.colors):
-        cmap[i] = (int(r), int(g), int(b), 255)
-    cmap[_ignore_index(class_set)] = (0, 0, 0, 255)
-    return cmap
 
 
 def _to_affine(transform: Any):
@@ -118,7 +101,7 @@ def _writing(path: Path) -> Iterator[None]:
 def write_mask_geotiff(
     path: str | Path,
     index: np.ndarray,
-    class_set: Any,
+    class_set: ClassSet,
     crs: Any = None,
     transform: Any = None,
 ) -> Path:
@@ -148,7 +131,7 @@ def write_mask_geotiff(
         "height": height,
         "count": 1,
         "dtype": "uint8",
-        "nodata": _ignore_index(class_set),
+        "nodata": class_set.ignore_index,
         "compress": "deflate",
         "photometric": "palette",
     }
@@ -170,30 +153,30 @@ def write_mask_geotiff(
     return path
 
 
-def _write_mask_band(dst: Any, index: np.ndarray, class_set: Any) -> None:
+def _write_mask_band(dst: Any, index: np.ndarray, class_set: ClassSet) -> None:
     """Colour map, pixels, class tags and band description of an open single-band mask dataset."""
     names = [str(n) for n in class_set.names]
     # colour map before pixels: once data is written libtiff can no longer set the
     # palette photometric tag (GDAL logs "Cannot modify tag PhotometricInterpretation").
-    dst.write_colormap(1, colormap(class_set))
+    dst.write_colormap(1, class_set.colormap())
     dst.write(index, 1)
     dst.update_tags(
-        CLASS_SET=str(getattr(class_set, "name", "")),
-        LABEL_ENCODING=_label_encoding(class_set),
+        CLASS_SET=class_set.name,
+        LABEL_ENCODING=class_set.label_encoding,
         CLASS_NAMES=json.dumps(names),
-        IGNORE_VALUE=str(_ignore_index(class_set)),
+        IGNORE_VALUE=str(class_set.ignore_index),
         **{f"CLASS_{i}": n for i, n in enumerate(names)},
     )
     dst.set_band_description(
         1, "class index: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
-        + f", {_ignore_index(class_set)}=no data"
+        + f", {class_set.ignore_index}=no data"
     )
 
 
 def write_mask_cog(
     path: str | Path,
     index: np.ndarray,
-    class_set: Any,
+    class_set: ClassSet,
     crs: Any = None,
     transform: Any = None,
     *,
@@ -227,7 +210,7 @@ def write_mask_cog(
     height, width = index.shape
     profile: dict[str, Any] = {
         "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
-        "nodata": _ignore_index(class_set), "photometric": "palette",
+        "nodata": class_set.ignore_index, "photometric": "palette",
     }
     affine = _to_affine(transform)
     if crs is not None:
@@ -255,13 +238,7 @@ def write_mask_cog(
     return path
 
 
-def palette_bytes(class_set: Any) -> list[int]:
-    """A 256-entry RGB palette (768 ints) for a 'P' mode image: class colours, the rest black."""
-    cmap = colormap(class_set)
-    return [c for i in range(256) for c in cmap[i][:3]]
-
-
-def write_mask_png(path: str | Path, index: np.ndarray, class_set: Any) -> Path:
+def write_mask_png(path: str | Path, index: np.ndarray, class_set: ClassSet) -> Path:
     """Write a class mask as a palette ('P' mode) PNG.
 
     Pixel values are the class indices themselves (255 = ignore), so reading the PNG back
@@ -273,13 +250,13 @@ def write_mask_png(path: str | Path, index: np.ndarray, class_set: Any) -> Path:
     index = _check_mask(index)
     path = Path(path)
     img = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
-    img.putpalette(palette_bytes(class_set))
+    img.putpalette(class_set.palette_bytes())
     from PIL.PngImagePlugin import PngInfo
 
     text = PngInfo()
-    text.add_text("CLASS_SET", str(getattr(class_set, "name", "")))
-    text.add_text("LABEL_ENCODING", _label_encoding(class_set))
-    text.add_text("IGNORE_VALUE", str(_ignore_index(class_set)))
+    text.add_text("CLASS_SET", class_set.name)
+    text.add_text("LABEL_ENCODING", class_set.label_encoding)
+    text.add_text("IGNORE_VALUE", str(class_set.ignore_index))
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, format="PNG", optimize=False, pnginfo=text)
@@ -298,7 +275,7 @@ def _is_georeferenced(tile_info: Any) -> bool:
 def write_mask(
     path: str | Path,
     index: np.ndarray,
-    class_set: Any,
+    class_set: ClassSet,
     tile_info: Any = None,
 ) -> Path:
     """Write a mask in the format its extension asks for (see the module docstring).
@@ -342,8 +319,6 @@ def supported_suffixes() -> Sequence[str]:
 
 
 __all__ = [
-    "colormap",
-    "palette_bytes",
     "supported_suffixes",
     "write_mask",
     "write_mask_cog",

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from metaseg.classes import ClassSet
 
 #: Pixels where the two masks differ (disagreement map).
 DISAGREE_COLOR = (255, 0, 255)
@@ -47,10 +48,6 @@ ONLY_ONE_RIGHT_LEGEND = (
 )
 
 
-def _ignore_index(class_set: Any) -> int:
-    return int(getattr(class_set, "ignore_index", 255))
-
-
 def _check_index(index: np.ndarray, name: str = "index") -> np.ndarray:
     index = np.asarray(index)
     if index.ndim != 2:
@@ -72,27 +69,7 @@ def _check_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return rgb
 
 
-def palette_lut(class_set: Any) -> np.ndarray:
-    """Colour look-up table of a class set.
-
-    Returns:
-        ``uint8`` array 256×3: row ``i`` is the colour of class ``i``; every other row
-        (including the ignore value 255) is black.
-    """
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    for i, color in enumerate(class_set.colors):
-        lut[i] = color
-    lut[_ignore_index(class_set)] = IGNORE_COLOR
-    return lut
-
-
-def colorize(index: np.ndarray, class_set: Any) -> np.ndarray:
-    """Class colours of a mask: ``uint8`` H×W×3; ignore and out-of-range values are black."""
-    index = _check_index(index)
-    return palette_lut(class_set)[index.astype(np.uint8, copy=False)]
-
-
-def overlay(rgb: np.ndarray, index: np.ndarray, class_set: Any, alpha: float = 0.5) -> np.ndarray:
+def overlay(rgb: np.ndarray, index: np.ndarray, class_set: ClassSet, alpha: float = 0.5) -> np.ndarray:
     """Blend class colours over a tile.
 
     Args:
@@ -107,10 +84,10 @@ def overlay(rgb: np.ndarray, index: np.ndarray, class_set: Any, alpha: float = 0
     index = _check_index(index)
     rgb = _check_rgb(rgb, index.shape)
     alpha = float(min(max(alpha, 0.0), 1.0))
-    colors = colorize(index, class_set).astype(np.float32)
+    colors = class_set.colorize(index).astype(np.float32)
     out = rgb.astype(np.float32) * (1.0 - alpha) + colors * alpha
     out = np.rint(out).astype(np.uint8)
-    ignore = index == _ignore_index(class_set)
+    ignore = index == class_set.ignore_index
     if ignore.any():
         out[ignore] = rgb[ignore]
     return out
@@ -149,7 +126,7 @@ def _swatch_image(entries: list[tuple[str, tuple[int, int, int]]], title: str | 
     return img
 
 
-def legend_image(class_set: Any, present: Iterable[int] | None = None) -> Image.Image:
+def legend_image(class_set: ClassSet, present: Iterable[int] | None = None) -> Image.Image:
     """Legend of a class set as a Pillow RGB image (save it as PNG).
 
     Args:
@@ -172,7 +149,7 @@ def legend_entries_image(entries: Iterable[tuple[str, tuple[int, int, int]]]) ->
     return _swatch_image([(str(n), tuple(c)) for n, c in entries])
 
 
-def legend_html(class_set: Any, present: Iterable[int] | None = None) -> str:
+def legend_html(class_set: ClassSet, present: Iterable[int] | None = None) -> str:
     """Legend of a class set as an HTML fragment (names are HTML-escaped).
 
     Same selection rules as :func:`legend_image`. The markup is a ``<div class="metaseg-legend">``
@@ -267,7 +244,7 @@ def only_one_right_map(
     return out
 
 
-def class_fractions(index: np.ndarray, class_set: Any) -> dict[str, float]:
+def class_fractions(index: np.ndarray, class_set: ClassSet) -> dict[str, float]:
     """Area share of each class among the pixels that have a class.
 
     Ignore pixels (nodata) are excluded from the denominator. Every class of the set appears
@@ -294,7 +271,6 @@ __all__ = [
     "IGNORE_COLOR",
     "ONLY_ONE_RIGHT_LEGEND",
     "class_fractions",
-    "colorize",
     "disagreement_fraction",
     "disagreement_map",
     "legend_entries_image",
@@ -302,5 +278,4 @@ __all__ = [
     "legend_image",
     "only_one_right_map",
     "overlay",
-    "palette_lut",
 ]

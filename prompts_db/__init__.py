@@ -10,6 +10,7 @@ See :mod:`prompts_db.store` (API), :mod:`prompts_db.knowledge` (offline prompts)
 from prompts_db.errors import LLMError, PromptNotFoundError, PromptTextError
 from prompts_db.knowledge import GENERIC, NO_TEXT, ZONE_CODES
 from prompts_db.migrations import SCHEMA_VERSION
+from prompts_db.resolve import ResolvedPrompt, resolve_prompt
 from prompts_db.store import (
     MAX_TEXT_CHARS,
     PromptRecord,
@@ -28,6 +29,8 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "TOKEN_BUDGET",
     "PromptRecord",
+    "ResolvedPrompt",
+    "resolve_prompt",
     "PromptStore",
     "PromptTextError",
     "PromptNotFoundError",

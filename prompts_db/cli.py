@@ -167,12 +167,7 @@ def run(args: argparse.Namespace) -> int:
     store = PromptStore(args.db)
     try:
         if args.command == "list":
-            recs = store.list(zone=args.zone, class_set=args.class_set, latest_only=args.latest)
-            if args.json:
-                print(json.dumps([r.to_dict() for r in recs], ensure_ascii=False))
-            else:
-                for r in recs:
-                    print(_line(r))
+            _print_records(store.list(zone=args.zone, class_set=args.class_set, latest_only=args.latest), args.json)
         elif args.command == "show":
             _show(store.get(args.id), args.json)
         elif args.command == "generate":
@@ -203,23 +198,13 @@ def run(args: argparse.Namespace) -> int:
             )
             _show(rec, args.json)
         elif args.command == "history":
-            recs = store.history(args.id)
-            if args.json:
-                print(json.dumps([r.to_dict() for r in recs], ensure_ascii=False))
-            else:
-                for r in recs:
-                    print(_line(r))
+            _print_records(store.history(args.id), args.json)
         elif args.command == "restore":
             _show(store.restore(args.id), args.json)
         elif args.command == "experiments":
             from prompts_db import experiments
 
-            rows = experiments.list_experiments(store)
-            if args.json:
-                print(json.dumps(rows, ensure_ascii=False))
-            else:
-                for e in rows:
-                    print(_experiment_line(e))
+            _print_rows(experiments.list_experiments(store), args.json, _experiment_line)
         elif args.command == "experiment":
             from prompts_db import experiments
 
@@ -235,6 +220,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _print_rows(rows: list[Any], as_json: bool, line: Any) -> None:
+    """A JSON list of ``rows`` (with ``--json``) or one ``line(row)`` per row."""
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+    else:
+        for row in rows:
+            print(line(row))
+
+
+def _print_records(recs: list[Any], as_json: bool) -> None:
+    """Prompt records as a JSON list of their dicts or one :func:`_line` each."""
+    if as_json:
+        _print_rows([r.to_dict() for r in recs], True, _line)
+    else:
+        _print_rows(recs, False, _line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from metaseg.errors import MetasegError
 from prompts_db.models import Experiment, ExperimentResult, ExperimentTile, Prompt, utc_now
+from prompts_db.tile_iou import per_tile_iou, per_tile_miou  # noqa: F401 - re-exported: ex.per_tile_iou
 
 STATUSES = ("running", "complete", "incomplete")
 BASELINE = "baseline"
@@ -379,26 +380,6 @@ def get_experiment(store: Any, experiment_id: Any) -> dict[str, Any]:
     out["baseline_results"] = summary["baseline"]
     out["prompts"] = {v: sorted({pid for pid, _ in ps if pid is not None}) for v, ps in data.prompts.items()}
     return out
-
-
-def per_tile_iou(confusions: np.ndarray) -> np.ndarray:
-    """``(T, K)`` per-tile IoU in percent (NaN where the class is absent from tile and prediction)."""
-    m = np.asarray(confusions, dtype=np.float64)
-    tp = np.diagonal(m, axis1=1, axis2=2)
-    union = m.sum(1) + m.sum(2) - tp
-    out = np.full(tp.shape, np.nan)
-    np.divide(100.0 * tp, union, out=out, where=union > 0)
-    return out
-
-
-def per_tile_miou(confusions: np.ndarray, scored: Sequence[int]) -> np.ndarray:
-    """``(T,)`` per-tile mIoU in percent over the scored classes present (NaN if none)."""
-    iou = per_tile_iou(confusions)[:, list(scored)]
-    with np.errstate(all="ignore"):
-        valid = ~np.isnan(iou)
-        s = np.where(valid, iou, 0.0).sum(1)
-        n = valid.sum(1)
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
 def ranked_tiles(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from metaseg.classes import ClassSet
 from metaseg.errors import MetasegError, TileReadError
 from studio.limits import max_upload_mb
 from studio.prompt_store import get_store
@@ -181,9 +182,7 @@ def save_label(index: np.ndarray, class_set: Any, tile_info: Any, tile_hash_: st
             write_mask_geotiff(tmp, encoded, _raw_view(class_set), tile_info.crs, tile_info.transform)
             _tag_geotiff(tmp, tags)
         else:
-            from metaseg.export import palette_bytes
-
-            _write_png(tmp, encoded, tags, palette=palette_bytes(_raw_view(class_set)))
+            _write_png(tmp, encoded, tags, palette=_raw_view(class_set).palette_bytes())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -229,18 +228,19 @@ def label_file_tags(path: str | os.PathLike) -> dict[str, str]:
         return {}
 
 
-def _raw_view(class_set: Any) -> Any:
+def _raw_view(class_set: ClassSet) -> ClassSet:
     """Names/colours indexed by the *raw* label value (offset-1 encodings: raw 0 = no data).
 
     Lets the mask writers embed a correct colour map in a label saved in the official encoding;
     255 (unlabelled) is its no-data value.
     """
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
+    return ClassSet(
         name=class_set.name,
         names=("no data", *class_set.names),
         colors=((0, 0, 0), *class_set.colors),
+        scored=tuple(i + 1 for i in class_set.scored),
+        default_zone=class_set.default_zone,
+        encoding=class_set.encoding,
         ignore_index=IGNORE,
         label_encoding="official",  # the LABEL_ENCODING tag: readers decode it as the dataset does
     )

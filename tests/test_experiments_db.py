@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 
 import numpy as np
 import pytest
 
 from metaseg.metrics import compute_metrics
-from prompts_db import SCHEMA_VERSION, PromptStore
+from prompts_db import PromptStore
 from prompts_db import experiments as ex
 from prompts_db.cli import main
+from tests.test_prompts_db import upgraded_store
 
 NAMES = ["a", "b", "c"]
 
@@ -88,15 +88,8 @@ def _experiment(store, n_tiles=3, variants=("climate", "none"), baseline=True, s
 
 def test_upgrade_from_v2_file_adds_experiment_tables_and_keeps_data(tmp_path):
     path = tmp_path / "v2.sqlite"
-    con = sqlite3.connect(path)
-    con.executescript(V2_SQL)
-    con.close()
-    s = PromptStore(path)
-    con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    s, tables, _ = upgraded_store(path, V2_SQL)
     assert {"experiments", "experiment_tiles", "experiment_results"} <= tables
-    con.close()
     cur = s.current("Cfb", "potsdam")
     assert (cur.id, cur.text, cur.parent_id) == (2, "my edit", 1)
     assert s.runs("tileX")[0]["miou"] == 0.5 and s.labels("tileX")[0]["mask_path"] == "m.png"

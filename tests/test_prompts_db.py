@@ -245,17 +245,27 @@ PRAGMA user_version = 1;
 """
 
 
-def test_upgrade_from_v1_file_keeps_data(tmp_path):
-    path = tmp_path / "old.sqlite"
+def upgraded_store(path: Path, old_sql: str) -> tuple[PromptStore, set[str], set[str]]:
+    """Write an old-schema file from ``old_sql``, open it with PromptStore (which upgrades it) and
+    return (store, table names, prompts columns); asserts the file is at the current version."""
     con = sqlite3.connect(path)
-    con.executescript(V1_SQL)
+    con.executescript(old_sql)
     con.close()
     s = PromptStore(path)
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-    cols = {r[1] for r in con.execute("PRAGMA table_info(prompts)")}
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        cols = {r[1] for r in con.execute("PRAGMA table_info(prompts)")}
+    finally:
+        con.close()
+    return s, tables, cols
+
+
+def test_upgrade_from_v1_file_keeps_data(tmp_path):
+    path = tmp_path / "old.sqlite"
+    s, _, cols = upgraded_store(path, V1_SQL)
     assert {"author", "token_count", "notes"} <= cols
-    con.close()
     cur = s.current("Cfa", "loveda")
     assert cur.id == 2 and cur.text == "my v1 edit" and cur.parent_id == 1
     assert cur.token_count == count_tokens("my v1 edit")

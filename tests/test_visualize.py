@@ -41,7 +41,7 @@ def test_overlay_rejects_size_mismatch(mask):
 
 
 def test_colorize_ignore_black(mask):
-    col = vz.colorize(mask, OEM)
+    col = OEM.colorize(mask)
     np.testing.assert_array_equal(col[3, 4], [0, 0, 0])
     np.testing.assert_array_equal(col[0, 0], OEM.colors[1])
 

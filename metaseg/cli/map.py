@@ -145,20 +145,19 @@ def run(args: argparse.Namespace) -> int:
     job.out.mkdir(parents=True, exist_ok=True)
 
     store = None
-    if not uses_text:
-        def prompt_for(zone: str | None) -> tuple[str | None, int | None]:
+    if uses_text:
+        # One policy with predict (prompts_db.resolve.resolve_prompt); its no-zone warning is not
+        # printed per tile here: the map's summary reports each tile's zone.
+        from prompts_db.resolve import resolve_prompt  # application layer: lazy
+        from prompts_db.store import PromptStore
+
+        store = None if args.prompt is not None else PromptStore()
+
+    def prompt_for(zone: str | None) -> tuple[str | None, int | None]:
+        if not uses_text:
             return None, None
-    elif args.prompt is not None:
-        def prompt_for(zone: str | None) -> tuple[str | None, int | None]:
-            return args.prompt, None
-    else:
-        from prompts_db.store import PromptStore  # application layer: lazy
-
-        store = PromptStore()
-
-        def prompt_for(zone: str | None) -> tuple[str | None, int | None]:
-            record = store.current(zone, class_set)
-            return record.text, record.id
+        resolved = resolve_prompt(store, class_set, text=args.prompt, zone=zone)
+        return resolved.text, resolved.id
 
     try:
         job.plan(sources, prompt_for, resume=bool(args.resume))

@@ -26,7 +26,8 @@ Usage (DESIGN.md §7)::
   CPU when its verified graph can be had, torch on CUDA); see :mod:`metaseg.backends`.
 
 Layering: ``metaseg/cli`` is an application layer (like ``app.py``). This module imports
-``prompts_db`` lazily inside :func:`run` and only when a stored prompt is needed; library
+``prompts_db`` lazily inside :func:`run` and only for a text model (the prompt policy is
+:func:`prompts_db.resolve.resolve_prompt`; the store is opened only when a stored prompt is needed); library
 modules (``metaseg.inference``, ``metaseg.models``, …) never import ``prompts_db``. Argument
 parsing imports neither torch nor ``prompts_db``.
 """
@@ -109,28 +110,15 @@ def _resolve_prompt(
     args: argparse.Namespace, prompt_id: int | None, zone: str | None, located: bool, reason: str | None,
     class_set: str,
 ) -> tuple[str, str, int | None]:
-    """(prompt text, source, stored id) for a text model."""
-    if args.prompt is not None:
-        return args.prompt, "argument", None
-    from prompts_db.store import PromptStore  # application layer: lazy, only when needed
+    """(prompt text, source, stored id) for a text model, by :func:`prompts_db.resolve.resolve_prompt`;
+    its warning (if any) goes to stderr."""
+    from prompts_db.resolve import resolve_prompt  # application layer: lazy, only for text models
 
-    with PromptStore() as store:
-        if prompt_id is not None:
-            record = store.get(prompt_id)
-            if record.class_set != class_set:
-                _warn(f"prompt {prompt_id} was written for class set {record.class_set!r}, "
-                      f"the model predicts {class_set!r}")
-            return record.text, f"store:{record.source}", record.id
-        if zone is None:
-            if not located:
-                _warn("the tile has no location (no georeference or GPS tags) and no --lat/--lon was "
-                      "given: using the generic prompt")
-            else:
-                _warn(f"no climate zone at this location ({reason or 'ocean'}): using the generic prompt")
-            record = store.current(None, class_set)
-            return record.text, "generic", record.id
-        record = store.current(zone, class_set)
-        return record.text, "zone", record.id
+    resolved = resolve_prompt(None, class_set, text=args.prompt, prompt_id=prompt_id, zone=zone,
+                              located=located, reason=reason)
+    if resolved.warning:
+        _warn(resolved.warning)
+    return resolved.text, resolved.source, resolved.id
 
 
 def _warn_gsd(tile_gsd: float | None, predictor: Any) -> None:
@@ -174,23 +162,10 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from metaseg.cli import print_json
-    from metaseg.climate import lookup
     from metaseg.geo import read_tile
-    from metaseg.models.registry import variant_config
 
     latlon, prompt_id = _check_args(args)
-    if args.model is None:
-        if args.checkpoint is None:
-            raise MetasegError("give --model NAME (a shipped *_demo variant) or --checkpoint PATH")
-        from metaseg.checkpoints import recorded_variant
-
-        args.model = recorded_variant(args.checkpoint)  # torch-free: reads the checkpoint's JSON
-    variant = variant_config(args.model)  # unknown name -> UnknownNameError, still torch-free
-    if args.checkpoint is None and not args.model.endswith("_demo"):
-        raise MetasegError(
-            f"model {args.model!r} has no shipped weights; pass --checkpoint PATH "
-            "(only the *_demo variants ship trained weights)"
-        )
+    variant = _variant(args)
     tile = read_tile(args.image)
     if prompt_id is not None and variant.uses_text:  # fail on an unknown id before loading the model
         from prompts_db.store import PromptStore
@@ -201,10 +176,7 @@ def run(args: argparse.Namespace) -> int:
     # Location -> climate zone (used for the prompt and reported in the JSON).
     if latlon is None and tile.info.location.known:
         latlon = (tile.info.location.lat, tile.info.location.lon)
-    zone = reason = None
-    if latlon is not None:
-        climate = lookup(*latlon)
-        zone, reason = climate.code, climate.reason
+    zone, reason = _zone(latlon)
 
     from metaseg.inference import Predictor  # torch from here on
 
@@ -257,7 +229,43 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
-    print(f"{args.model}: {tile.info.width}x{tile.info.height} px in {pred.seconds:.2f} s "
+    _print_text(args.model, tile.info, pred, out, prompt, source, zone, fractions)
+    return 0
+
+
+def _variant(args: argparse.Namespace) -> Any:
+    """The model variant's config (torch-free); sets ``args.model`` from the checkpoint when not given."""
+    from metaseg.models.registry import variant_config
+
+    if args.model is None:
+        if args.checkpoint is None:
+            raise MetasegError("give --model NAME (a shipped *_demo variant) or --checkpoint PATH")
+        from metaseg.checkpoints import recorded_variant
+
+        args.model = recorded_variant(args.checkpoint)  # torch-free: reads the checkpoint's JSON
+    variant = variant_config(args.model)  # unknown name -> UnknownNameError, still torch-free
+    if args.checkpoint is None and not args.model.endswith("_demo"):
+        raise MetasegError(
+            f"model {args.model!r} has no shipped weights; pass --checkpoint PATH "
+            "(only the *_demo variants ship trained weights)"
+        )
+    return variant
+
+
+def _zone(latlon: tuple[float, float] | None) -> tuple[str | None, str | None]:
+    """(Köppen code, reason when there is none) at ``latlon``; ``(None, None)`` without a location."""
+    if latlon is None:
+        return None, None
+    from metaseg.climate import lookup
+
+    climate = lookup(*latlon)
+    return climate.code, climate.reason
+
+
+def _print_text(model: str, info: Any, pred: Any, out: Any, prompt: str | None, source: str | None,
+                zone: str | None, fractions: dict[str, float]) -> None:
+    """The human-readable report (without ``--json``)."""
+    print(f"{model}: {info.width}x{info.height} px in {pred.seconds:.2f} s "
           f"({pred.windows} window{'s' if pred.windows != 1 else ''}, {pred.device}, {pred.backend}) -> {out}")
     if prompt is not None:
         short = prompt if len(prompt) <= 100 else prompt[:97] + "..."
@@ -265,4 +273,3 @@ def run(args: argparse.Namespace) -> int:
     for name, frac in sorted(fractions.items(), key=lambda kv: -kv[1]):
         if frac > 0:
             print(f"  {name:20s} {100 * frac:6.2f} %")
-    return 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from prompts_db.resolve import resolve_prompt
 from studio import imagery, labels, limits, models, pair, placement, prompt_store, services, views
 from studio.session import session_root, sweep_sessions
 from studio.tabs.common import INFERENCE, Studio, image_file, path_of, user_errors
@@ -61,7 +62,7 @@ def api_segment(file: Any, prompt: str | None, request: gr.Request = None):
         raise
     if not (prompt or "").strip():
         cs = models.class_set_of_models()
-        prompt = prompt_store.get_store().current(placement.zone_code(loc), cs.name).text
+        prompt = resolve_prompt(prompt_store.get_store(), cs.name, zone=placement.zone_code(loc)).text
     result = pair.run_pair(tile.rgb, tile.valid, prompt)
     rgb = views.display_image(tile.rgb, min_side=0)  # API clients get the tile's own size
     out = api_folder(request) / "results"  # a new file per answer: never rewritten while downloaded

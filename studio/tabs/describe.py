@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from metaseg.errors import MetasegError
+from prompts_db.resolve import resolve_prompt
 from studio import placement, prompt_store, views
 from studio.session import SessionState
 from studio.tabs.common import UI, Studio, session, user_errors
@@ -44,7 +45,7 @@ def zone_label(state: SessionState) -> str:
 def prompt_panel(state: SessionState, class_set: str):
     """(prompt text, info html, history dropdown update, history table) for the current zone."""
     store = prompt_store.get_store()
-    rec = store.current(placement.zone_code(state.location), class_set)
+    rec = resolve_prompt(store, class_set, zone=placement.zone_code(state.location)).record
     state.prompt_id = rec.id
     hist = store.history(rec.id)
     choices = [(f"v{r.version} · {r.source} · {r.created_at[:19]} (id {r.id})", r.id) for r in hist]
@@ -114,7 +115,8 @@ def on_pick_version(prompt_id: Any, class_set: str, state: SessionState | None):
     if prompt_id in (None, ""):
         return ""
     rec = prompt_store.get_store().get(_prompt_id(prompt_id))
-    current = prompt_store.get_store().current(placement.zone_code(session(state).location), class_set)
+    current = resolve_prompt(prompt_store.get_store(), class_set,
+                             zone=placement.zone_code(session(state).location)).record
     head = f"v{rec.version} · {rec.source} · {rec.created_at[:19]}"
     head += " (the current version)" if rec.id == current.id else " — Restore makes it the current version"
     return gr.update(value=rec.text, label=head)

@@ -282,9 +282,8 @@ def test_labels_and_experiments_stay_in_their_session(tmp_path, monkeypatch, rep
         for s in (a, b):
             locate.load_tile(tile, "openearthmap", s)
         from metaseg.classes import get_class_set
-        from metaseg.visualize import colorize
 
-        painted = colorize(np.zeros((32, 32), np.uint8), get_class_set("openearthmap"))
+        painted = get_class_set("openearthmap").colorize(np.zeros((32, 32), np.uint8))
         label_tab.on_label_save({"composite": painted}, a)
         assert len(label_tab.labels_table(a)) == 1 and len(label_tab.labels_table(b)) == 0
         with pytest.raises(gr.Error, match="no saved labels"):

@@ -36,7 +36,6 @@ def test_two_api_sessions_keep_tiles_labels_and_experiments_apart(running_app, t
     from PIL import Image
 
     from metaseg.classes import get_class_set
-    from metaseg.visualize import colorize
 
     monkeypatch.delenv("METASEG_SHARE_LABELS", raising=False)
     monkeypatch.delenv("METASEG_SHARE_EXPERIMENTS", raising=False)
@@ -45,7 +44,7 @@ def test_two_api_sessions_keep_tiles_labels_and_experiments_apart(running_app, t
     painted = tmp_path / "painted.png"
     index = np.zeros((48, 48), np.uint8)
     index[:, 24:] = 1
-    Image.fromarray(colorize(index, get_class_set("openearthmap"))).save(painted)
+    Image.fromarray(get_class_set("openearthmap").colorize(index)).save(painted)
     a, b = running_app.client(), running_app.client()
     lines = []
 

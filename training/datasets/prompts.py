@@ -162,7 +162,9 @@ class PromptResolver:
     def text_for_zone(self, zone: str | None) -> str:
         """Store text for ``zone`` (``None`` → generic), cached per zone."""
         if zone not in self._texts:
-            self._texts[zone] = str(self.store.current(zone, self.class_set).text)
+            from prompts_db.resolve import resolve_prompt
+
+            self._texts[zone] = str(resolve_prompt(self.store, self.class_set, zone=zone).text)
         return self._texts[zone]
 
     def prompt(self, zone: str | None) -> str:

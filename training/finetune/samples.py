@@ -26,15 +26,17 @@ def sha256_file(path: str | Path) -> str:
 def zone_prompt(tile: Any, class_set: str, store: Any) -> tuple[str | None, str]:
     """(zone, prompt) exactly as ``metaseg predict`` resolves them for a tile without --prompt.
 
-    The tile's location → Köppen zone → ``store.current(zone, class_set)`` (the store's generic
-    prompt when the tile has no location). The one place teaching picks a zone's prompt.
+    The tile's location → Köppen zone → :func:`prompts_db.resolve.resolve_prompt` (the store's
+    generic prompt when the tile has no location), the project's one prompt-fallback policy.
     """
     from metaseg.climate import lookup
 
     zone = None
     if tile.info.location.known:
         zone = lookup(tile.info.location.lat, tile.info.location.lon).code
-    return zone, str(store.current(zone, class_set).text)
+    from prompts_db.resolve import resolve_prompt
+
+    return zone, str(resolve_prompt(store, class_set, zone=zone).text)
 
 
 def _read_pair(image: str | Path, label: str | Path, class_set: Any) -> tuple[Any, np.ndarray, int]:
