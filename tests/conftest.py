@@ -61,6 +61,15 @@ def _isolated_state(tmp_path, monkeypatch):
     root.setLevel(level)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the browser tests of one module (tests/fixtures/browser.py)."""
+    from tests.fixtures.browser import launch_browser
+
+    with launch_browser() as b:
+        yield b
+
+
 @pytest.fixture(scope="session")
 def app_server():
     """URL of ``app.demo`` launched once for the whole session (see tests/fixtures/app_server.py)."""

@@ -9,8 +9,6 @@ any JavaScript error (``pageerror``). Under ``CI=true`` a skipped browser test i
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 from pathlib import Path
 
@@ -18,98 +16,20 @@ import numpy as np
 import pytest
 
 from tests.fixtures.app_server import app_models
+from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS, choose, click_map_at, map_frame, open_page
 from tests.fixtures.geotiffs import write_geotiff
 from tests.test_app_handlers import FakePredictor, fake_factory
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "static" / "examples" / "synth"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
-]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def app_url(app_server):
     with app_models(fake_factory):
         yield app_server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@contextlib.contextmanager
-def open_page(browser, url: str, width: int = 1400, height: int = 1000):
-    """A page on the app that fails the test on any JavaScript error it raises."""
-    page = browser.new_page(viewport={"width": width, "height": height})
-    page.set_default_timeout(90_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        page.goto(url)
-        page.wait_for_selector("#map iframe")
-        yield page
-        page.wait_for_timeout(200)  # let late errors of the last step surface
-    finally:
-        page.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
-
-
-def _map_frame(page):
-    return page.locator("#map iframe").element_handle().content_frame()
-
-
-def click_map_at(page, lat: float, lon: float, zoom: int = 5) -> None:
-    """Centre the Leaflet map on (lat, lon) and click that point like a user would."""
-    frame = _map_frame(page)
-    # A freshly rendered map (e.g. after an upload) starts an animated zoom to fit the tile, and
-    # Leaflet ignores setView while a zoom animation runs (under load that lasts long enough to
-    # matter): set the view until it holds, re-measuring the container (the page's layout moves
-    # while the app updates).
-    frame.wait_for_function(
-        """([lat, lon, zoom]) => {
-            const key = Object.keys(window).find(k => k.startsWith('map_'));
-            const el = document.querySelector('.leaflet-container');
-            if (!key || !el || el.clientWidth < 50 || el.clientHeight < 50) return false;
-            const map = window[key];
-            map.invalidateSize({pan: false});
-            map.setView([lat, lon], zoom, {animate: false});
-            const c = map.getCenter();
-            return map.getZoom() === zoom && Math.abs(c.lat - lat) < 1e-4 && Math.abs(c.lng - lon) < 1e-4;
-        }""",
-        arg=[lat, lon, zoom],
-        polling=100,
-    )
-    x, y, w, h = frame.evaluate(
-        """([lat, lon]) => {
-            const map = window[Object.keys(window).find(k => k.startsWith('map_'))];
-            const p = map.latLngToContainerPoint([lat, lon]);
-            const el = map.getContainer();
-            return [p.x, p.y, el.clientWidth, el.clientHeight];
-        }""",
-        [lat, lon],
-    )
-    assert 0 <= x < w and 0 <= y < h, (x, y, w, h)
-    frame.locator(".leaflet-container").click(position={"x": x, "y": y})
-
-
-def choose(page, elem_id: str, option: str) -> None:
-    """Pick ``option`` in the gr.Dropdown ``#elem_id``."""
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def test_upload_click_edit_segment_then_fetch_imagery(app_url, browser, tmp_path, monkeypatch):
@@ -165,7 +85,7 @@ def test_upload_click_edit_segment_then_fetch_imagery(app_url, browser, tmp_path
             # 5. the satellite layer is on the map with its credit; click Bern, fetch imagery at zoom 16
             assert "Loopback test tiles" in page.locator("#imagery-hint").inner_text()
             assert page.locator("#fetch-imagery").is_enabled()
-            page_html = _map_frame(page).content()
+            page_html = map_frame(page).content()
             assert "Satellite imagery" in page_html and "127.0.0.1" in page_html
             click_map_at(page, 46.95, 7.45, zoom=12)
             page.wait_for_selector("#location .ms-zone[data-zone='Cfb']")

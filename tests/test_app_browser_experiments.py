@@ -6,27 +6,13 @@ Slow: the sweep runs the shipped demo weights (in-process Dask worker) on 2 Synt
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+pytestmark = [*BROWSER_MARKS, pytest.mark.slow]
 
 
 def test_start_experiment_leaderboard_gallery_to_segment(app_server, browser, tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ runs the shipped demo pair, as the app does.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,32 +17,20 @@ import numpy as np
 import pytest
 
 from tests.fixtures.app_server import app_models
+from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS, choose, click_map_at, open_page
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, choose, click_map_at, open_page
 from tests.test_app_handlers import FakePredictor, fake_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ROOT / "static" / "examples" / "synth"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def app_url(app_server):
     with app_models(fake_factory):
         yield app_server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def colorado_tile(folder: Path, name: str = "colorado.tif") -> Path:

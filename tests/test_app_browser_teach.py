@@ -9,29 +9,15 @@ plumbing are under test here; tests/test_app_teach.py runs the real fine-tuning 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from tests.fixtures.app_server import app_models
+from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS, open_page
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, open_page
 from tests.test_app_teach import calls, factory, fake_finetune
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture
