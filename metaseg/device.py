@@ -1,6 +1,6 @@
 """Device choice and mixed-precision policy.
 
-``pick_device()``: CUDA when available, else CPU. ``autocast_dtype(device)``: bfloat16 on CUDA
+``pick_device()``: CUDA when available, else CPU (the one device choice; strict one-line errors). ``autocast_dtype(device)``: bfloat16 on CUDA
 devices that support it, float16 on older GPUs, ``None`` (full fp32) on CPU.
 """
 
@@ -11,15 +11,20 @@ import torch
 from metaseg.errors import ConfigError
 
 
-def pick_device(pref: str | torch.device | None = None) -> torch.device:
-    """Choose the compute device.
+def pick_device(pref: str | torch.device | None = None, *, hint: str = "use --device cpu") -> torch.device:
+    """Choose the compute device: the one device choice of the project (CLIs, predictor, training).
 
     Args:
-        pref: ``None``/``"auto"`` (CUDA if available else CPU), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"``.
+        pref: ``None``/``""``/``"auto"`` → CUDA when available, else CPU; ``"cpu"``; ``"cuda"``
+            or ``"cuda:N"``; a ``torch.device`` is treated as its string.
+        hint: the advice ending the one-line error when CUDA is asked for but missing (a CLI says
+            ``use --device cpu``, a training config ``use device=cpu or auto``).
 
     Raises:
-        ConfigError: CUDA requested but not available, or an unknown device string.
+        ConfigError: (one line) CUDA requested but not available, ``cuda:N`` beyond the visible
+            GPUs, an unknown device string, or a device type other than cpu/cuda (e.g. ``mps``).
+            The choice is the strictest of the former copies: every bad value is refused here
+            rather than failing later inside torch with a multi-line traceback.
     """
     if isinstance(pref, torch.device):
         pref = str(pref)
@@ -30,9 +35,11 @@ def pick_device(pref: str | torch.device | None = None) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"unknown device {pref!r}; use cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but no CUDA device is available; use --device cpu")
+        raise ConfigError(f"CUDA was requested but no CUDA device is available; {hint}")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {pref!r}; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {pref!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     return dev
 
 

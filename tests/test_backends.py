@@ -18,6 +18,9 @@ import pytest
 import torch
 
 import metaseg.backends as B
+import metaseg.backends.cache as B_cache
+import metaseg.backends.int8 as B_int8
+from metaseg.checkpoints import file_sha256
 from metaseg.errors import ConfigError, MetasegError
 from metaseg.inference import Predictor
 
@@ -94,7 +97,7 @@ def test_export_is_verified_on_real_tiles(tiny_ckpts):
         assert rec["verification"]["agreement_min"] >= 0.999 and rec["verification"]["max_abs_diff"] < 1e-3
         graph = Path(p._ort.path)
         assert graph.parent == path.parent and graph.name.startswith(f"{name}.onnx.")
-        assert rec["sha256"] == B._sha256_file(graph)
+        assert rec["sha256"] == file_sha256(graph)
 
 
 def test_fp32_graph_has_constant_padding_and_int8_keeps_sensitive_nodes(tiny_ckpts):
@@ -123,16 +126,16 @@ def test_fp32_graph_has_constant_padding_and_int8_keeps_sensitive_nodes(tiny_ckp
 ])
 def test_backends_share_sliding_tta_nodata_progress(tiny_ckpts, name, backend):
     ref = _pred(tiny_ckpts, name, batch_size=2)
-    old, calib = dict(B.MIN_AGREEMENT), B.calibration_tiles
+    old, calib = dict(B.MIN_AGREEMENT), B_int8.calibration_tiles
     B.MIN_AGREEMENT["onnx-int8"] = 0.5  # random weights: int8 is checked for plumbing, not accuracy
-    B.calibration_tiles = lambda: calib()[:3]  # the full set is checked in test_calibration_set
+    B_int8.calibration_tiles = lambda: calib()[:3]  # the full set is checked in test_calibration_set
     try:
         other = _pred(tiny_ckpts, name, backend, batch_size=2)
         if backend == "onnx-int8":
             assert other.backend_record["quantization"]["excluded"] and other.backend_record["calibration_seed"] == 4242
     finally:
         B.MIN_AGREEMENT.update(old)
-        B.calibration_tiles = calib
+        B_int8.calibration_tiles = calib
     rgb = _rgb(70, 90)
     valid = np.ones((70, 90), bool)
     valid[:, :20] = False
@@ -195,8 +198,8 @@ def test_unwritable_checkpoint_dir_falls_back_to_user_cache(tiny_ckpts, tmp_path
 
     ck = tiny_ckpts["baseline_demo"]
     monkeypatch.setenv("METASEG_CACHE_DIR", str(tmp_path / "user"))
-    real = B._writable
-    monkeypatch.setattr(B, "_writable", lambda folder: folder != ck.parent and real(folder))
+    real = B_cache._writable
+    monkeypatch.setattr(B_cache, "_writable", lambda folder: folder != ck.parent and real(folder))
     model, _ = load_checkpoint(ck)
     assert B.graph_path(model, "onnx", ck).parent == tmp_path / "user" / "onnx"
 
@@ -357,7 +360,7 @@ def test_int8_weight_bits_follow_vnni_and_name_the_graph(tiny_ckpts, tmp_path, m
     monkeypatch.delenv("METASEG_INT8_WEIGHT_BITS", raising=False)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     info = tmp_path / "cpuinfo"
-    monkeypatch.setattr(B, "CPUINFO", info)
+    monkeypatch.setattr(B_int8, "CPUINFO", info)
     info.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n")
     assert B.int8_weight_bits() == 7  # AVX2 / AVX-512 without VNNI: 7-bit weights (no saturation)
     info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
 
-from metaseg.onnx_graph import fuse_pads, same_pads, static_same_padding, streamline
+from metaseg.backends.onnx_graph import fuse_pads, same_pads, static_same_padding, streamline
 
 
 class _Encoder(nn.Module):

@@ -56,7 +56,7 @@ def test_cpu_predictor_fixes_glibc_malloc_thresholds(monkeypatch):
     """The allocator state no longer depends on what was freed before (e.g. a wider band)."""
     import sys
 
-    import metaseg.inference as inf
+    import metaseg.inference.malloc as inf
 
     monkeypatch.setattr(inf, "_MALLOC_TUNED", None)
     calls = []

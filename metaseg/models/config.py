@@ -120,21 +120,24 @@ class MetaSegNetConfig:
         """Rebuild from :meth:`to_dict` output. Unknown keys raise :class:`ConfigError`."""
         if not isinstance(data, dict):
             raise ConfigError(f"model config must be a JSON object, got {type(data).__name__}")
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - valid)
+        unknown = _unknown_fields(cls, data)
         if unknown:
             raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}")
         return cls(**data)
 
     def replace(self, **changes: Any) -> MetaSegNetConfig:
         """Copy with some fields changed (validated like the constructor)."""
-        valid = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - valid)
+        unknown = _unknown_fields(self, changes)
         if unknown:
             raise ConfigError(
-                f"unknown model option(s): {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                f"unknown model option(s): {', '.join(unknown)}; valid: {', '.join(sorted(f.name for f in fields(self)))}"
             )
         return dataclasses.replace(self, **changes)
+
+
+def _unknown_fields(config: Any, keys: Any) -> list[str]:
+    """Sorted keys that are not fields of the config dataclass (shared by from_dict and replace)."""
+    return sorted(set(keys) - {f.name for f in fields(config)})
 
 
 def is_weights_path(value: str) -> bool:

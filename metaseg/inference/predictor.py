@@ -1,234 +1,41 @@
-"""Tile inference: :class:`Predictor` turns an RGB tile of any size into a class mask.
+"""The :class:`Predictor`: one model (any backend) applied to tiles of any size, and the batch entry.
 
-Pipeline of :meth:`Predictor.predict`:
-
-1. **Text features once.** For a text model the prompt is encoded once
-   (``model.encode_text``, which caches per exact text; the predictor also keeps the features
-   expanded to each batch size) and the same features are reused by every window.
-2. **Windows.** A tile that fits one window (both sides ≤ the window) is run in one pass
-   (the model pads to its stride itself). A larger tile is covered by a grid of windows
-   ``window × window`` (clipped to the tile), evenly spaced about ``window·(1-overlap)`` apart
-   (see :func:`window_starts`: the count is proportional to the tile length, so time is linear
-   in area); the first and last windows of a row/column touch the tile edges, so every pixel is
-   covered and no window hangs over the tile.
-3. **Blending.** Each window's softmax probabilities are multiplied by a 2-D weight, the outer
-   product of ``eps + (1-eps)·sin²(π(i+½)/n)`` (a Hann window lifted by ``eps = 0.001``), and
-   summed; the sum is divided by the summed weights. Window centres dominate overlaps, so the
-   zero-padding artefacts at window borders do not leave seams, while the ``eps`` floor keeps
-   tile-border pixels (covered by window borders only) well defined.
-4. **Bounded memory (band scheme).** Windows are visited row by row. Only one *band* of
-   ``window_h`` rows is held: an accumulator ``K × window_h × W`` (float32) plus a weight sum
-   ``window_h × W``. When the next window row starts ``d`` rows lower, the top ``d`` rows of the
-   band can receive no more contributions: they are normalised, argmax-ed into the ``uint8``
-   output (and, if asked, written to the float16 probability output) and the band is shifted
-   up by ``d``. Peak extra memory is therefore ``O(K · window_h · W)`` instead of
-   ``O(K · H · W)``: about 130 MB for an 8000-px-wide tile with K=8 and 512-px windows, versus
-   2 GB for a full float32 ``H × W × K`` array. The only full-size arrays are the ``uint8``
-   mask and, when ``return_probs=True``, the requested ``K × H × W`` float16 probabilities.
-5. **Batches and TTA.** Windows are run ``batch_size`` at a time under ``torch.inference_mode``
-   (bf16 autocast on CUDA). With ``tta=True`` each batch also runs horizontally and vertically
-   flipped copies (3 views, as the paper flips at test time); their un-flipped probabilities
-   are averaged before blending.
-6. **Nodata.** Pixels with ``valid == False`` get the ignore value 255; windows without any
-   valid pixel are skipped.
-7. **Backends.** Every model call goes through one seam, :meth:`Predictor._logits`, which runs
-   either the PyTorch model (``backend="torch"``) or an ONNX Runtime session of the exported
-   image path (``"onnx"`` fp32, ``"onnx-int8"`` static int8; ``"auto"`` = onnx on CPU when its
-   verified graph exists or can be built, torch on CUDA) — see :mod:`metaseg.backends`. Windows,
-   batching, blending, TTA, nodata and progress are the same code for every backend; the
-   prediction records which backend ran (:attr:`Prediction.backend`).
-8. **Batch entry.** :meth:`Predictor.predict_batch` runs a batch of same-size images whole
-   (images × prompts, one prompt or one per image, flip TTA, the backend seam, autocast) and
-   returns their class indices. The single pass of :meth:`predict`, ``training.evaluate`` (and
-   so ``training.train``'s validation) and the stacked GPU tiles of :mod:`metaseg.mapping` call
-   it; ``training.sweep`` calls :meth:`predict` (one window per tile). There is no other copy of
-   the forward pass.
+The pipeline is described in :mod:`metaseg.inference`; this module holds the model calls (the one
+seam :meth:`Predictor._logits`), the single pass and the window loop. Windows and blending live in
+:mod:`metaseg.inference.windows`, prompt caches in :mod:`metaseg.inference.text`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from metaseg.device import autocast as _autocast
+from metaseg.device import pick_device
 from metaseg.errors import CheckpointError, ConfigError, MetasegError
+from metaseg.inference.malloc import tune_malloc
+from metaseg.inference.preprocess import as_rgb, window_size
+from metaseg.inference.result import Prediction, ProgressFn
+from metaseg.inference.text import PromptFeatures
+from metaseg.inference.windows import IGNORE_INDEX, BandBlender, blend_weight, window_boxes
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("metaseg.inference")
 
-IGNORE_INDEX = 255
-#: Floor of the 1-D blending weight (relative to the window centre's 1.0).
-BLEND_EPS = 1e-3
 DEFAULT_WINDOW = 512
 DEFAULT_BATCH_SIZE = 4
-
-ProgressFn = Callable[[int, int], Any]
-
-
-@dataclass
-class Prediction:
-    """Result of :meth:`Predictor.predict`.
-
-    Attributes:
-        index: H×W ``uint8`` class indices; 255 where the input was nodata.
-        probs: K×H×W ``float16`` softmax probabilities (blended, TTA-averaged) when
-            ``return_probs=True``, else ``None``. Nodata pixels hold zeros.
-        seconds: wall time of the prediction (text encoding included, model loading excluded).
-        windows: number of windows the tile was split into (1 = single pass).
-        window: (height, width) of the windows actually used.
-        tta: whether flip test-time augmentation was used.
-        prompt: the prompt the model saw (``None`` for text-free models).
-        device: device the model ran on.
-        accumulator_bytes: size of the band accumulator held during sliding-window inference
-            (0 for a single pass) — the memory bound of step 4 above.
-        backend: the backend that ran the model: ``torch``, ``onnx`` or ``onnx-int8``.
-    """
-
-    index: np.ndarray
-    probs: np.ndarray | None
-    seconds: float
-    windows: int = 1
-    window: tuple[int, int] = (0, 0)
-    tta: bool = False
-    prompt: str | None = None
-    device: str = "cpu"
-    accumulator_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    backend: str = "torch"
-
-
-#: glibc malloc settings applied once per process by a CPU predictor (see :func:`tune_malloc`).
-MMAP_THRESHOLD = 64 << 20
-TRIM_THRESHOLD = 256 << 20
-_MALLOC_TUNED: bool | None = None
-
-
-def tune_malloc() -> bool:
-    """Fix glibc's malloc thresholds for this process (once): mmap ≥ 64 MiB, trim above 256 MiB.
-
-    Why (issue 14's sliding-window scaling, measured): glibc adapts its mmap threshold to the
-    sizes freed so far and returns the heap top to the OS above twice that. A window's forward
-    pass allocates and frees tens of MB of activations; whether they come back as reused heap
-    memory or as fresh, page-faulted (zeroed) pages depended on what the process had freed
-    before — e.g. the band accumulator, whose size grows with the tile width. So the cost per
-    window depended on the tile size and the history: ``bench --sliding-repeats 5`` at 2 threads
-    gave 109.5 vs 97.8 ms per window (2048² vs 4096², ratio 3.57, 21 s of kernel time for page
-    faults). With fixed thresholds: 77.6 vs 78.3 ms per window, ratio 4.04, and every window
-    ~25 % faster. Fixed thresholds also disable glibc's dynamic adjustment, so the behaviour no
-    longer depends on history. The cost: up to 256 MiB of freed heap stay mapped. Applied by the
-    first sliding-window prediction of a torch-backend CPU predictor only: the same setting made
-    ONNX Runtime ~25 % slower (its arena prefers fresh mmap-ed memory), so ONNX predictors never
-    set it. ``METASEG_MALLOPT=0`` leaves malloc alone; no-op where ``mallopt`` is not available.
-
-    Returns:
-        True when the thresholds are set (now or earlier in this process).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED is not None:
-        return _MALLOC_TUNED
-    import os
-    import sys
-
-    _MALLOC_TUNED = False
-    if sys.platform.startswith("linux") and os.environ.get("METASEG_MALLOPT", "1") != "0":
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None)
-            m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-            _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
-                libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
-        except (OSError, AttributeError):  # not glibc
-            _MALLOC_TUNED = False
-    return _MALLOC_TUNED
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` → CUDA when available, else CPU (:func:`metaseg.device.pick_device`).
-
-    Raises:
-        ConfigError: CUDA asked for without a GPU, or an unknown device string.
-    """
-    from metaseg.device import pick_device
-
-    return pick_device(device)
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Evenly spaced window starts covering ``[0, size)``; the first at 0, the last flush with the end.
-
-    ``stride`` is the *requested* spacing (``window·(1-overlap)``). The number of gaps is the
-    nearest whole number to ``(size - window) / stride``, raised while the actual spacing would
-    leave less than three quarters of the requested overlap. Choosing the nearest count (not the ceiling)
-    keeps the window count proportional to the tile length, so sliding-window time grows
-    linearly with area (e.g. 512-px windows at overlap 0.25: 5×5 windows on 2048², 10×10 on
-    4096², actual overlap 25 % and 22 %), while the overlap never drops below three quarters of
-    what was asked, so blending still hides window borders.
-    """
-    if window >= size:
-        return [0]
-    span = size - window
-    stride = max(1, min(stride, window))
-    max_spacing = stride + (window - stride) / 4.0  # keeps 3/4 of the requested overlap
-    gaps = max(1, round(span / stride))
-    while span / gaps > max_spacing:
-        gaps += 1
-    return [round(i * span / gaps) for i in range(gaps + 1)]
-
-
-def blend_weight(height: int, width: int, eps: float = BLEND_EPS) -> np.ndarray:
-    """2-D blending weight ``height × width`` float32, 1 at the centre, ≥ ``eps²`` at the corners."""
-
-    def one_d(n: int) -> np.ndarray:
-        i = np.arange(n, dtype=np.float64)
-        return eps + (1.0 - eps) * np.sin(np.pi * (i + 0.5) / n) ** 2
-
-    return np.outer(one_d(height), one_d(width)).astype(np.float32)
-
-
-def _as_rgb(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(rgb)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image (read tiles with metaseg.geo.read_tile), got {rgb.dtype}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError("image is empty")
-    return rgb[..., :3]
-
-
-def _window_size(window: int | tuple[int, int] | None, default: int) -> tuple[int, int]:
-    if window is None:
-        return default, default
-    if isinstance(window, int):
-        wh = ww = window
-    else:
-        wh, ww = (int(v) for v in window)
-    if wh < 16 or ww < 16:
-        raise ValueError(f"window must be at least 16 px, got {wh}x{ww}")
-    return wh, ww
-
-
-def _autocast(device: torch.device):
-    from metaseg.device import autocast
-
-    return autocast(device)
 
 
 def _logits_of(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-class Predictor:
+class Predictor(PromptFeatures):
     """Runs a segmentation model on tiles of any size (see the module docstring).
 
     Args:
@@ -274,7 +81,7 @@ class Predictor:
         from metaseg.backends import check_backend
 
         requested = check_backend(backend)
-        self.device = resolve_device(device)
+        self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -337,13 +144,13 @@ class Predictor:
 
         Args:
             path_or_hub_id: ``.safetensors``/``.json`` path, their stem, or ``org/name[/stem]``.
-            device: see :func:`resolve_device`.
+            device: see :func:`metaseg.device.pick_device`.
             expected_name: if given, the checkpoint must be of this variant (CheckpointError).
             **kwargs: passed to the constructor (``window``, ``batch_size``, ``backend``, ...).
         """
         from metaseg.checkpoints import load_checkpoint, resolve_checkpoint
 
-        dev = resolve_device(device)
+        dev = pick_device(device)
         model, meta = load_checkpoint(path_or_hub_id, dev, expected_name=expected_name)
         kwargs.setdefault("fold_bn", True)  # the predictor owns this freshly loaded model
         if kwargs.get("backend") not in (None, "torch") and kwargs.get("checkpoint") is None:
@@ -403,55 +210,7 @@ class Predictor:
         except UnknownNameError:
             return None
 
-    # ------------------------------------------------------------------ text
-    def text_features(self, prompt: str) -> Any:
-        """Encoded features of one prompt (computed once, then cached here and in the model)."""
-        feats = self._text_cache.get(prompt)
-        if feats is None:
-            with torch.inference_mode():
-                feats = self.model.encode_text([prompt])
-            if hasattr(feats, "to"):
-                feats = feats.to(self.device)
-            if len(self._text_cache) >= 16:
-                self._text_cache.clear()
-                self._expanded.clear()
-            self._text_cache[prompt] = feats
-        return feats
-
-    def _text_for_batch(self, prompt: str, batch: int) -> Any:
-        key = (prompt, batch)
-        cached = self._expanded.get(key)
-        if cached is not None:
-            return cached
-        feats = self.text_features(prompt)
-        out = feats
-        if batch > 1 and dataclasses.is_dataclass(feats) and len(feats) == 1:
-            values = {}
-            for f in dataclasses.fields(feats):
-                v = getattr(feats, f.name)
-                values[f.name] = v.expand(batch, *v.shape[1:]) if isinstance(v, torch.Tensor) else v
-            out = type(feats)(**values)
-        self._expanded[key] = out
-        return out
-
     # ------------------------------------------------------------------ forward
-    def _ort_tokens(self, prompt: str, batch: int) -> np.ndarray:
-        """Prompt features for the ONNX graph: B×L×C float32, padding tail cut (cached per prompt/batch)."""
-        key = (prompt, batch)
-        tokens = self._tokens.get(key)
-        if tokens is None:
-            from metaseg.models.cafdecoder import trim_padding
-
-            feats = trim_padding(self.text_features(prompt).to("cpu"))
-            one = feats.tokens.float().numpy()
-            if not bool(feats.mask.all()):
-                raise MetasegError("prompt features have padding inside the text; use --backend torch")
-            tokens = np.ascontiguousarray(np.broadcast_to(one, (batch, *one.shape[1:])))
-            if len(self._tokens) >= 16:
-                self._tokens.clear()
-            self._tokens[key] = tokens
-        return tokens
-
     def _logits(self, batch: torch.Tensor, prompt: str | list[str] | None) -> torch.Tensor:
         """The one model call of every path: logits B×K×h×w of windows B×3×h×w in [0, 1].
 
@@ -504,29 +263,6 @@ class Predictor:
         t = torch.from_numpy(crops).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         t = t.float().div_(255.0)
         return t if self.channels_last and self._ort is None else t.contiguous()
-
-    def _check_prompt(self, prompt: str) -> str:
-        prompt = str(prompt)
-        try:  # tokenizers need valid UTF-8: a lone surrogate (e.g. from undecodable argv bytes) is user input
-            prompt.encode("utf-8")
-        except UnicodeEncodeError:
-            raise MetasegError(
-                "the prompt is not valid Unicode text (it contains a lone surrogate code point); retype it"
-            ) from None
-        return prompt
-
-    def _batch_prompts(self, prompts: str | list[str] | tuple[str, ...] | None,
-                       batch: int) -> str | list[str] | None:
-        if not self.uses_text:
-            return None
-        if prompts is None:  # "" is allowed: the stored "no text" prompt of the ablation
-            raise MetasegError(f"model {self.name!r} needs a text prompt")
-        if isinstance(prompts, str):
-            return self._check_prompt(prompts)
-        prompts = [self._check_prompt(q) for q in prompts]
-        if len(prompts) != batch:
-            raise ValueError(f"batch of {batch} images but {len(prompts)} prompts")
-        return prompts
 
     # ------------------------------------------------------------------ predict
     def predict_batch(
@@ -600,7 +336,7 @@ class Predictor:
             A :class:`Prediction`.
         """
         start = time.perf_counter()
-        rgb = _as_rgb(rgb)
+        rgb = as_rgb(rgb)
         height, width = rgb.shape[:2]
         if valid is not None:
             valid = np.asarray(valid, dtype=bool)
@@ -613,7 +349,7 @@ class Predictor:
         prompt = self._batch_prompts(None if prompt is None else str(prompt), 1)
         if prompt is not None:
             self.text_features(prompt)  # encode once, before any window runs
-        wh, ww = _window_size(window, self.window)
+        wh, ww = window_size(window, self.window)
         wh, ww = min(wh, height), min(ww, width)
         bs = int(batch_size or self.batch_size)
 
@@ -667,86 +403,42 @@ class Predictor:
         valid: np.ndarray | None,
         batch_size: int,
     ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+        """The window loop (steps 2-6 of :mod:`metaseg.inference`): index, probs, windows, band bytes."""
         height, width = rgb.shape[:2]
         wh, ww = win
         if self.device.type == "cpu" and self._ort is None:
             tune_malloc()  # torch on CPU: per-window cost independent of tile size and history
-        ys = window_starts(height, wh, int(math.floor(wh * (1.0 - overlap))))
-        xs = window_starts(width, ww, int(math.floor(ww * (1.0 - overlap))))
-        boxes = [(y, x) for y in ys for x in xs]
+        boxes = window_boxes(height, width, win, overlap)
         total = len(boxes)
         weight, weight_t = self._blend_weight(wh, ww)
-        index = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
-        probs_out = None
-        k: int | None = None
-        acc = wsum = None
-        top = 0  # first tile row held in the band
-
-        def flush(until: int) -> None:
-            """Finish tile rows [top, until): normalise, argmax, shift the band up."""
-            nonlocal top
-            d = until - top
-            if d <= 0:
-                return
-            if acc is None:  # nothing run yet (all-nodata windows): rows stay 255
-                top = until
-                return
-            ws = wsum[:d]
-            # argmax of the weighted sum == argmax of the blended probabilities (the weight sum
-            # is a positive per-pixel factor); a running max over classes avoids the K×d×W
-            # temporaries numpy's argmax(axis=0) would allocate.
-            rows = np.zeros((d, width), dtype=np.uint8)
-            best = acc[0, :d].copy()
-            for c in range(1, acc.shape[0]):
-                better = acc[c, :d] > best
-                rows[better] = c
-                np.maximum(best, acc[c, :d], out=best)
-            rows[ws <= 0] = IGNORE_INDEX
-            index[top:until] = rows
-            if probs_out is not None:
-                inv = 1.0 / np.maximum(ws, 1e-12)
-                for c in range(acc.shape[0]):
-                    probs_out[c, top:until] = acc[c, :d] * inv
-            keep = wh - d
-            if keep > 0:  # per class: overlapping copies make numpy buffer the source
-                for c in range(acc.shape[0]):
-                    acc[c, :keep] = acc[c, d:]
-                wsum[:keep] = wsum[d:]
-            acc[:, max(keep, 0):] = 0
-            wsum[max(keep, 0):] = 0
-            top = until
-
+        band = BandBlender((height, width), win, weight, return_probs)
         done = 0
         for b0 in range(0, total, batch_size):
             chunk = boxes[b0:b0 + batch_size]
             run = [bx for bx in chunk if valid is None or valid[bx[0]:bx[0] + wh, bx[1]:bx[1] + ww].any()]
-            out = None
-            if run:
-                crops = np.stack([rgb[y:y + wh, x:x + ww] for y, x in run])
-                out = self._forward_probs(self._to_tensor(crops), prompt, tta)
-                out = out.mul_(weight_t).cpu().numpy()
-                if k is None:
-                    k = out.shape[1]
-                    acc = np.zeros((k, wh, width), dtype=np.float32)
-                    wsum = np.zeros((wh, width), dtype=np.float32)
-                    if return_probs:
-                        probs_out = np.zeros((k, height, width), dtype=np.float16)
+            out = self._weighted_windows(rgb, run, win, prompt, tta, weight_t) if run else None
+            if out is not None:
+                band.allocate(out.shape[1])
             j = 0
             for y, x in chunk:
-                if y > top:
-                    flush(y)
+                band.flush(y)  # rows above this window's top are final
                 if j < len(run) and run[j] == (y, x):
-                    r = y - top
-                    acc[:, r:r + wh, x:x + ww] += out[j]
-                    wsum[r:r + wh, x:x + ww] += weight
+                    band.add(y, x, out[j])  # type: ignore[index]
                     j += 1
                 done += 1
                 if progress is not None:
                     progress(done, total)
-        if acc is not None:
-            flush(height)
-        acc_bytes = 0 if acc is None else int(acc.nbytes + wsum.nbytes)
-        return index, probs_out, total, acc_bytes
+        if band.acc is not None:
+            band.flush(height)
+        return band.index, band.probs, total, band.nbytes
+
+    def _weighted_windows(self, rgb: np.ndarray, boxes: list[tuple[int, int]], win: tuple[int, int],
+                          prompt: str | None, tta: bool, weight_t: torch.Tensor) -> np.ndarray:
+        """Blend-weighted probabilities B×K×h×w (numpy float32) of the windows at ``boxes``."""
+        wh, ww = win
+        crops = np.stack([rgb[y:y + wh, x:x + ww] for y, x in boxes])
+        out = self._forward_probs(self._to_tensor(crops), prompt, tta)
+        return out.mul_(weight_t).cpu().numpy()
 
 
 class BackendModel:
@@ -778,15 +470,3 @@ def predict_tile(predictor: Predictor, tile: Any, prompt: str | None = None, **k
     """Convenience: run ``predictor`` on a :class:`metaseg.geo.Tile` (uses its ``valid`` mask)."""
     return predictor.predict(tile.rgb, prompt, valid=getattr(tile, "valid", None), **kwargs)
 
-
-__all__ = [
-    "BLEND_EPS",
-    "BackendModel",
-    "Prediction",
-    "Predictor",
-    "blend_weight",
-    "predict_tile",
-    "resolve_device",
-    "tune_malloc",
-    "window_starts",
-]

@@ -1,4 +1,4 @@
-"""Rewrites that make the exported image path cheaper for ONNX Runtime (used by :mod:`metaseg.backends`).
+"""Rewrites that make the exported image path cheaper for ONNX Runtime (used by :mod:`metaseg.backends.export`).
 
 TensorFlow-style "same" convolutions (timm's ``Conv2dSame``, used by the ``tf_*`` EfficientNets
 such as the demo pair's ``tf_efficientnet_lite0``) pad their input by an amount computed from
