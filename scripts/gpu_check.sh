@@ -36,7 +36,7 @@
 #       TEXT_ENCODER (auto, see 2)  TEXT_LAYERS/TEXT_HIDDEN (12/768: the random BERT's shape)
 #       LOADER_WORKERS (4)  SYNTH_WORKERS (cores - 2)  TOTAL_BUDGET (460)  LIMIT_IMPORTS LIMIT_TEXT LIMIT_SYNTH LIMIT_TRAIN
 #       LIMIT_EVAL LIMIT_BENCH (30 60 60 170 60 80 s)  WORK_DIR (/tmp/metaseg_gpu_check_work)
-# CPU dry run (what tests/test_gpu_standin.py runs, with the image's missing packages blocked):
+# CPU dry run (what tests/metaseg/test_gpu_standin.py runs, with the image's missing packages blocked):
 #       DEVICE=cpu SIZE=64 STEPS=2 N_TILES=8 MODEL=metasegnet_demo BENCH_PAIR=demo PRETRAINED=none \
 #       TEXT_LAYERS=2 TEXT_HIDDEN=64 LOADER_WORKERS=0 PYTHON=.venv/bin/python bash scripts/gpu_check.sh /tmp/dry
 set -uo pipefail

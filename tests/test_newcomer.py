@@ -2,8 +2,8 @@
 recognised as such, labels found by the tile's hash, location precedence, ``map`` skipping label
 files, the Web Mercator latitude limit and the small fixes (each with the step that used to trip).
 
-App handlers are called directly with the fake models of ``tests/test_app_handlers.py``; the
-browser walks the same steps in ``tests/test_app_browser_newcomer.py``.
+App handlers are called directly with the fake models of ``tests/studio/test_app_handlers.py``; the
+browser walks the same steps in ``tests/studio/test_app_browser_newcomer.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from studio.tabs import models as models_tab
 from studio.tabs import review as review_tab
 from studio.tabs.common import new_tile_gate
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_handlers import SYNTH, fake_factory  # noqa: F401 - fake_models fixture below
+from tests.studio.test_app_handlers import SYNTH, fake_factory  # noqa: F401 - fake_models fixture below
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 OEM = get_class_set("openearthmap")

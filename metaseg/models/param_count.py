@@ -49,7 +49,7 @@ def bert_params(layers: int, hidden: int, heads: int, intermediate: int, vocab: 
 
     Embeddings (word, position, 2 token types, LayerNorm), per layer the q/k/v/output projections,
     two LayerNorms and the two feed-forward matrices with biases, then the pooler. ``heads``
-    does not change the count. ``tests/test_cli_info.py`` checks it against a built ``BertModel``.
+    does not change the count. ``tests/metaseg/test_cli_info.py`` checks it against a built ``BertModel``.
     """
     del heads  # the heads split the hidden width; they add no parameters
     h, i = int(hidden), int(intermediate)

@@ -272,7 +272,7 @@ def test_labels_and_experiments_stay_in_their_session(tmp_path, monkeypatch, rep
     from studio.tabs import label as label_tab
     from studio.tabs import locate
     from tests.fixtures.app_server import app_models
-    from tests.test_app_handlers import fake_factory
+    from tests.studio.test_app_handlers import fake_factory
 
     monkeypatch.delenv("METASEG_SHARE_LABELS", raising=False)
     monkeypatch.delenv("METASEG_SHARE_EXPERIMENTS", raising=False)

@@ -6,7 +6,7 @@ Every reader turns its official layout into a list of :class:`Sample` (image pat
 ``{"image": float32 3×H×W in [0, 1] RGB, "label": int64 H×W (255 = ignore),
 "prompt": str, "zone": str | None, "id": str}``.
 
-Choices (documented here, tested in ``tests/test_readers.py``):
+Choices (documented here, tested in ``tests/training/test_readers.py``):
 
 * ``image_size=None`` keeps each tile's own size (any size works); ``image_size=S`` resizes
   image (bilinear, antialiased when shrinking) and label (nearest) to S×S, as the paper does

@@ -26,7 +26,7 @@ from studio.tabs import models as models_tab
 from studio.tabs import review as review_tab
 from tests.fixtures.geotiffs import write_geotiff, write_photo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYNTH = ROOT / "static" / "examples" / "synth" / "synth_cfa.tif"
 
 

@@ -2,9 +2,9 @@
 
 Paint strokes of two classes over an uploaded tile, save, teach, and see the new masks and the
 session's taught pair; a second browser session still has the shipped pair. The models are the
-app tests' fakes (a taught folder loads as :class:`tests.test_app_teach.TaughtFake`, all 'road'),
-and fine-tuning is the fast :func:`tests.test_app_teach.fake_finetune`: the UI and the job
-plumbing are under test here; tests/test_app_teach.py runs the real fine-tuning (slow).
+app tests' fakes (a taught folder loads as :class:`tests.studio.test_app_teach.TaughtFake`, all 'road'),
+and fine-tuning is the fast :func:`tests.studio.test_app_teach.fake_finetune`: the UI and the job
+plumbing are under test here; tests/studio/test_app_teach.py runs the real fine-tuning (slow).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures.app_server import app_models
 from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS, open_page
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_teach import calls, factory, fake_finetune
+from tests.studio.test_app_teach import calls, factory, fake_finetune
 
 pytestmark = BROWSER_MARKS
 

@@ -1,6 +1,6 @@
 """Issue 24 in headless Chromium: the steps a newcomer tripped over, walked again (items 1–8).
 
-One app server (tests/conftest.py) with the fast fake models of ``tests/test_app_handlers.py``
+One app server (tests/conftest.py) with the fast fake models of ``tests/studio/test_app_handlers.py``
 behind it, one browser, a few pages. Item 4 (``metaseg map`` skipping label files) has no page:
 its end-to-end check is the README command in
 ``tests/test_newcomer.py::test_readme_map_command_skips_the_label_files`` (CLI). The Experiments gallery (item 7)
@@ -19,9 +19,9 @@ import pytest
 from tests.fixtures.app_server import app_models
 from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS, choose, click_map_at, open_page
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_handlers import FakePredictor, fake_factory
+from tests.studio.test_app_handlers import FakePredictor, fake_factory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYNTH = ROOT / "static" / "examples" / "synth"
 
 pytestmark = BROWSER_MARKS

@@ -1,7 +1,7 @@
 """training.sweep on real Dask clusters: numbers do not depend on workers, lost workers or the cluster.
 
 All slow (worker processes import torch and load both demo models): ``pytest -m slow
-tests/test_sweep_cluster.py``. The in-process path is covered by ``tests/test_sweep.py``.
+tests/training/test_sweep_cluster.py``. The in-process path is covered by ``tests/training/test_sweep.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from training.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ["climate", "wrong", "none"]
 
 

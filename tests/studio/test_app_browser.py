@@ -18,9 +18,9 @@ import pytest
 from tests.fixtures.app_server import app_models
 from tests.fixtures.browser import ARTIFACTS, BROWSER_MARKS, choose, click_map_at, map_frame, open_page
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_handlers import FakePredictor, fake_factory
+from tests.studio.test_app_handlers import FakePredictor, fake_factory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "static" / "examples" / "synth"
 
 pytestmark = BROWSER_MARKS

@@ -34,7 +34,7 @@ from metaseg.mapping import (
 )
 from tests.fixtures.mapping import CRSS, ZONES, write_catalog, write_item_collection, write_map_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = ["--model", "metasegnet_demo"]
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

@@ -82,7 +82,7 @@ def test_unlabelled_pixels_change_nothing_in_a_run(tmp_path):
     assert outs[0].keys() == outs[1].keys()
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
-    base = load_file(str(Path(__file__).resolve().parents[1] / "metaseg" / "weights" / "baseline_demo.safetensors"))
+    base = load_file(str(Path(__file__).resolve().parents[2] / "metaseg" / "weights" / "baseline_demo.safetensors"))
     assert any(not np.allclose(outs[0][k], base[k].astype(np.float32)) for k in outs[0] if k.startswith("head."))
 
 

@@ -13,7 +13,7 @@ import pytest
 from metaseg.cli import main
 from tests.fixtures.geotiffs import IGUACU_TIF, write_broken_files, write_geotiff, write_photo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLIMATE_KEYS = {"lat", "lon", "code", "name", "group", "color"}
 LOCATE_KEYS = {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "zone"}
 

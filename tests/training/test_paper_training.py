@@ -25,7 +25,7 @@ from training.train import (
 )
 
 TINY = {"max_tokens": 32, "caf_dim": 32, "caf_heads": 4, "embed_dim": 32, "decoder_dim": 16, "pos_grid": 4}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 
 from training import class_map, evaluate, synth
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEYS = {"miou", "oa", "mf1", "precision", "recall", "per_class", "dataset", "split", "prompt_mode", "n_images",
         "model"}  # fmt: skip
 

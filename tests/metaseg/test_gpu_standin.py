@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOOK = REPO / "tests" / "fixtures" / "gpu_image"
 
 #: Top-level modules of requirements.txt (and their own dependencies) that the GPU image lacks.

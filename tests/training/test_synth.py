@@ -13,7 +13,7 @@ import pytest
 from metaseg.errors import ConfigError, UnknownNameError
 from training import synth
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_same_seed_byte_identical_and_independent_of_other_tiles():

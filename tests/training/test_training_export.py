@@ -15,7 +15,7 @@ from training.config import load_config
 from training.export import main as export_main
 from training.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"max_tokens": 32, "caf_dim": 32, "caf_heads": 4, "embed_dim": 32, "decoder_dim": 16, "pos_grid": 4}
 EXAMPLE_TIF = REPO / "static" / "examples" / "iguacu_landsat8.tif"
 

@@ -9,7 +9,7 @@ import pytest
 from metaseg.errors import ConfigError
 from training.config import TrainConfig, apply_overrides, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
 
 def test_defaults_are_the_paper_settings():

@@ -16,9 +16,9 @@ from PIL import Image
 
 from tests.fixtures.app_server import app_models
 from tests.fixtures.geotiffs import write_geotiff
-from tests.test_app_handlers import fake_factory
+from tests.studio.test_app_handlers import fake_factory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYNTH = ROOT / "static" / "examples" / "synth" / "synth_dfb.tif"
 LOCATE_KEYS = {"lat", "lon", "source", "crs", "width", "height", "bands", "dtype", "zone"}
 

@@ -2,7 +2,7 @@
 
 Fast tests run the sweep on an in-process Dask worker (``workers=0``) over 3 SynthEarth tiles of
 64²; real multi-process clusters (1 vs 2 workers, a killed worker, a separately started
-``dask scheduler``/``dask worker``) are in ``tests/test_sweep_cluster.py`` (slow).
+``dask scheduler``/``dask worker``) are in ``tests/training/test_sweep_cluster.py`` (slow).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from prompts_db.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEYS = {"id", "zone", "class_set", "text", "source", "parent_id", "token_count", "created_at"}
 
 

@@ -1,6 +1,6 @@
 """Label editor and "Teach both models", handlers called directly (no server).
 
-Models are the fakes of the app tests (``tests.test_app_handlers.FakePredictor``); a model loaded
+Models are the fakes of the app tests (``tests.studio.test_app_handlers.FakePredictor``); a model loaded
 from a taught folder predicts differently (:class:`TaughtFake`), so "after teaching" is visible.
 Fine-tuning is :func:`fake_finetune` (writes a folder, reports progress, takes a few ms) except in
 the slow test that runs the real ``training.finetune`` for two steps.
@@ -27,7 +27,7 @@ from studio.session import SessionState
 from studio.tabs import label as label_tab
 from studio.tabs import locate, segment
 from studio.tabs import teach as teach_tab
-from tests.test_app_handlers import SYNTH, FakePredictor
+from tests.studio.test_app_handlers import SYNTH, FakePredictor
 
 CS = get_class_set("openearthmap")
 BWH = SYNTH.with_name("synth_bwh.tif")

@@ -13,7 +13,7 @@ from metaseg.metrics import compute_metrics
 from prompts_db import PromptStore
 from prompts_db import experiments as ex
 from prompts_db.cli import main
-from tests.test_prompts_db import upgraded_store
+from tests.prompts_db.test_prompts_db import upgraded_store
 
 NAMES = ["a", "b", "c"]
 

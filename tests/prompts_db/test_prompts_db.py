@@ -30,7 +30,7 @@ from prompts_db import (
 from prompts_db.knowledge import CLASS_SET_NAMES, knowledge_prompt, zone_facets
 from prompts_db.tokens import _tokenizer, trim_to_budget
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEYS = {"id", "zone", "class_set", "text", "source", "parent_id", "token_count", "created_at"}
 
 

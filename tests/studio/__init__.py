@@ -1,0 +1,1 @@
+"""Tests of ``studio`` (one file per module or command, mirroring the package)."""

@@ -1,0 +1,1 @@
+"""Tests of ``training`` (one file per module or command, mirroring the package)."""
