@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import subprocess
 import sys
@@ -51,11 +50,9 @@ DEFAULT_TEST_SEED = 12345
 
 # ------------------------------------------------------------------------------------- helpers
 def sha256_short(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    from metaseg.checkpoints import file_sha256
+
+    return file_sha256(path)[:12]
 
 
 def ensure_test_set(root: Path, n: int, seed: int) -> dict[str, Any]:

@@ -179,7 +179,7 @@ class ModelCache:
                 "model; load it as MetaSegNet instead"
             )
         meta = dict(getattr(predictor, "meta", {}) or {})
-        ckpt = str(meta.get("checkpoint_hash") or meta.get("sha256") or meta.get("hash") or source)
+        ckpt = str(meta.get("checkpoint_hash") or _checkpoint_id(source))
         log.info("loaded %s model from %s in %.1fs", role, source, time.perf_counter() - t0)
         return LoadedModel(predictor=predictor, source=source, checkpoint_id=ckpt)
 
@@ -199,6 +199,20 @@ class ModelCache:
             text = self.source_of(role, src)
             rows.append([role, shown(text) if shown else text, status])
         return rows
+
+
+def _checkpoint_id(source: str) -> str:
+    """The run log's checkpoint id: :func:`metaseg.checkpoints.checkpoint_identity` (the project's one
+    fingerprint, as in sweep experiments and map resumes) of a shipped variant or a checkpoint; the
+    source itself when it cannot be fingerprinted without loading (it loaded, so that is rare)."""
+    from metaseg.checkpoints import checkpoint_identity
+    from metaseg.models.registry import VARIANTS
+
+    try:
+        ident = checkpoint_identity(source, None) if source in VARIANTS else checkpoint_identity(None, source)
+    except (MetasegError, OSError):
+        return source
+    return ident.short
 
 
 def shown_source(source: str) -> str:

@@ -3,7 +3,6 @@ labels saved in the prompt store; and each tile's prompt for a text model."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ from training.finetune.recipe import IGNORE, TeachTile
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a file (:func:`metaseg.checkpoints.file_sha256`, the project's one file hash)."""
+    from metaseg.checkpoints import file_sha256
+
+    return file_sha256(path)
 
 
 def zone_prompt(tile: Any, class_set: str, store: Any) -> tuple[str | None, str]:
