@@ -93,14 +93,19 @@ def _remote(args: argparse.Namespace, env: dict[str, str], db: Path, common: lis
             raise SystemExit(f"remote sweep failed ({sweep.returncode}): {err.strip()[-500:]}")
         return json.loads(out), time.perf_counter() - t0, f"{address}; {note}"
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate a started Dask scheduler and its workers (last started first); kill what hangs."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import pytest
 
 from prompts_db import PromptStore
 from prompts_db import experiments as ex
+from scripts.sweep_check import stop_processes
 from training import synth
 from training.sweep import run_sweep
 
@@ -117,14 +118,7 @@ def test_separately_started_cluster_that_loses_a_worker(synth_root, tmp_path, re
         assert got[0]["tiles"] == 6
         _same(reference, got)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 def test_ctrl_c_on_the_command_line_leaves_an_incomplete_experiment(synth_root, tmp_path):
