@@ -59,7 +59,7 @@ import sys
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from metaseg.benchmark import DEFAULT_PROMPT
+from metaseg.bench import DEFAULT_PROMPT
 
 out = sys.argv[1]
 if not os.path.exists(os.path.join(out, "tokenizer.json")):

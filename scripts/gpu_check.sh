@@ -165,7 +165,7 @@ if not os.path.exists(os.path.join(out, "tokenizer.json")):
     BertModel(BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
                          max_position_embeddings=512)).save_pretrained(out)
-    from metaseg.benchmark import DEFAULT_PROMPT
+    from metaseg.bench import DEFAULT_PROMPT
     from prompts_db import PromptStore  # vocabulary: every word of the stored prompts (no [UNK] storm)
     text = " ".join(p.text for p in PromptStore().list(class_set="openearthmap", latest_only=True))
     words = sorted(set(re.findall(r"[a-z]+|[^\sa-z]", (text + " " + DEFAULT_PROMPT + " it is a remote sensing image.").lower())))
