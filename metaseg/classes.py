@@ -255,6 +255,33 @@ class ClassSet:
         out[valid] = (idx[valid] + 1).astype(np.uint8)
         return out
 
+    def nearest_index(self, painted: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Class indices of a *painted* RGB(A) image: the class of the nearest palette colour.
+
+        Unlike :meth:`decode` (exact official colours; anything else is ignore), brush strokes are
+        anti-aliased and screenshots lossy, so every pixel takes the class whose colour is closest
+        (squared RGB distance). Pixels outside ``valid`` become ``ignore_index``.
+
+        Raises:
+            TileReadError: not an (H, W), (H, W, 3) or (H, W, 4) image.
+        """
+        img = np.asarray(painted)
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] < 3:
+            raise TileReadError(f"a painted label must be an RGB image, got shape {img.shape}")
+        flat = img[..., :3].astype(np.int32).reshape(-1, 3)
+        palette = np.asarray(self.colors, dtype=np.int32)  # K×3
+        out = np.empty(flat.shape[0], dtype=np.uint8)
+        step = 1 << 18  # bound the K×N distance array
+        for s in range(0, flat.shape[0], step):
+            d = ((flat[s:s + step, None, :] - palette[None]) ** 2).sum(-1)
+            out[s:s + step] = d.argmin(1).astype(np.uint8)
+        out = out.reshape(img.shape[:2])
+        if valid is not None:
+            out[~np.asarray(valid, dtype=bool)] = self.ignore_index
+        return out
+
     def colorize(self, index: np.ndarray) -> np.ndarray:
         """Class indices ``(H, W)`` → ``(H, W, 3)`` uint8 colours; ignore/unknown → black."""
         index = np.asarray(index)

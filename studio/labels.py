@@ -18,33 +18,6 @@ from studio.prompt_store import get_store
 IGNORE = 255
 
 
-def painted_to_index(painted: np.ndarray, class_set: Any, valid: np.ndarray | None = None) -> np.ndarray:
-    """Class indices of a painted RGB(A) image: nearest palette colour per pixel.
-
-    Brush strokes are anti-aliased and images may be lossy-compressed, so exact matches are
-    not required: each pixel takes the class whose palette colour is closest (squared RGB
-    distance). Pixels outside ``valid`` become 255 (ignore).
-    """
-    img = np.asarray(painted)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] < 3:
-        raise MetasegError(f"a painted label must be an RGB image, got shape {img.shape}")
-    rgb = img[..., :3].astype(np.int32)
-    palette = np.asarray(class_set.colors, dtype=np.int32)  # K×3
-    h, w = rgb.shape[:2]
-    flat = rgb.reshape(-1, 3)
-    out = np.empty(flat.shape[0], dtype=np.uint8)
-    step = 1 << 18  # bound the K×N distance array
-    for s in range(0, flat.shape[0], step):
-        d = ((flat[s:s + step, None, :] - palette[None]) ** 2).sum(-1)
-        out[s:s + step] = d.argmin(1).astype(np.uint8)
-    out = out.reshape(h, w)
-    if valid is not None:
-        out[~np.asarray(valid, dtype=bool)] = IGNORE
-    return out
-
-
 def editor_composite(value: Any) -> np.ndarray | None:
     """The flattened image of a ``gr.ImageEditor`` value (dict with background/layers/composite)."""
     if value is None:
@@ -94,7 +67,7 @@ def layer_to_index(layer: np.ndarray, class_set: Any, valid: np.ndarray | None =
     img = np.asarray(layer)
     if img.ndim != 3 or img.shape[2] != 4:
         raise MetasegError(f"the paint layer must be an RGBA image, got shape {img.shape}")
-    index = painted_to_index(img[..., :3], class_set)
+    index = class_set.nearest_index(img[..., :3])
     index[img[..., 3] < min_alpha] = IGNORE
     if valid is not None:
         index[~np.asarray(valid, dtype=bool)] = IGNORE

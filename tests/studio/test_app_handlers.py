@@ -366,18 +366,17 @@ def test_uploaded_label_is_decoded_and_checked(app_module, fake_models, tmp_path
 
 def test_painted_colours_map_to_nearest_class():
     from metaseg.classes import get_class_set
-    from studio.labels import painted_to_index
 
     cs = get_class_set("openearthmap")
     truth = np.arange(64, dtype=np.uint8).reshape(8, 8) % cs.num_classes
     rgb = np.asarray(cs.colors, dtype=np.int32)[truth]
     noisy = np.clip(rgb + np.random.default_rng(0).integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
-    assert np.array_equal(painted_to_index(noisy, cs), truth)
+    assert np.array_equal(cs.nearest_index(noisy), truth)
     valid = np.ones((8, 8), bool)
     valid[0, 0] = False
-    assert painted_to_index(noisy, cs, valid)[0, 0] == 255
+    assert cs.nearest_index(noisy, valid)[0, 0] == 255
     rgba = np.dstack([noisy, np.full((8, 8), 255, np.uint8)])
-    assert np.array_equal(painted_to_index(rgba, cs), truth)
+    assert np.array_equal(cs.nearest_index(rgba), truth)
 
 
 def test_label_paint_save_roundtrip(app_module, fake_models):
