@@ -17,8 +17,7 @@ import gradio as gr
 from prompts_db.resolve import resolve_prompt
 from studio import imagery, labels, limits, models, pair, placement, prompt_store, services, views
 from studio.session import session_root, sweep_sessions
-from studio.tabs.common import INFERENCE, Studio, image_file, path_of, user_errors
-from studio.tabs.locate import drop_upload
+from studio.tabs.common import INFERENCE, Studio, drop_upload, image_file, path_of, user_errors
 
 
 @user_errors

@@ -237,3 +237,29 @@ def legend_html(class_set: str) -> str:
 
     cs = class_set_of(class_set)
     return views.legend_items_html(list(zip(cs.names, cs.colors, strict=True)))
+
+
+# --------------------------------------------------------------------------- shared by several tabs
+def gt_text(state: SessionState) -> str:
+    """The ground-truth status line under the Locate panel."""
+    if state.tile is None:
+        return "No tile loaded."
+    if state.ground_truth is None:
+        return "No ground truth yet: upload a label or paint one in the Label tab."
+    cs = f", {state.ground_truth_class_set}" if state.ground_truth_class_set else ""
+    return f"Ground truth loaded ({state.ground_truth_source}{cs})."
+
+
+def drop_upload(path: str | Path) -> None:
+    """Remove a file from Gradio's upload folder (a failed upload: nobody can use it); files
+    anywhere else (the examples, a dataset) are never touched."""
+    try:
+        from gradio.utils import get_upload_folder
+
+        p = Path(path).resolve()
+        if p.is_file() and p.is_relative_to(Path(get_upload_folder()).resolve()):
+            p.unlink(missing_ok=True)
+            if p.parent != Path(get_upload_folder()).resolve() and not any(p.parent.iterdir()):
+                p.parent.rmdir()
+    except OSError:
+        pass

@@ -21,7 +21,7 @@ import pandas as pd
 from studio import experiments, gsd, labels, prompt_store, views
 from studio.session import SessionState
 from studio.tabs import teach as teach_ui
-from studio.tabs.common import UI, Studio, class_set_of, legend_html, session, user_errors
+from studio.tabs.common import UI, Studio, class_set_of, gt_text, legend_html, session, user_errors
 
 TAB_ID = "label"
 EMPTY = "empty (paint strokes; the rest stays unlabelled)"
@@ -190,11 +190,9 @@ def on_label_save(editor: Any, state: SessionState | None, class_set: str | None
     if row.get("id") is not None and isinstance(getattr(state, "label_ids", None), set):
         state.label_ids.add(int(row["id"]))
     share = 100.0 * labelled / index.size
-    from studio.tabs import locate
-
     return state, (f"Saved label #{row['id']} ({cs.name} classes, {labelled:,} labelled pixels = {share:.1f}% of the "
                    "tile; the rest is unlabelled); it is now this tile's ground truth."), \
-        labels_table(state), row["path"], locate.gt_text(state)
+        labels_table(state), row["path"], gt_text(state)
 
 
 def remember_label(state: SessionState, row: dict[str, Any], class_set: str, labelled: int,

@@ -26,6 +26,8 @@ from studio.tabs.common import (
     as_uploaded,
     class_set_of,
     clean_message,
+    drop_upload,
+    gt_text,
     image_file,
     path_of,
     session,
@@ -127,16 +129,6 @@ def find_ground_truth(state: SessionState, shape: tuple[int, int]) -> str | None
     return None
 
 
-def gt_text(state: SessionState) -> str:
-    """The ground-truth status line under the Locate panel."""
-    if state.tile is None:
-        return "No tile loaded."
-    if state.ground_truth is None:
-        return "No ground truth yet: upload a label or paint one in the Label tab."
-    cs = f", {state.ground_truth_class_set}" if state.ground_truth_class_set else ""
-    return f"Ground truth loaded ({state.ground_truth_source}{cs})."
-
-
 def preview_file(state: SessionState) -> str | None:
     """The tile's preview as a new PNG file (never an array Gradio rewrites in place), ``None`` without a tile."""
     if state.tile is None:
@@ -161,20 +153,6 @@ def tile_event(ctx: Studio, event: Any) -> Any:
     event.failure(on_tile_failed, [ctx.class_set, ctx.state], [*tile_outputs(ctx), ctx.tile_file], **UI)
     return ctx.emit("tile_loaded", event)
 
-
-def drop_upload(path: str | Path) -> None:
-    """Remove a file from Gradio's upload folder (a failed upload: nobody can use it); files
-    anywhere else (the examples, a dataset) are never touched."""
-    try:
-        from gradio.utils import get_upload_folder
-
-        p = Path(path).resolve()
-        if p.is_file() and p.is_relative_to(Path(get_upload_folder()).resolve()):
-            p.unlink(missing_ok=True)
-            if p.parent != Path(get_upload_folder()).resolve() and not any(p.parent.iterdir()):
-                p.parent.rmdir()
-    except OSError:
-        pass
 
 
 def with_file_fields(state: SessionState, loc: dict[str, Any]) -> dict[str, Any]:
