@@ -16,13 +16,6 @@ from studio.limits import max_pixels
 
 
 # --------------------------------------------------------------------------- locate
-def zone_dict(lat: float | None, lon: float | None) -> dict[str, Any] | None:
-    """The ``climate --json`` object for a point (:func:`metaseg.geo.zone_object`)."""
-    from metaseg.geo import zone_object
-
-    return zone_object(lat, lon)
-
-
 def locate_file(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
     """``(the locate object, TileInfo)`` of a tile file (:func:`metaseg.geo.locate_file`)."""
     from metaseg.geo import locate_file as _locate

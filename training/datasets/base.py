@@ -84,13 +84,6 @@ def read_raster(path: Path) -> np.ndarray:
         raise TileReadError(f"cannot read {path}: {exc}") from exc
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """The ``(H, W, 3)`` uint8 RGB of an image as :func:`metaseg.geo.read_tile` reads it (nodata → 0)."""
-    from metaseg import geo
-
-    return np.ascontiguousarray(geo.read_tile(path).rgb)
-
-
 def read_pair(image: Path, label: Path | None, class_set: ClassSet) -> tuple[np.ndarray, np.ndarray]:
     """``(H×W×3 uint8 RGB, H×W uint8 label)`` of one sample: the label decoded from the class set's
     official encoding, all-ignore without a label file, and 255 wherever the image has nodata.

@@ -9,16 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from metaseg.checkpoints import file_sha256 as sha256_file  # the project's one file hash
 from metaseg.errors import ConfigError, TileReadError
 from training.finetune.labels import decode_label
 from training.finetune.recipe import IGNORE, TeachTile
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file (:func:`metaseg.checkpoints.file_sha256`, the project's one file hash)."""
-    from metaseg.checkpoints import file_sha256
-
-    return file_sha256(path)
 
 
 def zone_prompt(tile: Any, class_set: str, store: Any) -> tuple[str | None, str]:
